@@ -1,0 +1,237 @@
+"""Asset factories for source -> raw -> staging: one multi-asset step per layer, one asset per table."""
+
+from collections.abc import Iterator, Sequence
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableColumnConstraints,
+    TableSchema,
+    multi_asset,
+)
+
+from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.tables import DEFAULT_TABLES, TABLES, Table
+from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest, upload_release
+from synthea_pipeline.transforms.staging import profile, stage_table
+
+STAGING_CHECKS = {
+    "rows_reconcile": "Rows in = rows out + quarantined + duplicates dropped.",
+    "key_unique": "The table's key identifies one row.",
+    "required_not_null": "Required columns have no nulls.",
+}
+
+
+def column_schema(table: Table) -> TableSchema:
+    columns = [
+        TableColumn(
+            c.name,
+            c.spark_type,
+            description=c.description or None,
+            constraints=TableColumnConstraints(nullable=not c.required),
+        )
+        for c in table.columns
+    ]
+    columns.append(TableColumn("row_key", "string", description="Hash of the row's normalized values."))
+    columns.append(TableColumn("upload_id", "string", description="The upload this row came from."))
+    return TableSchema(columns=columns)
+
+
+def _spec(layer: str, table: Table, description: str, deps_layer: str | None, **metadata) -> AssetSpec:
+    return AssetSpec(
+        key=AssetKey([layer, table.name]),
+        group_name=layer,
+        description=f"{description} Grain: {table.grain}.",
+        deps=[AssetKey([deps_layer, table.name])] if deps_layer else [],
+        partitions_def=uploads_partitions,
+        skippable=True,
+        metadata=metadata,
+    )
+
+
+def _selected_tables(context: AssetExecutionContext) -> list[Table]:
+    return [TABLES[key.path[-1]] for key in sorted(context.selected_asset_keys, key=lambda k: k.path)]
+
+
+def build_source_assets(tables: Sequence[str] = DEFAULT_TABLES):
+    @multi_asset(
+        name="source_upload",
+        specs=[
+            _spec("source", TABLES[t], f"Synthea `{t}.csv` as uploaded under source/<upload_id>/.", None)
+            for t in tables
+        ],
+        partitions_def=uploads_partitions,
+        can_subset=True,
+    )
+    def source_upload(context: AssetExecutionContext, lake: LakeResource) -> Iterator[MaterializeResult]:
+        """Takes stock of an upload: which tables have files, their headers and the Synthea release."""
+        upload_uri = lake.layout().source(context.partition_key)
+        files, other = find_source_files(upload_uri)
+        if "patients" not in files:
+            raise Failure(f"upload {context.partition_key}: no patients.csv under {upload_uri}")
+        if other:
+            context.log.warning(f"files that are not Synthea tables, ignored: {', '.join(other)}")
+        release = upload_release(upload_uri)
+        for table in _selected_tables(context):
+            yield MaterializeResult(
+                asset_key=AssetKey(["source", table.name]),
+                metadata={
+                    "files": files.get(table.name, []),
+                    "present": table.name in files,
+                    "synthea_release": release,
+                    "location": MetadataValue.path(upload_uri),
+                },
+            )
+
+    return source_upload
+
+
+def build_raw_assets(tables: Sequence[str] = DEFAULT_TABLES):
+    @multi_asset(
+        name="raw_tables",
+        specs=[
+            _spec("raw", TABLES[t], f"`{t}` minor-cleaned: BOM/CRLF removed, unnamed columns dropped, malformed "
+                  "rows quarantined. Cleaned CSV under raw/<table>/upload_id=<id>/.", "source")
+            for t in tables
+        ],
+        check_specs=[
+            AssetCheckSpec("no_quarantined_rows", asset=AssetKey(["raw", t]),
+                           description="Every source row was well formed (warning only).")
+            for t in tables
+        ],
+        partitions_def=uploads_partitions,
+        can_subset=True,
+    )
+    def raw_tables(context: AssetExecutionContext, lake: LakeResource) -> Iterator:
+        """Cleans every table of the upload; a table that cannot be read at all fails the step after the others
+        are done, naming table, file, line and reason."""
+        layout = lake.layout()
+        upload = context.partition_key
+        files, _ = find_source_files(layout.source(upload))
+        release = upload_release(layout.source(upload))
+        errors: list[str] = []
+        for table in _selected_tables(context):
+            try:
+                result = clean_table(
+                    table,
+                    layout.source(upload),
+                    files.get(table.name, []),
+                    layout.partition("raw", table.name, upload),
+                    layout.partition("quarantine", table.name, upload),
+                    release,
+                )
+            except TableError as error:
+                errors.append(str(error))
+                context.log.error(str(error))
+                continue
+            for warning in result.warnings:
+                context.log.warning(f"{table.name}: {warning}")
+            key = AssetKey(["raw", table.name])
+            yield MaterializeResult(
+                asset_key=key,
+                metadata={
+                    "dagster/row_count": result.rows_out,
+                    "rows_in": result.rows_in,
+                    "quarantined": result.quarantined,
+                    "quarantine_reasons": result.quarantine_reasons,
+                    "blank_lines": result.blank_lines,
+                    "files": result.files,
+                    "bytes": result.bytes_in,
+                    "unknown_columns": result.unknown_columns,
+                    "dropped_columns": result.dropped_columns,
+                    "releases_matching_header": result.releases,
+                    "location": MetadataValue.path(layout.partition("raw", table.name, upload)),
+                },
+            )
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name="no_quarantined_rows",
+                passed=result.quarantined == 0,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"quarantined": result.quarantined, "reasons": result.quarantine_reasons},
+            )
+        if errors:
+            raise Failure(description="\n".join(errors), metadata={"failed_tables": len(errors)})
+
+    return raw_tables
+
+
+def build_staging_assets(tables: Sequence[str] = DEFAULT_TABLES):
+    @multi_asset(
+        name="staging_tables",
+        specs=[
+            _spec("staging", TABLES[t], f"`{t}` typed, trimmed and deduplicated, in the canonical schema of "
+                  "every Synthea release; zstd Parquet under staging/<table>/upload_id=<id>/.", "raw",
+                  **{"dagster/column_schema": column_schema(TABLES[t])})
+            for t in tables
+        ],
+        check_specs=[
+            AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description, blocking=True)
+            for t in tables
+            for name, description in STAGING_CHECKS.items()
+        ],
+        partitions_def=uploads_partitions,
+        can_subset=True,
+    )
+    def staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> Iterator:
+        """Types every table of the upload in one Spark session and checks what was written."""
+        layout = lake.layout()
+        upload = context.partition_key
+        session = spark.get_session()
+        for table in _selected_tables(context):
+            raw_uri = layout.partition("raw", table.name, upload)
+            staging_uri = layout.staging_path(upload, table.name)
+            raw = load_manifest(raw_uri)
+            result = stage_table(session, table, raw, raw_uri, staging_uri, upload)
+            facts = profile(session, table, staging_uri)
+            if result.unparseable_values:
+                context.log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
+            key = AssetKey(["staging", table.name])
+            yield MaterializeResult(
+                asset_key=key,
+                metadata={
+                    "dagster/row_count": result.rows_out,
+                    "dagster/column_schema": column_schema(table),
+                    "rows_in": raw.rows_in,
+                    "rows_read_by_spark": result.rows_read,
+                    "rows_out": result.rows_out,
+                    "quarantined": raw.quarantined,
+                    "duplicates_dropped": result.duplicates_dropped,
+                    "unparseable_values": result.unparseable_values,
+                    "synthea_release": raw.upload_release,
+                    "source_present": bool(raw.files),
+                    "location": MetadataValue.path(staging_uri),
+                },
+            )
+            accounted = facts.rows + raw.quarantined + result.duplicates_dropped
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name="rows_reconcile",
+                passed=raw.rows_in == accounted,
+                metadata={"rows_in": raw.rows_in, "rows_out": facts.rows, "quarantined": raw.quarantined,
+                          "duplicates_dropped": result.duplicates_dropped, "unaccounted": raw.rows_in - accounted},
+            )
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name="key_unique",
+                passed=facts.key_duplicates == 0,
+                metadata={"key": list(table.key), "duplicate_keys": facts.key_duplicates},
+            )
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name="required_not_null",
+                passed=not any(facts.null_required.values()),
+                metadata={"null_counts": facts.null_required},
+            )
+
+    return staging_tables
