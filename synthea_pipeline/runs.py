@@ -13,7 +13,7 @@ from synthea_pipeline.definitions import defs, ingest_upload_job
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
-from synthea_pipeline.transforms.lake import Lake, files_in, filesystem_for, publish, staging_area
+from synthea_pipeline.transforms.lake import Lake, copy_file, files_in, filesystem_for, publish, staging_area
 
 SAMPLE_DIR = Path(str(resources.files("synthea_pipeline") / "samples" / "v3.3_au_11p"))
 DEFAULT_DAGSTER_HOME = ".dagster"
@@ -41,14 +41,13 @@ class RunReport:
 
 
 def dagster_instance() -> DagsterInstance:
-    """The instance in DAGSTER_HOME, else the local one in ./.dagster (created on first use)."""
-    if not os.environ.get("DAGSTER_HOME"):
-        home = Path(DEFAULT_DAGSTER_HOME).absolute()
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        if not config.exists():
-            config.write_text("telemetry:\n  enabled: false\n")
-        os.environ["DAGSTER_HOME"] = str(home)
+    """The instance in DAGSTER_HOME, else the local one in ./.dagster; created on first use."""
+    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).absolute()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
 
@@ -62,11 +61,8 @@ def copy_upload(source_dir: str, lake: Lake, upload_id: str) -> str:
     temp = staging_area(target)
     fs, temp_path = filesystem_for(temp)
     fs.create_dir(temp_path)
-    source_fs, source_path = filesystem_for(source_dir)
     for name in files_in(source_dir):
-        with source_fs.open_input_stream(f"{source_path}/{name}") as src, fs.open_output_stream(f"{temp_path}/{name}") as dst:
-            while chunk := src.read(16 * 1024 * 1024):
-                dst.write(chunk)
+        copy_file(f"{os.path.abspath(source_dir)}/{name}", f"{temp}/{name}")
     publish(temp, target)
     return target
 

@@ -1,6 +1,7 @@
 """Asset factories for source -> raw -> staging: one multi-asset step per layer, one asset per table."""
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from dagster import (
     AssetCheckResult,
@@ -23,8 +24,9 @@ from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.tables import DEFAULT_TABLES, TABLES, Table
 from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest, upload_release
-from synthea_pipeline.transforms.staging import profile, stage_table
+from synthea_pipeline.transforms.staging import stage_table
 
+RAW_THREADS = 2
 STAGING_CHECKS = {
     "rows_reconcile": "Rows in = rows out + quarantined + duplicates dropped.",
     "key_unique": "The table's key identifies one row.",
@@ -42,7 +44,8 @@ def column_schema(table: Table) -> TableSchema:
         )
         for c in table.columns
     ]
-    columns.append(TableColumn("row_key", "string", description="Hash of the row's normalized values."))
+    if not table.has_natural_key:
+        columns.append(TableColumn("row_key", "string", description="Key: MD5 of the row's normalized values."))
     columns.append(TableColumn("upload_id", "string", description="The upload this row came from."))
     return TableSchema(columns=columns)
 
@@ -113,16 +116,17 @@ def build_raw_assets(tables: Sequence[str] = DEFAULT_TABLES):
         can_subset=True,
     )
     def raw_tables(context: AssetExecutionContext, lake: LakeResource) -> Iterator:
-        """Cleans every table of the upload; a table that cannot be read at all fails the step after the others
-        are done, naming table, file, line and reason."""
+        """Cleans every table of the upload, two files at a time (numpy and I/O release the GIL); a table that
+        cannot be read at all fails the step after the others are done, naming table, file, line and reason."""
         layout = lake.layout()
         upload = context.partition_key
         files, _ = find_source_files(layout.source(upload))
         release = upload_release(layout.source(upload))
         errors: list[str] = []
-        for table in _selected_tables(context):
+
+        def clean(table: Table):
             try:
-                result = clean_table(
+                return clean_table(
                     table,
                     layout.source(upload),
                     files.get(table.name, []),
@@ -131,8 +135,15 @@ def build_raw_assets(tables: Sequence[str] = DEFAULT_TABLES):
                     release,
                 )
             except TableError as error:
-                errors.append(str(error))
-                context.log.error(str(error))
+                return error
+
+        selected = _selected_tables(context)
+        with ThreadPoolExecutor(max_workers=RAW_THREADS) as pool:
+            outcomes = list(pool.map(clean, selected))
+        for table, result in zip(selected, outcomes):
+            if isinstance(result, TableError):
+                errors.append(str(result))
+                context.log.error(str(result))
                 continue
             for warning in result.warnings:
                 context.log.warning(f"{table.name}: {warning}")
@@ -192,8 +203,7 @@ def build_staging_assets(tables: Sequence[str] = DEFAULT_TABLES):
             raw_uri = layout.partition("raw", table.name, upload)
             staging_uri = layout.staging_path(upload, table.name)
             raw = load_manifest(raw_uri)
-            result = stage_table(session, table, raw, raw_uri, staging_uri, upload)
-            facts = profile(session, table, staging_uri)
+            result, facts = stage_table(session, table, raw, raw_uri, staging_uri, upload)
             if result.unparseable_values:
                 context.log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
             key = AssetKey(["staging", table.name])

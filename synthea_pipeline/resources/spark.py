@@ -14,6 +14,7 @@ from synthea_pipeline.transforms.staging import SPARK_CONF, configure
 
 ENGINE_ENV = "SYNTHEA_SPARK_ENGINE"
 ENGINES = ("sail", "local-jvm")
+CONNECT_MODE_ENV = "SPARK_CONNECT_MODE_ENABLED"
 
 
 class SparkResource(ConfigurableResource):
@@ -46,7 +47,13 @@ class SparkResource(ConfigurableResource):
             self._server = SparkConnectServer(ip="127.0.0.1", port=0)
             self._server.start(background=True)
             _, port = self._server.listening_address
-            return SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+            # pyspark 3.5 routes `pyspark.sql.functions` to Connect while this variable is set, and to the JVM
+            # otherwise; the Connect builder is used directly so the classic builder keeps no remote option.
+            os.environ[CONNECT_MODE_ENV] = "1"
+            from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+            return ConnectSession.builder.remote(f"sc://127.0.0.1:{port}").create()
+        os.environ.pop(CONNECT_MODE_ENV, None)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder.master("local[*]").appName("synthea-pipeline")
         for key, value in {**SPARK_CONF, "spark.ui.enabled": "false", "spark.driver.memory": "4g"}.items():

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from synthea_pipeline.tables import TABLES, Table, detect_release
-from synthea_pipeline.transforms.lake import files_in, filesystem_for, publish, staging_area
+from synthea_pipeline.transforms.lake import files_in, filesystem_for, link_or_copy, publish, staging_area
 
 BLOCK_BYTES = 32 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
@@ -156,15 +156,20 @@ def clean_table(
         if not names:
             continue
         keep = [i for i, n in enumerate(names) if not UNNAMED.match(n)]
+        header_line = (",".join(kept_header) + "\n").encode()
+        source = f"{source_uri}/{file}"
         cleaner = _FileCleaner(len(names), keep if len(keep) < len(names) else None, file, rejected)
-        source_fs, source_path = filesystem_for(f"{source_uri}/{file}")
-        with source_fs.open_input_stream(source_path) as stream, fs.open_output_stream(f"{raw_root}/{file}") as out:
-            out.write((",".join(kept_header) + "\n").encode())
-            stream.read(header_bytes)
-            result.bytes_in += header_bytes
-            cleaner.run(stream, out)
+        if header_bytes == len(header_line) and cleaner.scan(source, header_bytes, header_line):
+            link_or_copy(source, f"{temp_raw}/{file}")
+        else:
+            cleaner = _FileCleaner(len(names), cleaner.keep, file, rejected)
+            source_fs, source_path = filesystem_for(source)
+            with source_fs.open_input_stream(source_path) as stream, fs.open_output_stream(f"{raw_root}/{file}") as out:
+                out.write(header_line)
+                stream.read(header_bytes)
+                cleaner.run(stream, out)
         result.files.append(file)
-        result.bytes_in += cleaner.bytes_in
+        result.bytes_in += header_bytes + cleaner.bytes_in
         result.rows_in += cleaner.rows_in
         result.rows_out += cleaner.rows_out
         result.blank_lines += cleaner.blank_lines
@@ -196,8 +201,13 @@ def _write_quarantine(rejected: list[dict], temp_uri: str, final_uri: str) -> No
     publish(temp_uri, final_uri)
 
 
+class _NeedsRewrite(Exception):
+    pass
+
+
 class _FileCleaner:
-    """Streams the data lines of one file, keeping well-formed rows and collecting rejected ones."""
+    """Streams the data lines of one file, keeping well-formed rows and collecting rejected ones. `scan` only
+    checks whether the file can go to raw unchanged, stopping at the first thing to repair."""
 
     def __init__(self, fields: int, keep: list[int] | None, file: str, rejected: list[dict]):
         self.commas = fields - 1
@@ -207,6 +217,17 @@ class _FileCleaner:
         self.rejected = rejected
         self.line_number = 1
         self.bytes_in = self.rows_in = self.rows_out = self.blank_lines = 0
+
+    def scan(self, source_uri: str, header_bytes: int, header_line: bytes) -> bool:
+        fs, path = filesystem_for(source_uri)
+        with fs.open_input_stream(path) as stream:
+            if stream.read(header_bytes) != header_line:
+                return False
+            try:
+                self.run(stream, None)
+            except _NeedsRewrite:
+                return False
+        return True
 
     def run(self, stream, out) -> None:
         pending = b""
@@ -221,25 +242,32 @@ class _FileCleaner:
             if cut:
                 self._block(data[:cut], out)
         if pending.strip(b"\r"):
+            if out is None:
+                raise _NeedsRewrite
             self._block(pending + b"\n", out, last_line_unterminated=True)
 
     def _block(self, block: bytes, out, last_line_unterminated: bool = False) -> None:
         if b"\r" in block:
+            if out is None:
+                raise _NeedsRewrite
             block = block.replace(b"\r\n", b"\n")
         arr = np.frombuffer(block, dtype=np.uint8)
         ends = np.flatnonzero(arr == NEWLINE)
-        commas = np.diff(np.searchsorted(np.flatnonzero(arr == COMMA), ends), prepend=0)
         starts = np.concatenate(([0], ends[:-1] + 1))
+        commas = np.add.reduceat((arr == COMMA).view(np.uint8), starts, dtype=np.int32)
         blank = ends == starts
         bad = (commas != self.commas) & ~blank
         ascii_only = not len(arr) or int(arr.max()) < 128
         if not bad.any() and not blank.any() and self.keep is None and (ascii_only or _is_utf8(block)):
-            out.write(block)
+            if out is not None:
+                out.write(block)
             lines = len(ends)
             self.rows_in += lines
             self.rows_out += lines
             self.line_number += lines
             return
+        if out is None:
+            raise _NeedsRewrite
         kept = []
         for start, end, count, is_blank in zip(starts.tolist(), ends.tolist(), commas.tolist(), blank.tolist()):
             self.line_number += 1

@@ -2,8 +2,8 @@
 
 Plain PySpark DataFrame code (runs on Sail, JVM Spark, Glue or EMR). Parsing never fails a job: a value that does
 not parse as its column's type becomes null and is counted per column (`unparseable_values`). Exact duplicate rows
-are dropped; rows that share a natural key but differ keep the one with the smallest content hash (`row_key`), so
-the choice does not depend on file order.
+are dropped; rows that share a natural key but differ keep the one with the smallest content hash, so the choice
+does not depend on file order. Tables without a natural key get that hash as their key, `row_key`.
 """
 
 from __future__ import annotations
@@ -119,24 +119,21 @@ def read_raw(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str) ->
     )
 
 
+def row_key(table: Table) -> Column:
+    """Hash of a row's normalized text: the key of tables that have no natural key."""
+    return F.md5(F.concat_ws(KEY_SEPARATOR, *[F.coalesce(F.col(n), F.lit(NULL_MARK)) for n in table.column_names]))
+
+
 def type_columns(table: Table, text: DataFrame) -> DataFrame:
-    """Typed canonical columns plus `row_key`, the hash of the row's normalized text."""
-    row_key = F.substring(
-        F.sha2(F.concat_ws(KEY_SEPARATOR, *[F.coalesce(F.col(n), F.lit(NULL_MARK)) for n in table.column_names]), 256),
-        1,
-        32,
-    )
-    return text.select(
-        *[_typed(F.col(c.name), c.type, f"`{c.name}`").cast(c.spark_type).alias(c.name) for c in table.columns],
-        row_key.alias("row_key"),
-    )
+    """Typed canonical columns, plus `row_key` for tables without a natural key."""
+    typed = [_typed(F.col(c.name), c.type, f"`{c.name}`").cast(c.spark_type).alias(c.name) for c in table.columns]
+    return text.select(*typed, *([] if table.has_natural_key else [row_key(table).alias("row_key")]))
 
 
-def deduplicate(table: Table, typed: DataFrame) -> DataFrame:
-    if not table.has_natural_key:
-        return typed.dropDuplicates(["row_key"])
-    window = Window.partitionBy(*table.key).orderBy("row_key")
-    return typed.withColumn("_rank", F.row_number().over(window)).where("_rank = 1").drop("_rank")
+def resolve_key_conflicts(table: Table, frame: DataFrame) -> DataFrame:
+    """Keep, per natural key, the row whose content hash is smallest."""
+    window = Window.partitionBy(*table.key).orderBy(row_key(table))
+    return frame.withColumn("_rank", F.row_number().over(window)).where("_rank = 1").drop("_rank")
 
 
 def read_stats(table: Table, text: DataFrame) -> tuple[int, dict[str, int]]:
@@ -154,21 +151,35 @@ def read_stats(table: Table, text: DataFrame) -> tuple[int, dict[str, int]]:
 
 def stage_table(
     spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, staging_uri: str, upload_id: str
-) -> StagingResult:
-    """Write one table's staging partition for one upload, replacing any earlier one atomically."""
+) -> tuple[StagingResult, StagingProfile]:
+    """Write one table's staging partition for one upload, replacing any earlier one atomically, and profile
+    what was written.
+
+    Exact duplicates go in one `distinct`; rows that share a natural key but differ are rare, so the costlier
+    window that resolves them runs only when the written partition shows any."""
     text = read_raw(spark, table, raw, raw_uri)
     rows_read, unparseable = read_stats(table, text)
-    staged = deduplicate(table, type_columns(table, text)).withColumn("upload_id", F.lit(upload_id))
-    temp = staging_area(staging_uri)
-    staged.write.mode("overwrite").option("compression", "zstd").parquet(temp)
-    rows_out = _ensure_parquet(temp, to_arrow_schema(staged.schema))
+    staged = type_columns(table, text).distinct().withColumn("upload_id", F.lit(upload_id))
+    temp = _write(staged, staging_area(staging_uri))
+    facts = profile(spark, table, temp)
+    if facts.key_duplicates and table.has_natural_key:
+        resolved = _write(resolve_key_conflicts(table, spark.read.parquet(temp)), staging_area(staging_uri))
+        fs, path = filesystem_for(temp)
+        fs.delete_dir(path)
+        temp, facts = resolved, profile(spark, table, resolved)
     publish(temp, staging_uri)
-    return StagingResult(table.name, rows_read, rows_out, unparseable)
+    return StagingResult(table.name, rows_read, facts.rows, unparseable), facts
 
 
-def _ensure_parquet(uri: str, schema) -> int:
-    """Row count of the Parquet files under `uri`; writes one empty typed file when the engine wrote none
-    (Sail writes no file for an empty DataFrame), so readers always find the schema."""
+def _write(frame: DataFrame, uri: str) -> str:
+    frame.write.mode("overwrite").option("compression", "zstd").parquet(uri)
+    _ensure_parquet(uri, to_arrow_schema(frame.schema))
+    return uri
+
+
+def _ensure_parquet(uri: str, schema) -> None:
+    """Writes one empty typed file when the engine wrote none (Sail writes no file for an empty DataFrame), so
+    readers always find the schema."""
     fs, path = filesystem_for(uri)
     files = [
         i.path
@@ -179,18 +190,17 @@ def _ensure_parquet(uri: str, schema) -> int:
         fs.create_dir(path)
         with fs.open_output_stream(f"{path}/part-00000.parquet") as out:
             pq.write_table(schema.empty_table(), out, compression="zstd")
-        return 0
-    return sum(pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows for f in files)
 
 
 def profile(spark: SparkSession, table: Table, staging_uri: str) -> StagingProfile:
+    """Two small aggregations: Sail plans a distinct count mixed with other aggregates 50x slower."""
     frame = spark.read.parquet(staging_uri)
-    key = F.struct(*table.key)
-    aggregates = [F.count(F.lit(1)).alias("rows"), F.countDistinct(key).alias("keys")]
-    aggregates += [F.sum(F.col(c.name).isNull().cast("int")).alias(c.name) for c in table.required_columns]
-    row = frame.agg(*aggregates).collect()[0]
+    counts = [F.count(F.lit(1)).alias("rows")]
+    counts += [F.sum(F.col(c.name).isNull().cast("int")).alias(c.name) for c in table.required_columns]
+    row = frame.agg(*counts).collect()[0]
+    keys = frame.agg(F.countDistinct(F.struct(*table.key)).alias("keys")).collect()[0]["keys"]
     return StagingProfile(
         rows=row["rows"],
-        key_duplicates=row["rows"] - row["keys"],
+        key_duplicates=row["rows"] - keys,
         null_required={c.name: int(row[c.name] or 0) for c in table.required_columns},
     )

@@ -1,0 +1,100 @@
+"""What a user sees when an upload is bad: through Dagster and through the command line."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from synthea_pipeline.runs import run_upload
+from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline_tests.conftest import SAMPLES
+
+SAMPLE = SAMPLES["2.7"]
+
+
+@pytest.fixture
+def export(tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(SAMPLE, folder)
+    return folder
+
+
+def test_quarantined_row_is_accounted_and_checks_pass(instance, export, tmp_path):
+    lines = (export / "encounters.csv").read_text().splitlines(keepends=True)
+    lines[10] = lines[10].replace(",", ",,", 1)
+    (export / "encounters.csv").write_text("".join(lines))
+    report = run_upload(str(export), str(tmp_path / "lake"), "bad-row", instance=instance)
+    assert report.success and not report.errors
+    account = {t.table: t for t in report.tables}["encounters"]
+    assert (account.rows_in, account.quarantined, account.rows_out) == (427, 1, 426)
+    assert report.checks["staging/encounters:rows_reconcile"] is True
+    assert report.checks["raw/encounters:no_quarantined_rows"] is False
+    [row] = pq.read_table(Lake(str(tmp_path / "lake")).partition("quarantine", "encounters", "bad-row")).to_pylist()
+    assert row["line_number"] == 11
+
+
+def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_path):
+    header, *rows = (export / "supplies.csv").read_text().splitlines()
+    rows[0] = rows[0].rsplit(",", 1)[0] + ",12x"
+    (export / "supplies.csv").write_text("\n".join([header, *rows]) + "\n")
+    report = run_upload(str(export), str(tmp_path / "lake"), "bad-value", instance=instance)
+    assert report.success
+    supplies = pq.read_table(Lake(str(tmp_path / "lake")).staging_path("bad-value", "supplies"))
+    assert supplies.column("quantity").null_count == 1
+    event = instance.get_latest_materialization_event(__import__("dagster").AssetKey(["staging", "supplies"]))
+    assert event.asset_materialization.metadata["unparseable_values"].value == {"quantity": 1}
+
+
+def test_missing_required_column_fails_the_run_naming_table_file_and_line(instance, export, tmp_path):
+    text = (export / "conditions.csv").read_text().replace("PATIENT", "PATIENT_ID", 1)
+    (export / "conditions.csv").write_text(text)
+    report = run_upload(str(export), str(tmp_path / "lake"), "bad-header", instance=instance)
+    assert not report.success
+    assert report.errors == [
+        "table conditions: conditions.csv, line 1: missing required column(s) PATIENT "
+        "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)"
+    ]
+    assert Path(tmp_path / "lake" / "raw" / "patients" / "upload_id=bad-header" / "patients.csv").exists()
+
+
+def cli(*args, cwd, env=None):
+    environment = {**os.environ, "DAGSTER_HOME": str(cwd / "dagster"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_runs_the_shipped_sample_into_the_default_lake(tmp_path):
+    result = cli("run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "upload v3.3_au_11p (Synthea 3.3-3.4)" in result.stdout
+    assert any(line.split() == ["observations", "4272", "0", "14", "4258"] for line in result.stdout.splitlines())
+    assert (tmp_path / "lake" / "staging" / "patients" / "upload_id=v3.3_au_11p").is_dir()
+    assert (tmp_path / "dagster" / "history" / "runs.db").exists()
+
+
+def test_cli_refuses_invalid_upload_id_and_missing_folder(tmp_path):
+    result = cli("run", str(SAMPLE), "--upload-id", "a,b", cwd=tmp_path)
+    assert result.returncode == 2 and "invalid upload id 'a,b'" in result.stderr
+    result = cli("run", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_cli_failure_exits_1_with_the_reason(tmp_path, export):
+    (export / "patients.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
+    result = cli("run", str(export), "--lake", str(tmp_path / "lake"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: table patients: patients.csv, line 1: header is not UTF-8 text" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_definitions_load_without_credentials_or_network(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    code = ("from synthea_pipeline.definitions import defs; g = defs.resolve_asset_graph(); "
+            "keys = g.get_all_asset_keys(); print(len(keys), sorted({g.get(k).group_name for k in keys}))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[0] == "54 ['raw', 'source', 'staging']", result.stderr
