@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
     run.add_argument("--upload-id", help="partition key (default: derived from the folder name)")
     run.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
+    run.add_argument("--include-identifiers", action="store_true",
+                     help="write direct identifiers (SSN, names, addresses, ...) to the marts")
     return parser
 
 
@@ -33,7 +35,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     lake_root = LakeResource(root=args.lake).layout().root
     try:
-        report = run_upload(source_dir, lake_root, upload_id, engine=args.engine)
+        report = run_upload(source_dir, lake_root, upload_id, engine=args.engine,
+                            include_identifiers=args.include_identifiers)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -42,6 +45,9 @@ def run_command(args: argparse.Namespace) -> int:
     for t in report.tables:
         print(f"{t.table:<22}{t.rows_in:>10}{t.quarantined:>13}{t.duplicates_dropped:>12}{t.rows_out:>10}")
     print(f"staging Parquet: {lake_root}/staging/<table>/upload_id={upload_id}/")
+    if report.marts:
+        print("marts (all uploads): " + ", ".join(f"{name} {rows}" for name, rows in report.marts.items()))
+        print(f"mart Parquet: {lake_root}/marts/<table>/")
     if not report.success or report.errors:
         for error in report.errors or ["the run failed; see the Dagster run log"]:
             print(f"error: {error}", file=sys.stderr)

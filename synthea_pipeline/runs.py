@@ -36,6 +36,7 @@ class RunReport:
     success: bool
     release: str = "unknown"
     tables: list[TableAccount] = field(default_factory=list)
+    marts: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -73,8 +74,10 @@ def run_upload(
     upload_id: str,
     engine: str | None = None,
     instance: DagsterInstance | None = None,
+    include_identifiers: bool = False,
 ) -> RunReport:
-    """Register `upload_id` as a partition and materialize every asset for it in this process."""
+    """Register `upload_id` as a partition, materialize every asset for it in this process, then the marts over
+    all uploads."""
     lake_resource = LakeResource(root=lake_root)
     lake = lake_resource.layout()
     copy_upload(source_dir, lake, upload_id)
@@ -85,7 +88,10 @@ def run_upload(
         instance=instance,
         partition_key=upload_id,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            "ops": {"marts": {"config": {"include_identifiers": include_identifiers}}},
+        },
         resources={"lake": lake_resource, "spark": SparkResource(engine=engine)},
     )
     return _report(result, upload_id)
@@ -108,12 +114,17 @@ def _report(result: ExecuteInProcessResult, upload_id: str) -> RunReport:
                 location=metadata["location"],
             )
             report.release = metadata["synthea_release"]
+        elif layer == "marts":
+            report.marts[table] = metadata["dagster/row_count"]
     report.tables = [accounts[t] for t in sorted(accounts)]
     for event in result.all_events:
         if event.is_step_failure:
             data = event.step_failure_data
             message = data.user_failure_data.description if data.user_failure_data else None
-            report.errors.append(message or data.error.message.strip())
+            error = data.error
+            while error.cause is not None:
+                error = error.cause
+            report.errors.append(message or error.message.strip())
     for check in result.get_asset_check_evaluations():
         name = f"{'/'.join(check.asset_key.path)}:{check.check_name}"
         report.checks[name] = check.passed

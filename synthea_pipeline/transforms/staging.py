@@ -160,10 +160,10 @@ def stage_table(
     text = read_raw(spark, table, raw, raw_uri)
     rows_read, unparseable = read_stats(table, text)
     staged = type_columns(table, text).distinct().withColumn("upload_id", F.lit(upload_id))
-    temp = _write(staged, staging_area(staging_uri))
+    temp = write_parquet(staged, staging_area(staging_uri))
     facts = profile(spark, table, temp)
     if facts.key_duplicates and table.has_natural_key:
-        resolved = _write(resolve_key_conflicts(table, spark.read.parquet(temp)), staging_area(staging_uri))
+        resolved = write_parquet(resolve_key_conflicts(table, spark.read.parquet(temp)), staging_area(staging_uri))
         fs, path = filesystem_for(temp)
         fs.delete_dir(path)
         temp, facts = resolved, profile(spark, table, resolved)
@@ -171,7 +171,7 @@ def stage_table(
     return StagingResult(table.name, rows_read, facts.rows, unparseable), facts
 
 
-def _write(frame: DataFrame, uri: str) -> str:
+def write_parquet(frame: DataFrame, uri: str) -> str:
     frame.write.mode("overwrite").option("compression", "zstd").parquet(uri)
     _ensure_parquet(uri, to_arrow_schema(frame.schema))
     return uri

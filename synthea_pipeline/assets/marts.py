@@ -1,0 +1,125 @@
+"""The mart assets: one Spark step builds the star schema over every upload and checks it."""
+
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+    multi_asset,
+)
+from pydantic import Field
+
+from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.tables import DEFAULT_TABLES
+from synthea_pipeline.transforms.marts import (
+    COLUMN_DESCRIPTIONS,
+    FOREIGN_KEYS,
+    MARTS,
+    build_marts,
+    check_marts,
+    discard,
+    publish_marts,
+    write_marts,
+)
+
+MART_CHECKS = {
+    **{(name, "primary_key"): "The key is unique and never null." for name in MARTS},
+    **{(name, "foreign_keys_resolve"): "Every foreign key finds its row in the referenced mart."
+       for name in FOREIGN_KEYS},
+    **{(name, "rows_reconcile"): "Row count equals the distinct ids in staging across uploads."
+       for name in ("patient_fact", "encounter_dim", "provider_dim", "organization_dim", "payer_dim")},
+}
+ODDITY_CHECKS = {
+    ("medication_dim", "stops_before_start"): "Synthea oddity: medications that stop before they start (warning).",
+    ("encounter_dim", "observations_without_encounter"): "Synthea oddity: yearly QALY/DALY/QOLS observations have "
+    "no encounter (warning).",
+    ("condition_dim", "dated_like_encounter"): "Synthea oddity: condition dates (local) a day off their encounter "
+    "(UTC) (warning).",
+}
+
+
+class MartsConfig(Config):
+    include_identifiers: bool = Field(
+        default=False,
+        description="Also write direct identifiers (patient SSN, licence, passport, names, address; provider names"
+        " and addresses). Off by default: marts are for analysis.",
+    )
+
+
+def schema_of(frame) -> TableSchema:
+    return TableSchema(columns=[TableColumn(f.name, f.dataType.simpleString(),
+                                            description=COLUMN_DESCRIPTIONS.get(f.name)) for f in frame.schema])
+
+
+def build_mart_assets():
+    @multi_asset(
+        name="marts",
+        specs=[
+            AssetSpec(
+                key=AssetKey(["marts", name]),
+                group_name="marts",
+                description=f"Star-schema mart over every upload. Grain: {mart.grain}. Key: `{mart.key}`.",
+                deps=[AssetKey(["staging", t]) for t in DEFAULT_TABLES],
+            )
+            for name, mart in MARTS.items()
+        ],
+        check_specs=[
+            AssetCheckSpec(check, asset=AssetKey(["marts", mart]), description=description, blocking=True)
+            for (mart, check), description in MART_CHECKS.items()
+        ]
+        + [
+            AssetCheckSpec(check, asset=AssetKey(["marts", mart]), description=description)
+            for (mart, check), description in ODDITY_CHECKS.items()
+        ],
+    )
+    def marts(context: AssetExecutionContext, config: MartsConfig, lake: LakeResource, spark: SparkResource
+              ) -> Iterator:
+        """Rebuilds every mart from all staged uploads (the latest registered upload wins) and publishes them
+        only when every blocking check passes, so readers never see a mart that failed one."""
+        layout = lake.layout()
+        session = spark.get_session()
+        order = context.instance.get_dynamic_partitions(uploads_partitions.name)
+        frames = build_marts(session, layout, order, config.include_identifiers)
+        written = write_marts(frames, layout)
+        checks = check_marts(session, layout, written, order)
+        failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
+        if failed:
+            discard(written)
+            raise Failure(description="marts not published, blocking checks failed: " + "; ".join(failed),
+                          metadata={"failed_checks": failed})
+        publish_marts(written, layout)
+        for name in written:
+            location = layout.uri("marts", name)
+            frame = session.read.parquet(location)
+            yield MaterializeResult(
+                asset_key=AssetKey(["marts", name]),
+                metadata={
+                    "dagster/row_count": int(frame.count()),
+                    "dagster/column_schema": schema_of(frame),
+                    "location": MetadataValue.path(location),
+                    "uploads": order,
+                    "includes_identifiers": config.include_identifiers,
+                },
+            )
+        for check in checks:
+            yield AssetCheckResult(
+                asset_key=AssetKey(["marts", check.mart]),
+                check_name=check.name,
+                passed=check.passed,
+                severity=AssetCheckSeverity.ERROR if check.blocking else AssetCheckSeverity.WARN,
+                metadata=check.metadata,
+            )
+
+    return marts

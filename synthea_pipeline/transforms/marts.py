@@ -1,0 +1,475 @@
+"""Marts: a star schema over every upload's staging tables (plain PySpark).
+
+Latest upload wins, deterministically: uploads are ranked in the order they were registered. A patient belongs
+to the latest upload that contains them, and every patient-scoped row (encounters, conditions, ...) comes from that
+upload only, so a corrected re-upload replaces a patient's history instead of adding to it. Providers,
+organizations and payers recur in every Synthea run: the latest upload's row of each id wins.
+
+Dates and timestamps: Synthea writes dates (birth, conditions) in the generating machine's local time zone and
+timestamps (encounters, procedures, medications) in UTC. Marts keep both as written; `*_date` columns derived from a
+timestamp are its UTC date, so a condition's `start_date` can be a day off its encounter's `start_date`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyarrow import fs as pafs
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from synthea_pipeline.transforms.lake import Lake, filesystem_for, publish, staging_area
+from synthea_pipeline.transforms.staging import write_parquet
+
+IDENTIFIER_COLUMNS = ("ssn", "drivers", "passport", "prefix", "first_name", "middle_name", "last_name", "suffix",
+                      "maiden_name", "address")
+"""Direct identifiers, left out of the marts unless asked for."""
+
+AGE_BANDS = ((18, "0-17"), (35, "18-34"), (50, "35-49"), (65, "50-64"), (80, "65-79"))
+"""(first age not in the band, band); older is "80+"."""
+
+
+@dataclass(frozen=True)
+class Mart:
+    name: str
+    key: str
+    grain: str
+
+
+MARTS = {
+    m.name: m
+    for m in (
+        Mart("patient_fact", "patient_key", "one row per patient"),
+        Mart("encounter_dim", "encounter_key", "one row per encounter"),
+        Mart("condition_dim", "condition_key", "one row per diagnosed condition occurrence"),
+        Mart("procedure_dim", "procedure_key", "one row per procedure occurrence"),
+        Mart("medication_dim", "medication_key", "one row per medication order"),
+        Mart("provider_dim", "provider_key", "one row per provider"),
+        Mart("organization_dim", "organization_key", "one row per organization"),
+        Mart("payer_dim", "payer_key", "one row per payer"),
+        Mart("location_dim", "location_key", "one row per distinct place (city, county, state, zip, FIPS)"),
+        Mart("date_dim", "date_key", "one row per calendar day from the earliest to the latest date used"),
+    )
+}
+
+COLUMN_DESCRIPTIONS = {
+    "patient_key": "Patient id (Synthea patients.Id).",
+    "encounter_key": "Encounter id (Synthea encounters.Id).",
+    "provider_key": "Provider id.",
+    "organization_key": "Organization id.",
+    "payer_key": "Payer id.",
+    "location_key": "MD5 of city|county|state|zip|fips; joins location_dim.",
+    "condition_key": "Content hash of the staged condition row (row_key).",
+    "procedure_key": "Content hash of the staged procedure row (row_key).",
+    "medication_key": "Content hash of the staged medication row (row_key).",
+    "date_key": "Calendar date.",
+    "birth_date": "Date of birth (local date, as Synthea writes it).",
+    "death_date": "Date of death, null while alive.",
+    "is_deceased": "True when a death date is recorded.",
+    "age": "Whole years at death, else at the latest encounter date in the data (the export's 'today').",
+    "age_band": "0-17, 18-34, 35-49, 50-64, 65-79 or 80+.",
+    "marital_status": "M, S, D, W or null.",
+    "income": "Annual household income (Synthea 3.1+).",
+    "healthcare_expenses": "Lifetime cost of care paid by the patient.",
+    "healthcare_coverage": "Lifetime cost of care paid by payers.",
+    "encounter_count": "Number of encounters.",
+    "condition_count": "Number of condition occurrences.",
+    "active_condition_count": "Conditions without a stop date.",
+    "medication_count": "Number of medication orders.",
+    "procedure_count": "Number of procedures.",
+    "immunization_count": "Number of immunizations.",
+    "total_claim_cost": "Sum of claim costs.",
+    "total_payer_coverage": "Sum of what payers covered.",
+    "first_encounter_date": "UTC date of the first encounter.",
+    "last_encounter_date": "UTC date of the latest encounter.",
+    "start_ts": "Start (UTC timestamp).",
+    "stop_ts": "End (UTC timestamp).",
+    "start_date": "Start date (UTC date of start_ts; local date for conditions).",
+    "stop_date": "End date (local date), null while active.",
+    "duration_minutes": "stop_ts - start_ts in minutes.",
+    "is_active": "True when the condition has no stop date.",
+    "encounter_class": "ambulatory, wellness, outpatient, emergency, inpatient, urgentcare, ...",
+    "code_system": "Code system (SNOMED-CT, RxNorm, ...), when the release writes it.",
+    "reason_code": "Code of the condition that caused this event.",
+    "reason_description": "Display text of the reason code.",
+    "base_cost": "Cost before coverage.",
+    "total_cost": "Total cost of all dispenses.",
+    "dispenses": "Number of times dispensed.",
+    "upload_id": "The upload this row was taken from (the latest that contains it).",
+}
+
+FOREIGN_KEYS = {
+    "patient_fact": {"location_key": "location_dim"},
+    "encounter_dim": {"patient_key": "patient_fact", "provider_key": "provider_dim",
+                      "organization_key": "organization_dim", "payer_key": "payer_dim"},
+    "condition_dim": {"patient_key": "patient_fact", "encounter_key": "encounter_dim"},
+    "procedure_dim": {"patient_key": "patient_fact", "encounter_key": "encounter_dim"},
+    "medication_dim": {"patient_key": "patient_fact", "encounter_key": "encounter_dim", "payer_key": "payer_dim"},
+    "provider_dim": {"organization_key": "organization_dim", "location_key": "location_dim"},
+    "organization_dim": {"location_key": "location_dim"},
+}
+"""Every foreign key of the star and the mart it must resolve in."""
+
+
+def staged_uploads(lake: Lake, table: str) -> list[str]:
+    fs, path = filesystem_for(lake.uri("staging", table))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name[len("upload_id="):] for i in infos if i.base_name.startswith("upload_id="))
+
+
+def read_staging(spark: SparkSession, lake: Lake, table: str, ranks: DataFrame) -> DataFrame:
+    """Every upload's staging rows of one table, with the upload's rank (higher is later)."""
+    paths = [lake.staging_path(u, table) for u in staged_uploads(lake, table)]
+    return spark.read.parquet(*paths).join(F.broadcast(ranks), "upload_id")
+
+
+def upload_ranks(spark: SparkSession, lake: Lake, upload_order: list[str]) -> DataFrame:
+    """Rank of each staged upload: its place in `upload_order`, after any staged upload not listed (by name)."""
+    staged = staged_uploads(lake, "patients")
+    order = [u for u in sorted(staged) if u not in upload_order] + [u for u in upload_order if u in staged]
+    return spark.createDataFrame([(u, i) for i, u in enumerate(order)], "upload_id string, upload_rank int")
+
+
+def latest_per_key(frame: DataFrame, key: str) -> DataFrame:
+    window = Window.partitionBy(key).orderBy(F.col("upload_rank").desc())
+    return frame.withColumn("_n", F.row_number().over(window)).where("_n = 1").drop("_n")
+
+
+def location_key(*parts: Column) -> Column:
+    text = F.concat_ws("|", *[F.coalesce(p, F.lit("")) for p in parts])
+    return F.when(F.coalesce(*parts).isNull(), None).otherwise(F.md5(text))
+
+
+def _place(frame: DataFrame, county: bool) -> DataFrame:
+    county_col = F.col("county") if county else F.lit(None).cast("string")
+    fips_col = F.col("fips") if county else F.lit(None).cast("string")
+    return frame.select(
+        F.col("city"), county_col.alias("county"), F.col("state"), F.col("zip"), fips_col.alias("fips")
+    ).withColumn("location_key", location_key(F.col("city"), F.col("county"), F.col("state"), F.col("zip"),
+                                              F.col("fips")))
+
+
+def _age_band(age: Column) -> Column:
+    expression = F
+    for limit, band in AGE_BANDS:
+        expression = expression.when(age < limit, band)
+    return expression.otherwise("80+")
+
+
+def build_marts(spark: SparkSession, lake: Lake, upload_order: list[str], include_identifiers: bool = False
+                ) -> dict[str, DataFrame]:
+    """The mart DataFrames, from all staged uploads ranked by `upload_order` (uploads found in the lake but not
+    listed rank first, by name)."""
+    ranks = upload_ranks(spark, lake, upload_order)
+
+    def read(table: str) -> DataFrame:
+        return read_staging(spark, lake, table, ranks)
+
+    patients = latest_per_key(read("patients"), "id")
+    owners = patients.select(F.col("id").alias("patient"), "upload_id")
+
+    def owned(table: str) -> DataFrame:
+        """Rows of a patient-scoped table from the upload that owns each patient."""
+        return read(table).join(owners, ["patient", "upload_id"], "left_semi")
+
+    encounters = owned("encounters")
+    conditions = owned("conditions")
+    procedures = owned("procedures")
+    medications = owned("medications")
+    immunizations = owned("immunizations")
+    providers = latest_per_key(read("providers"), "id")
+    organizations = latest_per_key(read("organizations"), "id")
+    payers = latest_per_key(read("payers"), "id")
+
+    as_of = encounters.agg(F.max(F.to_date("start")).alias("as_of_date"))
+    encounter_dim = encounters.select(
+        F.col("id").alias("encounter_key"),
+        F.col("patient").alias("patient_key"),
+        F.col("provider").alias("provider_key"),
+        F.col("organization").alias("organization_key"),
+        F.col("payer").alias("payer_key"),
+        F.col("encounterclass").alias("encounter_class"),
+        F.col("code").alias("encounter_code"),
+        F.col("description").alias("encounter_description"),
+        F.col("start").alias("start_ts"),
+        F.col("stop").alias("stop_ts"),
+        F.to_date("start").alias("start_date"),
+        ((F.unix_timestamp("stop") - F.unix_timestamp("start")) / 60).cast("int").alias("duration_minutes"),
+        F.col("base_encounter_cost"),
+        F.col("total_claim_cost"),
+        F.col("payer_coverage"),
+        F.col("reasoncode").alias("reason_code"),
+        F.col("reasondescription").alias("reason_description"),
+        F.col("upload_id"),
+    )
+    condition_dim = conditions.select(
+        F.col("row_key").alias("condition_key"),
+        F.col("patient").alias("patient_key"),
+        F.col("encounter").alias("encounter_key"),
+        F.col("system").alias("code_system"),
+        F.col("code").alias("condition_code"),
+        F.col("description").alias("condition_description"),
+        F.col("start").alias("start_date"),
+        F.col("stop").alias("stop_date"),
+        F.col("stop").isNull().alias("is_active"),
+        F.col("upload_id"),
+    )
+    procedure_dim = procedures.select(
+        F.col("row_key").alias("procedure_key"),
+        F.col("patient").alias("patient_key"),
+        F.col("encounter").alias("encounter_key"),
+        F.col("system").alias("code_system"),
+        F.col("code").alias("procedure_code"),
+        F.col("description").alias("procedure_description"),
+        F.col("start").alias("start_ts"),
+        F.col("stop").alias("stop_ts"),
+        F.to_date("start").alias("start_date"),
+        F.col("base_cost"),
+        F.col("reasoncode").alias("reason_code"),
+        F.col("reasondescription").alias("reason_description"),
+        F.col("upload_id"),
+    )
+    medication_dim = medications.select(
+        F.col("row_key").alias("medication_key"),
+        F.col("patient").alias("patient_key"),
+        F.col("encounter").alias("encounter_key"),
+        F.col("payer").alias("payer_key"),
+        F.col("code").alias("medication_code"),
+        F.col("description").alias("medication_description"),
+        F.col("start").alias("start_ts"),
+        F.col("stop").alias("stop_ts"),
+        F.to_date("start").alias("start_date"),
+        F.col("dispenses"),
+        F.col("base_cost"),
+        F.col("payer_coverage"),
+        F.col("totalcost").alias("total_cost"),
+        F.col("reasoncode").alias("reason_code"),
+        F.col("reasondescription").alias("reason_description"),
+        F.col("upload_id"),
+    )
+
+    places = (
+        _place(patients, county=True)
+        .unionByName(_place(providers, county=False))
+        .unionByName(_place(organizations, county=False))
+        .where(F.col("location_key").isNotNull())
+    )
+    location_dim = places.dropDuplicates(["location_key"]).select(
+        "location_key", "city", "county", "state", "zip", "fips"
+    )
+
+    provider_dim = providers.select(
+        F.col("id").alias("provider_key"),
+        F.col("organization").alias("organization_key"),
+        *([F.col("name").alias("provider_name"), F.col("address")] if include_identifiers else []),
+        F.col("gender"),
+        F.col("speciality").alias("specialty"),
+        location_key(F.col("city"), F.lit(None), F.col("state"), F.col("zip"), F.lit(None)).alias("location_key"),
+        F.col("lat"),
+        F.col("lon"),
+        F.col("utilization"),
+        F.col("encounters").alias("encounter_count"),
+        F.col("procedures").alias("procedure_count"),
+        F.col("upload_id"),
+    )
+    organization_dim = organizations.select(
+        F.col("id").alias("organization_key"),
+        F.col("name").alias("organization_name"),
+        *([F.col("address")] if include_identifiers else []),
+        location_key(F.col("city"), F.lit(None), F.col("state"), F.col("zip"), F.lit(None)).alias("location_key"),
+        F.col("lat"),
+        F.col("lon"),
+        F.col("phone"),
+        F.col("revenue"),
+        F.col("utilization"),
+        F.col("upload_id"),
+    )
+    payer_dim = payers.select(
+        F.col("id").alias("payer_key"),
+        F.col("name").alias("payer_name"),
+        F.col("ownership"),
+        F.col("amount_covered"),
+        F.col("amount_uncovered"),
+        F.col("revenue"),
+        F.col("unique_customers"),
+        F.col("member_months"),
+        F.col("upload_id"),
+    )
+
+    def per_patient(frame: DataFrame, *aggregates: Column) -> DataFrame:
+        return frame.groupBy(F.col("patient").alias("id")).agg(*aggregates)
+
+    counts = [
+        per_patient(encounters, F.count(F.lit(1)).alias("encounter_count"),
+                    F.sum("total_claim_cost").alias("total_claim_cost"),
+                    F.sum("payer_coverage").alias("total_payer_coverage"),
+                    F.min(F.to_date("start")).alias("first_encounter_date"),
+                    F.max(F.to_date("start")).alias("last_encounter_date")),
+        per_patient(conditions, F.count(F.lit(1)).alias("condition_count"),
+                    F.sum(F.col("stop").isNull().cast("int")).alias("active_condition_count")),
+        per_patient(medications, F.count(F.lit(1)).alias("medication_count")),
+        per_patient(procedures, F.count(F.lit(1)).alias("procedure_count")),
+        per_patient(immunizations, F.count(F.lit(1)).alias("immunization_count")),
+    ]
+    fact = patients.crossJoin(F.broadcast(as_of))
+    for frame in counts:
+        fact = fact.join(frame, "id", "left")
+    end = F.coalesce(F.col("deathdate"), F.col("as_of_date"))
+    age = F.floor(F.months_between(end, F.col("birthdate")) / 12).cast("int")
+    identifiers = [
+        F.col("ssn"), F.col("drivers"), F.col("passport"), F.col("prefix"), F.col("first").alias("first_name"),
+        F.col("middle").alias("middle_name"), F.col("last").alias("last_name"), F.col("suffix"),
+        F.col("maiden").alias("maiden_name"), F.col("address"),
+    ]
+    zero = F.lit(0)
+    patient_fact = fact.select(
+        F.col("id").alias("patient_key"),
+        *(identifiers if include_identifiers else []),
+        F.col("birthdate").alias("birth_date"),
+        F.col("deathdate").alias("death_date"),
+        F.col("deathdate").isNotNull().alias("is_deceased"),
+        age.alias("age"),
+        _age_band(age).alias("age_band"),
+        F.col("gender"),
+        F.col("race"),
+        F.col("ethnicity"),
+        F.col("marital").alias("marital_status"),
+        location_key(F.col("city"), F.col("county"), F.col("state"), F.col("zip"), F.col("fips")).alias(
+            "location_key"),
+        F.col("income"),
+        F.col("healthcare_expenses"),
+        F.col("healthcare_coverage"),
+        F.coalesce("encounter_count", zero).alias("encounter_count"),
+        F.coalesce("condition_count", zero).alias("condition_count"),
+        F.coalesce("active_condition_count", zero).cast("int").alias("active_condition_count"),
+        F.coalesce("medication_count", zero).alias("medication_count"),
+        F.coalesce("procedure_count", zero).alias("procedure_count"),
+        F.coalesce("immunization_count", zero).alias("immunization_count"),
+        F.coalesce("total_claim_cost", F.lit(0).cast("decimal(28,2)")).cast("decimal(18,2)").alias("total_claim_cost"),
+        F.coalesce("total_payer_coverage", F.lit(0).cast("decimal(28,2)")).cast("decimal(18,2)").alias(
+            "total_payer_coverage"),
+        F.col("first_encounter_date"),
+        F.col("last_encounter_date"),
+        F.col("upload_id"),
+    )
+
+    used_dates = [
+        patient_fact.select(F.col("birth_date").alias("d")),
+        patient_fact.select(F.col("death_date").alias("d")),
+        encounter_dim.select(F.to_date("stop_ts").alias("d")),
+        encounter_dim.select(F.col("start_date").alias("d")),
+        condition_dim.select(F.col("start_date").alias("d")),
+        condition_dim.select(F.col("stop_date").alias("d")),
+        procedure_dim.select(F.col("start_date").alias("d")),
+        medication_dim.select(F.col("start_date").alias("d")),
+        medication_dim.select(F.to_date("stop_ts").alias("d")),
+    ]
+    dates = used_dates[0]
+    for frame in used_dates[1:]:
+        dates = dates.unionByName(frame)
+    bounds = dates.agg(F.min("d").alias("first"), F.max("d").alias("last"))
+    date_dim = bounds.select(F.explode(F.sequence("first", "last")).alias("date_key")).select(
+        "date_key",
+        F.year("date_key").alias("year"),
+        F.quarter("date_key").alias("quarter"),
+        F.month("date_key").alias("month"),
+        F.date_format("date_key", "MMMM").alias("month_name"),
+        F.date_format("date_key", "yyyy-MM").alias("year_month"),
+        F.dayofmonth("date_key").alias("day_of_month"),
+        F.dayofweek("date_key").alias("day_of_week"),
+        F.date_format("date_key", "EEEE").alias("day_name"),
+        F.dayofweek("date_key").isin(1, 7).alias("is_weekend"),
+    )
+    return {
+        "patient_fact": patient_fact,
+        "encounter_dim": encounter_dim,
+        "condition_dim": condition_dim,
+        "procedure_dim": procedure_dim,
+        "medication_dim": medication_dim,
+        "provider_dim": provider_dim,
+        "organization_dim": organization_dim,
+        "payer_dim": payer_dim,
+        "location_dim": location_dim,
+        "date_dim": date_dim,
+    }
+
+
+def write_marts(frames: dict[str, DataFrame], lake: Lake) -> dict[str, str]:
+    """Write each mart beside `marts/<name>/`, sorted by key; `publish_marts` swaps them in once checked."""
+    return {
+        name: write_parquet(frame.orderBy(MARTS[name].key), staging_area(lake.uri("marts", name)))
+        for name, frame in frames.items()
+    }
+
+
+def publish_marts(written: dict[str, str], lake: Lake) -> None:
+    for name, uri in written.items():
+        publish(uri, lake.uri("marts", name))
+
+
+def discard(written: dict[str, str]) -> None:
+    for uri in written.values():
+        fs, path = filesystem_for(uri)
+        fs.delete_dir(path)
+
+
+@dataclass(frozen=True)
+class MartCheck:
+    mart: str
+    name: str
+    passed: bool
+    metadata: dict
+    blocking: bool = True
+
+
+def _count(frame: DataFrame) -> int:
+    return int(frame.count())
+
+
+def check_marts(spark: SparkSession, lake: Lake, written: dict[str, str], upload_order: list[str]
+                ) -> list[MartCheck]:
+    """Judge the written marts: keys, foreign keys, row counts against staging, and known Synthea oddities."""
+    marts = {name: spark.read.parquet(uri) for name, uri in written.items()}
+    checks = []
+    for name, mart in MARTS.items():
+        frame = marts[name]
+        rows, distinct = _count(frame), _count(frame.select(mart.key).distinct())
+        nulls = _count(frame.where(F.col(mart.key).isNull()))
+        checks.append(MartCheck(name, "primary_key", rows == distinct and not nulls,
+                                {"rows": rows, "distinct_keys": distinct, "null_keys": nulls}))
+    for name, references in FOREIGN_KEYS.items():
+        orphans = {}
+        for column, target in references.items():
+            keys = marts[target].select(F.col(MARTS[target].key).alias(column))
+            orphans[column] = _count(marts[name].where(F.col(column).isNotNull()).join(keys, column, "left_anti"))
+        checks.append(MartCheck(name, "foreign_keys_resolve", not any(orphans.values()), {"orphans": orphans}))
+
+    ranks = upload_ranks(spark, lake, upload_order)
+    for mart_name, table in (("patient_fact", "patients"), ("provider_dim", "providers"),
+                             ("organization_dim", "organizations"), ("payer_dim", "payers")):
+        expected = _count(read_staging(spark, lake, table, ranks).select("id").distinct())
+        actual = _count(marts[mart_name])
+        checks.append(MartCheck(mart_name, "rows_reconcile", expected == actual,
+                                {"distinct_ids_in_staging": expected, "rows": actual}))
+    owners = marts["patient_fact"].select(F.col("patient_key").alias("patient"), "upload_id")
+
+    def owned(table: str) -> DataFrame:
+        return read_staging(spark, lake, table, ranks).join(owners, ["patient", "upload_id"], "left_semi")
+
+    expected, actual = _count(owned("encounters").select("id").distinct()), _count(marts["encounter_dim"])
+    checks.append(MartCheck("encounter_dim", "rows_reconcile", expected == actual,
+                            {"distinct_encounters_of_current_patients": expected, "rows": actual}))
+
+    stops_early = _count(marts["medication_dim"].where(F.col("stop_ts") < F.col("start_ts")))
+    checks.append(MartCheck("medication_dim", "stops_before_start", stops_early == 0,
+                            {"medications_stopping_before_start": stops_early}, blocking=False))
+    no_encounter = _count(owned("observations").where(F.col("encounter").isNull()))
+    checks.append(MartCheck("encounter_dim", "observations_without_encounter", no_encounter == 0,
+                            {"observations_without_encounter": no_encounter}, blocking=False))
+    encounter_dates = marts["encounter_dim"].select("encounter_key", F.col("start_date").alias("encounter_date"))
+    off = _count(marts["condition_dim"].join(encounter_dates, "encounter_key")
+                 .where(F.col("start_date") != F.col("encounter_date")))
+    checks.append(MartCheck("condition_dim", "dated_like_encounter", off == 0,
+                            {"conditions_dated_off_their_encounter": off,
+                             "why": "condition dates are local, encounter dates UTC"}, blocking=False))
+    return checks
