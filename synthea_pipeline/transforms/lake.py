@@ -66,9 +66,6 @@ class Lake:
     def staging_path(self, upload_id: str, table: str) -> str:
         return self.partition("staging", table, upload_id)
 
-    def fs(self, uri: str | None = None) -> tuple[pafs.FileSystem, str]:
-        return filesystem_for(uri or self.root)
-
 
 def files_in(uri: str) -> list[str]:
     """Files directly under a folder URI (empty when it does not exist), sorted by name."""

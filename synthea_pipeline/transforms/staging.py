@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from synthea_pipeline.tables import Table
+from synthea_pipeline.tables import SPARK_TYPES, Table
 from synthea_pipeline.transforms.lake import filesystem_for, publish, staging_area
 from synthea_pipeline.transforms.raw import RawResult
 
@@ -96,8 +96,7 @@ def _typed(value: Column, column_type: str, sql_name: str) -> Column:
         return F.when(value.rlike(r"^\d{4}$"), F.to_timestamp(value, "yyyy")).otherwise(
             _typed(value, "timestamp", sql_name)
         )
-    spark_type = {"money": "decimal(18,2)", "double": "double", "int": "int"}[column_type]
-    return F.expr(f"try_cast({sql_name} as {spark_type})")
+    return F.expr(f"try_cast({sql_name} as {SPARK_TYPES[column_type]})")
 
 
 def read_raw(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str) -> DataFrame:
