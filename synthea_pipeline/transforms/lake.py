@@ -87,7 +87,7 @@ def publish(temp_uri: str, final_uri: str) -> None:
     fs, temp = filesystem_for(temp_uri)
     _, final = filesystem_for(final_uri)
     if isinstance(fs, pafs.LocalFileSystem):
-        trash = f"{final}.old-{uuid.uuid4().hex[:12]}"
+        _, trash = filesystem_for(staging_area(final_uri))
         exists = fs.get_file_info(final).type != pafs.FileType.NotFound
         if exists:
             fs.move(final, trash)
