@@ -26,7 +26,7 @@ from synthea_pipeline.tables import DEFAULT_TABLES, TABLES, Table
 from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest, upload_release
 from synthea_pipeline.transforms.staging import stage_table
 
-RAW_THREADS = 2
+PARALLEL_TABLES = 2
 STAGING_CHECKS = {
     "rows_reconcile": "Rows in = rows out + quarantined + duplicates dropped.",
     "key_unique": "The table's key identifies one row.",
@@ -138,7 +138,7 @@ def build_raw_assets(tables: Sequence[str] = DEFAULT_TABLES):
                 return error
 
         selected = _selected_tables(context)
-        with ThreadPoolExecutor(max_workers=RAW_THREADS) as pool:
+        with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
             outcomes = list(pool.map(clean, selected))
         for table, result in zip(selected, outcomes):
             if isinstance(result, TableError):
@@ -195,15 +195,22 @@ def build_staging_assets(tables: Sequence[str] = DEFAULT_TABLES):
         can_subset=True,
     )
     def staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> Iterator:
-        """Types every table of the upload in one Spark session and checks what was written."""
+        """Types every table of the upload in one Spark session, two tables at a time so the many small Spark
+        queries overlap, and checks what was written."""
         layout = lake.layout()
         upload = context.partition_key
         session = spark.get_session()
-        for table in _selected_tables(context):
+
+        def stage(table: Table):
             raw_uri = layout.partition("raw", table.name, upload)
-            staging_uri = layout.staging_path(upload, table.name)
             raw = load_manifest(raw_uri)
-            result, facts = stage_table(session, table, raw, raw_uri, staging_uri, upload)
+            return raw, *stage_table(session, table, raw, raw_uri, layout.staging_path(upload, table.name), upload)
+
+        selected = _selected_tables(context)
+        with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
+            outcomes = list(pool.map(stage, selected))
+        for table, (raw, result, facts) in zip(selected, outcomes):
+            staging_uri = layout.staging_path(upload, table.name)
             if result.unparseable_values:
                 context.log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
             key = AssetKey(["staging", table.name])
