@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.runs import SAMPLE_DIR, run_upload
+    from synthea_pipeline.runs import SAMPLE_DIR, UploadConflict, run_upload
 
     source_dir = args.source_dir or str(SAMPLE_DIR)
     try:
@@ -36,8 +36,8 @@ def run_command(args: argparse.Namespace) -> int:
     lake_root = LakeResource(root=args.lake).layout().root
     try:
         report = run_upload(source_dir, lake_root, upload_id, engine=args.engine,
-                            include_identifiers=args.include_identifiers)
-    except FileNotFoundError as error:
+                            include_identifiers=args.include_identifiers, replace=bool(args.upload_id))
+    except (FileNotFoundError, UploadConflict) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"upload {report.upload_id} (Synthea {report.release}), Dagster run {report.run_id}")

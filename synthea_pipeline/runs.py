@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from dagster import DagsterInstance, ExecuteInProcessResult
+from pyarrow import fs as pafs
 
 from synthea_pipeline.definitions import defs, ingest_upload_job
 from synthea_pipeline.partitions import uploads_partitions
@@ -52,13 +53,35 @@ def dagster_instance() -> DagsterInstance:
     return DagsterInstance.get()
 
 
-def copy_upload(source_dir: str, lake: Lake, upload_id: str) -> str:
-    """Copy an export folder's files to source/<upload_id>/ unless it already is that folder."""
+class UploadConflict(Exception):
+    pass
+
+
+def _fingerprint(folder_uri: str) -> tuple:
+    """File names and sizes, and the patients file itself: enough to tell two Synthea exports apart."""
+    fs, path = filesystem_for(folder_uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    sizes = sorted((i.base_name, i.size) for i in infos if i.type == pafs.FileType.File)
+    patients = f"{path}/patients.csv"
+    if fs.get_file_info(patients).type != pafs.FileType.File:
+        return sizes, b""
+    with fs.open_input_stream(patients) as stream:
+        return sizes, stream.read()
+
+
+def copy_upload(source_dir: str, lake: Lake, upload_id: str, replace: bool = True) -> str:
+    """Copy an export folder's files to source/<upload_id>/ unless it already is that folder. With
+    `replace=False`, a different export already under that id is refused rather than overwritten."""
     target = lake.source(upload_id)
     if os.path.abspath(source_dir) == target:
         return target
     if not os.path.isdir(source_dir):
         raise FileNotFoundError(f"source folder {source_dir} does not exist")
+    if not replace and files_in(target) and _fingerprint(target) != _fingerprint(os.path.abspath(source_dir)):
+        raise UploadConflict(
+            f"upload id {upload_id!r} already holds a different export in {target}; pass --upload-id with a new "
+            f"id for this one, or --upload-id {upload_id} to replace it"
+        )
     temp = staging_area(target)
     fs, temp_path = filesystem_for(temp)
     fs.create_dir(temp_path)
@@ -75,12 +98,13 @@ def run_upload(
     engine: str | None = None,
     instance: DagsterInstance | None = None,
     include_identifiers: bool = False,
+    replace: bool = True,
 ) -> RunReport:
     """Register `upload_id` as a partition, materialize every asset for it in this process, then the marts over
     all uploads."""
     lake_resource = LakeResource(root=lake_root)
     lake = lake_resource.layout()
-    copy_upload(source_dir, lake, upload_id)
+    copy_upload(source_dir, lake, upload_id, replace)
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
     job = defs.resolve_job_def(ingest_upload_job.name)

@@ -76,7 +76,8 @@ class Column:
 @dataclass(frozen=True)
 class Table:
     """One Synthea CSV table. `key` are the canonical columns that identify a row; tables with no natural key
-    get the content hash `row_key` as key."""
+    get the content hash `row_key` as key. `moved_when_absent` holds (column, holder) pairs: when a file lacks
+    `column`, an older release wrote its values into `holder`, whose own meaning that file then lacks."""
 
     name: str
     columns: tuple[Column, ...]
@@ -84,6 +85,7 @@ class Table:
     grain: str = ""
     since: str = "2.5"
     default: bool = True
+    moved_when_absent: tuple[tuple[str, str], ...] = ()
     column_index: dict[str, Column] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -195,6 +197,7 @@ TABLES: dict[str, Table] = {
         Table(
             "encounters",
             key=("id",),
+            moved_when_absent=(("organization", "provider"),),
             grain="one row per encounter",
             columns=(
                 ID,

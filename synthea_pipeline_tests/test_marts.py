@@ -1,6 +1,7 @@
 """The star-schema marts over several uploads: counts, keys, latest upload wins, idempotence, privacy, checks."""
 
 import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -130,6 +131,8 @@ def test_failing_blocking_check_stops_the_marts(instance, tmp_path):
     assert any("staging/conditions:required_not_null" in e and "'patient': 1" in e for e in report.errors)
     assert not report.marts
     assert not (tmp_path / "lake" / "marts").exists()
+    assert not Path(lake.staging_path("blocked", "conditions")).exists()
+    assert Path(lake.staging_path("blocked", "patients")).is_dir()
 
 
 def test_mart_failing_a_blocking_check_is_not_published(instance, lake, tmp_path):

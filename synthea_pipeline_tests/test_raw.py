@@ -156,3 +156,28 @@ def test_rerun_replaces_quarantine(upload):
     assert result.quarantined == 0
     with pytest.raises(FileNotFoundError):
         quarantine(lake, "conditions")
+
+
+def test_blank_lines_before_the_header_and_all_blank_files(upload):
+    original = (SAMPLE / "careplans.csv").read_text()
+    (upload / "careplans.csv").write_text("\n\r\n" + original)
+    (upload / "devices.csv").write_text("\n\r\n\n")
+    result, lake = clean(upload, "careplans")
+    assert (result.rows_out, result.quarantined) == (49, 0)
+    assert open(raw_text(lake, "careplans")).read() == original
+    assert clean(upload, "devices")[0].rows_in == 0
+
+
+def test_carriage_returns_that_are_not_line_ends(upload):
+    original = (SAMPLE / "allergies.csv").read_text()
+    (upload / "allergies.csv").write_text(original.replace("\n", "\r"))
+    with pytest.raises(TableError, match=r"allergies.csv, line 1: carriage returns \(CR\) inside the header"):
+        clean(upload, "allergies")
+    lines = original.splitlines()
+    lines[4] = lines[4].replace(",", "\r,", 1)
+    (upload / "allergies.csv").write_text("\r\n".join(lines) + "\r\n")
+    result, lake = clean(upload, "allergies")
+    assert (result.rows_in, result.rows_out, result.quarantined) == (40, 39, 1)
+    [row] = quarantine(lake, "allergies")
+    assert row["line_number"] == 5 and row["reason"].startswith("stray carriage return")
+    assert "\r" not in open(raw_text(lake, "allergies"), newline="").read()

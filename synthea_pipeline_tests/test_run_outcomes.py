@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from synthea_pipeline.runs import run_upload
+from synthea_pipeline.runs import copy_upload, run_upload
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline_tests.conftest import SAMPLES
+from synthea_pipeline_tests.conftest import SAMPLES, read_rows
 
 SAMPLE = SAMPLES["2.7"]
 
@@ -49,6 +49,21 @@ def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_pa
     assert event.asset_materialization.metadata["unparseable_values"].value == {"quantity": 1}
 
 
+def test_release_2_5_encounters_hold_the_organization_in_provider(instance, export, tmp_path):
+    header, rows = read_rows(export / "encounters.csv")
+    organization, provider = header.index("ORGANIZATION"), header.index("PROVIDER")
+    old = [[v for i, v in enumerate(r) if i != organization] for r in rows]
+    for new_row, row in zip(old, rows):
+        new_row[provider - 1] = row[organization]
+    old_header = [h for h in header if h != "ORGANIZATION"]
+    (export / "encounters.csv").write_text("\n".join(",".join(r) for r in [old_header, *old]) + "\n")
+    report = run_upload(str(export), str(tmp_path / "lake"), "release-2.5", instance=instance)
+    assert report.success and not report.errors, report.errors
+    staged = pq.read_table(Lake(str(tmp_path / "lake")).staging_path("release-2.5", "encounters"))
+    assert sorted(staged.column("organization").to_pylist()) == sorted(r[organization] for r in rows)
+    assert staged.column("provider").null_count == len(rows)
+
+
 def test_missing_required_column_fails_the_run_naming_table_file_and_line(instance, export, tmp_path):
     text = (export / "conditions.csv").read_text().replace("PATIENT", "PATIENT_ID", 1)
     (export / "conditions.csv").write_text(text)
@@ -81,6 +96,19 @@ def test_cli_refuses_invalid_upload_id_and_missing_folder(tmp_path):
     assert result.returncode == 2 and "invalid upload id 'a,b'" in result.stderr
     result = cli("run", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_cli_refuses_a_different_export_under_a_derived_id(tmp_path):
+    first, second = tmp_path / "a" / "csv", tmp_path / "b" / "csv"
+    shutil.copytree(SAMPLES["2.7"], first)
+    shutil.copytree(SAMPLES["3.0"], second)
+    lake = Lake(str(tmp_path / "lake"))
+    copy_upload(str(first), lake, "csv", replace=False)
+    copy_upload(str(first), lake, "csv", replace=False)
+    result = cli("run", str(second), "--lake", lake.root, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "upload id 'csv' already holds a different export" in result.stderr
+    assert (tmp_path / "lake" / "source" / "csv" / "patients.csv").read_bytes() == (first / "patients.csv").read_bytes()
 
 
 def test_cli_failure_exits_1_with_the_reason(tmp_path, export):

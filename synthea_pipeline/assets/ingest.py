@@ -24,7 +24,8 @@ from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.tables import DEFAULT_TABLES, TABLES, Table
 from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest, upload_release
-from synthea_pipeline.transforms.staging import stage_table
+from synthea_pipeline.transforms.lake import discard, publish
+from synthea_pipeline.transforms.staging import stage_table, staging_checks
 
 PARALLEL_TABLES = 2
 STAGING_CHECKS = {
@@ -209,8 +210,15 @@ def build_staging_assets(tables: Sequence[str] = DEFAULT_TABLES):
         selected = _selected_tables(context)
         with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
             outcomes = list(pool.map(stage, selected))
-        for table, (raw, result, facts) in zip(selected, outcomes):
+        for table, (raw, result, facts, temp) in zip(selected, outcomes):
             staging_uri = layout.staging_path(upload, table.name)
+            checks = staging_checks(table, raw, result, facts)
+            published = all(passed for passed, _ in checks.values())
+            if published:
+                publish(temp, staging_uri)
+            else:
+                discard(temp)
+                context.log.error(f"{table.name}: staging partition not published, a blocking check failed")
             if result.unparseable_values:
                 context.log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
             key = AssetKey(["staging", table.name])
@@ -227,28 +235,11 @@ def build_staging_assets(tables: Sequence[str] = DEFAULT_TABLES):
                     "unparseable_values": result.unparseable_values,
                     "synthea_release": raw.upload_release,
                     "source_present": bool(raw.files),
+                    "published": published,
                     "location": MetadataValue.path(staging_uri),
                 },
             )
-            accounted = facts.rows + raw.quarantined + result.duplicates_dropped
-            yield AssetCheckResult(
-                asset_key=key,
-                check_name="rows_reconcile",
-                passed=raw.rows_in == accounted,
-                metadata={"rows_in": raw.rows_in, "rows_out": facts.rows, "quarantined": raw.quarantined,
-                          "duplicates_dropped": result.duplicates_dropped, "unaccounted": raw.rows_in - accounted},
-            )
-            yield AssetCheckResult(
-                asset_key=key,
-                check_name="key_unique",
-                passed=facts.key_duplicates == 0,
-                metadata={"key": list(table.key), "duplicate_keys": facts.key_duplicates},
-            )
-            yield AssetCheckResult(
-                asset_key=key,
-                check_name="required_not_null",
-                passed=not any(facts.null_required.values()),
-                metadata={"null_counts": facts.null_required},
-            )
+            for name, (passed, metadata) in checks.items():
+                yield AssetCheckResult(asset_key=key, check_name=name, passed=passed, metadata=metadata)
 
     return staging_tables

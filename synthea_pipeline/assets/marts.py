@@ -29,7 +29,7 @@ from synthea_pipeline.transforms.marts import (
     MARTS,
     build_marts,
     check_marts,
-    discard,
+    discard_marts,
     publish_marts,
     write_marts,
 )
@@ -96,7 +96,7 @@ def build_mart_assets():
         checks = check_marts(session, layout, written, order)
         failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
         if failed:
-            discard(written)
+            discard_marts(written)
             raise Failure(description="marts not published, blocking checks failed: " + "; ".join(failed),
                           metadata={"failed_checks": failed})
         publish_marts(written, layout)

@@ -125,3 +125,9 @@ def link_or_copy(source_uri: str, target_uri: str) -> None:
         except OSError:
             pass
     copy_file(source_uri, target_uri)
+
+
+def discard(uri: str) -> None:
+    """Remove a folder written by `staging_area` that is not to be published."""
+    fs, path = filesystem_for(uri)
+    fs.delete_dir(path)

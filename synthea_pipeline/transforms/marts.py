@@ -18,7 +18,7 @@ from pyarrow import fs as pafs
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from synthea_pipeline.transforms.lake import Lake, filesystem_for, publish, staging_area
+from synthea_pipeline.transforms.lake import Lake, discard, filesystem_for, publish, staging_area
 from synthea_pipeline.transforms.staging import write_parquet
 
 IDENTIFIER_COLUMNS = ("ssn", "drivers", "passport", "prefix", "first_name", "middle_name", "last_name", "suffix",
@@ -150,7 +150,7 @@ def _place(frame: DataFrame, county: bool) -> DataFrame:
 
 
 def _age_band(age: Column) -> Column:
-    expression = F
+    expression = F.when(age.isNull(), None)
     for limit, band in AGE_BANDS:
         expression = expression.when(age < limit, band)
     return expression.otherwise("80+")
@@ -407,10 +407,9 @@ def publish_marts(written: dict[str, str], lake: Lake) -> None:
         publish(uri, lake.uri("marts", name))
 
 
-def discard(written: dict[str, str]) -> None:
+def discard_marts(written: dict[str, str]) -> None:
     for uri in written.values():
-        fs, path = filesystem_for(uri)
-        fs.delete_dir(path)
+        discard(uri)
 
 
 @dataclass(frozen=True)

@@ -85,25 +85,32 @@ def find_source_files(source_uri: str) -> tuple[dict[str, list[str]], list[str]]
     return {t: [n for _, n in sorted(parts)] for t, parts in by_table.items()}, other
 
 
-def read_header(source_uri: str, file: str, table: str) -> tuple[list[str], int]:
-    """The header names of a file and the byte length of the header line (BOM included)."""
+def read_header(source_uri: str, file: str, table: str) -> tuple[list[str], int, int]:
+    """The header names of a file, the bytes up to the end of the header line (BOM and blank lines before it
+    included) and the header's line number. A file with nothing but blank lines has no header."""
     fs, path = filesystem_for(f"{source_uri}/{file}")
     with fs.open_input_stream(path) as stream:
         head = stream.read(1024 * 1024)
-    if not head:
-        return [], 0
-    end = head.find(b"\n")
+    body = head[len(BOM) :] if head.startswith(BOM) else head
+    stripped = body.lstrip(b"\r\n")
+    if not stripped.strip():
+        return [], 0, 0
+    skipped = body[: len(body) - len(stripped)]
+    end = stripped.find(b"\n")
     if end < 0 and len(head) == 1024 * 1024:
         raise TableError(table, file, 1, "no line break in the first MiB: not a CSV text file")
-    line = head if end < 0 else head[: end + 1]
-    text = line[len(BOM) :] if line.startswith(BOM) else line
+    line = stripped if end < 0 else stripped[: end + 1]
+    number = skipped.count(b"\n") + 1
+    if b"\r" in line.rstrip(b"\r\n"):
+        raise TableError(table, file, number, "carriage returns (CR) inside the header line: old Mac line "
+                         "breaks are not supported, convert the file to LF or CRLF")
     try:
-        decoded = text.decode("utf-8").rstrip("\r\n")
+        decoded = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
-        raise TableError(table, file, 1, "header is not UTF-8 text (binary or non-UTF-8 file)") from None
+        raise TableError(table, file, number, "header is not UTF-8 text (binary or non-UTF-8 file)") from None
     if "\x00" in decoded:
-        raise TableError(table, file, 1, "header contains NUL bytes: binary file, not a CSV")
-    return [name.strip() for name in decoded.split(",")], len(line)
+        raise TableError(table, file, number, "header contains NUL bytes: binary file, not a CSV")
+    return [name.strip() for name in decoded.split(",")], len(head) - len(stripped) + len(line), number
 
 
 def upload_release(source_uri: str) -> str:
@@ -111,7 +118,7 @@ def upload_release(source_uri: str) -> str:
     headers = {}
     for table, names in find_source_files(source_uri)[0].items():
         try:
-            header, _ = read_header(source_uri, names[0], table)
+            header, _, _ = read_header(source_uri, names[0], table)
         except TableError:
             continue
         headers[table] = header
@@ -126,7 +133,7 @@ def clean_table(
     result = RawResult(table=table.name, upload_release=release)
     headers = [(file, *read_header(source_uri, file, table.name)) for file in files]
     kept_header: list[str] | None = None
-    for file, names, _ in headers:
+    for file, names, _, number in headers:
         if not names:
             result.warnings.append(f"{file} is empty (no header): read as a table with no rows")
             continue
@@ -138,7 +145,7 @@ def clean_table(
             if match.missing_required:
                 known = "no known column" if not match.mapping else f"header {','.join(names)}"
                 raise TableError(
-                    table.name, file, 1, f"missing required column(s) {', '.join(match.missing_required)} ({known})"
+                    table.name, file, number, f"missing required column(s) {', '.join(match.missing_required)} ({known})"
                 )
             result.header, result.columns, result.unknown_columns = header, match.mapping, match.unknown
             result.dropped_columns = [names[i] or f"<blank column {i + 1}>" for i in range(len(names)) if i not in keep]
@@ -146,13 +153,13 @@ def clean_table(
             if match.unknown:
                 result.warnings.append(f"unknown column(s) kept in raw, not staged: {', '.join(match.unknown)}")
         elif header != kept_header:
-            raise TableError(table.name, file, 1, f"header differs from {headers[0][0]}: {','.join(names)}")
+            raise TableError(table.name, file, number, f"header differs from {headers[0][0]}: {','.join(names)}")
 
     temp_raw, temp_quarantine = staging_area(raw_uri), staging_area(quarantine_uri)
     fs, raw_root = filesystem_for(temp_raw)
     fs.create_dir(raw_root)
     rejected: list[dict] = []
-    for file, names, header_bytes in headers:
+    for file, names, header_bytes, header_line_number in headers:
         if not names:
             continue
         keep = [i for i, n in enumerate(names) if not UNNAMED.match(n)]
@@ -162,7 +169,7 @@ def clean_table(
         if header_bytes == len(header_line) and cleaner.scan(source, header_bytes, header_line):
             link_or_copy(source, f"{temp_raw}/{file}")
         else:
-            cleaner = _FileCleaner(len(names), cleaner.keep, file, rejected)
+            cleaner = _FileCleaner(len(names), cleaner.keep, file, rejected, header_line_number)
             source_fs, source_path = filesystem_for(source)
             with source_fs.open_input_stream(source_path) as stream, fs.open_output_stream(f"{raw_root}/{file}") as out:
                 out.write(header_line)
@@ -209,13 +216,13 @@ class _FileCleaner:
     """Streams the data lines of one file, keeping well-formed rows and collecting rejected ones. `scan` only
     checks whether the file can go to raw unchanged, stopping at the first thing to repair."""
 
-    def __init__(self, fields: int, keep: list[int] | None, file: str, rejected: list[dict]):
+    def __init__(self, fields: int, keep: list[int] | None, file: str, rejected: list[dict], header_line: int = 1):
         self.commas = fields - 1
         self.fields = fields
         self.keep = keep
         self.file = file
         self.rejected = rejected
-        self.line_number = 1
+        self.line_number = header_line
         self.bytes_in = self.rows_in = self.rows_out = self.blank_lines = 0
 
     def scan(self, source_uri: str, header_bytes: int, header_line: bytes) -> bool:
@@ -251,6 +258,7 @@ class _FileCleaner:
             if out is None:
                 raise _NeedsRewrite
             block = block.replace(b"\r\n", b"\n")
+        stray_cr = b"\r" in block
         arr = np.frombuffer(block, dtype=np.uint8)
         ends = np.flatnonzero(arr == NEWLINE)
         starts = np.concatenate(([0], ends[:-1] + 1))
@@ -258,7 +266,8 @@ class _FileCleaner:
         blank = ends == starts
         bad = (commas != self.commas) & ~blank
         ascii_only = not len(arr) or int(arr.max()) < 128
-        if not bad.any() and not blank.any() and self.keep is None and (ascii_only or _is_utf8(block)):
+        clean = not bad.any() and not blank.any() and not stray_cr and self.keep is None
+        if clean and (ascii_only or _is_utf8(block)):
             if out is not None:
                 out.write(block)
             lines = len(ends)
@@ -283,6 +292,8 @@ class _FileCleaner:
                     reason = f"truncated last line: no line break at end of file, {reason}"
             elif not ascii_only and not _is_utf8(line):
                 reason = "invalid UTF-8: the line is not UTF-8 text"
+            elif stray_cr and b"\r" in line:
+                reason = "stray carriage return: a CR inside the line would split it for CSV readers"
             if reason:
                 self.rejected.append(
                     {

@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from synthea_pipeline.tables import SPARK_TYPES, Table
-from synthea_pipeline.transforms.lake import filesystem_for, publish, staging_area
+from synthea_pipeline.transforms.lake import discard, filesystem_for, staging_area
 from synthea_pipeline.transforms.raw import RawResult
 
 SPARK_CONF = {
@@ -105,6 +105,9 @@ def read_raw(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str) ->
         schema = T.StructType([T.StructField(f"_c{i}", T.StringType()) for i in range(len(raw.header))])
         frame = spark.read.csv([f"{raw_uri}/{f}" for f in raw.files], schema=schema, header=True, quote="\u0000")
         by_name = {canonical: f"_c{raw.header.index(header)}" for header, canonical in raw.columns.items()}
+        for column, holder in table.moved_when_absent:
+            if column not in by_name and holder in by_name:
+                by_name[column] = by_name.pop(holder)
     else:
         frame = spark.createDataFrame([], T.StructType([T.StructField("_c0", T.StringType())]))
         by_name = {}
@@ -150,9 +153,9 @@ def read_stats(table: Table, text: DataFrame) -> tuple[int, dict[str, int]]:
 
 def stage_table(
     spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, staging_uri: str, upload_id: str
-) -> tuple[StagingResult, StagingProfile]:
-    """Write one table's staging partition for one upload, replacing any earlier one atomically, and profile
-    what was written.
+) -> tuple[StagingResult, StagingProfile, str]:
+    """Write one table's staging partition for one upload beside its final place and profile it; returns the
+    temporary location for the caller to `publish` once the profile passes its checks, or to `discard`.
 
     Exact duplicates go in one `distinct`; rows that share a natural key but differ are rare, so the costlier
     window that resolves them runs only when the written partition shows any."""
@@ -163,11 +166,22 @@ def stage_table(
     facts = profile(spark, table, temp)
     if facts.key_duplicates and table.has_natural_key:
         resolved = write_parquet(resolve_key_conflicts(table, spark.read.parquet(temp)), staging_area(staging_uri))
-        fs, path = filesystem_for(temp)
-        fs.delete_dir(path)
+        discard(temp)
         temp, facts = resolved, profile(spark, table, resolved)
-    publish(temp, staging_uri)
-    return StagingResult(table.name, rows_read, facts.rows, unparseable), facts
+    return StagingResult(table.name, rows_read, facts.rows, unparseable), facts, temp
+
+
+def staging_checks(table: Table, raw: RawResult, result: StagingResult, facts: StagingProfile
+                   ) -> dict[str, tuple[bool, dict]]:
+    """The blocking checks of a staging partition: (passed, metadata) by check name."""
+    accounted = facts.rows + raw.quarantined + result.duplicates_dropped
+    return {
+        "rows_reconcile": (raw.rows_in == accounted, {
+            "rows_in": raw.rows_in, "rows_out": facts.rows, "quarantined": raw.quarantined,
+            "duplicates_dropped": result.duplicates_dropped, "unaccounted": raw.rows_in - accounted}),
+        "key_unique": (facts.key_duplicates == 0, {"key": list(table.key), "duplicate_keys": facts.key_duplicates}),
+        "required_not_null": (not any(facts.null_required.values()), {"null_counts": facts.null_required}),
+    }
 
 
 def write_parquet(frame: DataFrame, uri: str) -> str:
