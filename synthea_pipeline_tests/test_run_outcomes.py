@@ -49,6 +49,23 @@ def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_pa
     assert event.asset_materialization.metadata["unparseable_values"].value == {"quantity": 1}
 
 
+def test_rows_sharing_a_key_resolve_to_one_deterministic_row(instance, export, tmp_path):
+    header, rows = read_rows(export / "encounters.csv")
+    variant = list(rows[0])
+    variant[header.index("DESCRIPTION")] = "Corrected description"
+    (export / "encounters.csv").write_text("\n".join(",".join(r) for r in [header, variant, *rows]) + "\n")
+    lake = Lake(str(tmp_path / "lake"))
+    chosen = []
+    for upload in ("conflict-a", "conflict-b"):
+        report = run_upload(str(export), lake.root, upload, instance=instance)
+        assert report.success and not report.errors, report.errors
+        account = {t.table: t for t in report.tables}["encounters"]
+        assert (account.rows_in, account.duplicates_dropped, account.rows_out) == (428, 1, 427)
+        staged = pq.read_table(lake.staging_path(upload, "encounters")).to_pylist()
+        chosen.append(next(r["description"] for r in staged if r["id"] == rows[0][0]))
+    assert chosen[0] == chosen[1] and chosen[0] in ("Corrected description", rows[0][header.index("DESCRIPTION")])
+
+
 def test_release_2_5_encounters_hold_the_organization_in_provider(instance, export, tmp_path):
     header, rows = read_rows(export / "encounters.csv")
     organization, provider = header.index("ORGANIZATION"), header.index("PROVIDER")

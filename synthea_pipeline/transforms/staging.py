@@ -122,8 +122,10 @@ def read_raw(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str) ->
 
 
 def row_key(table: Table) -> Column:
-    """Hash of a row's normalized text: the key of tables that have no natural key."""
-    return F.md5(F.concat_ws(KEY_SEPARATOR, *[F.coalesce(F.col(n), F.lit(NULL_MARK)) for n in table.column_names]))
+    """Hash of a row's values as text: the key of tables that have no natural key, and the tie-break between
+    rows sharing a natural key (there computed on typed columns, hence the cast)."""
+    values = [F.coalesce(F.col(n).cast("string"), F.lit(NULL_MARK)) for n in table.column_names]
+    return F.md5(F.concat_ws(KEY_SEPARATOR, *values))
 
 
 def type_columns(table: Table, text: DataFrame) -> DataFrame:
