@@ -21,9 +21,11 @@ from pyspark.sql import functions as F
 from synthea_pipeline.transforms.lake import Lake, discard, filesystem_for, publish, staging_area
 from synthea_pipeline.transforms.staging import write_parquet
 
-IDENTIFIER_COLUMNS = ("ssn", "drivers", "passport", "prefix", "first_name", "middle_name", "last_name", "suffix",
-                      "maiden_name", "address")
-"""Direct identifiers, left out of the marts unless asked for."""
+PATIENT_IDENTIFIERS = {"ssn": "ssn", "drivers": "drivers", "passport": "passport", "prefix": "prefix",
+                       "first_name": "first", "middle_name": "middle", "last_name": "last", "suffix": "suffix",
+                       "maiden_name": "maiden", "address": "address"}
+"""Direct identifiers of patient_fact (mart column: staging column), left out unless asked for."""
+IDENTIFIER_COLUMNS = tuple(PATIENT_IDENTIFIERS)
 
 AGE_BANDS = ((18, "0-17"), (35, "18-34"), (50, "35-49"), (65, "50-64"), (80, "65-79"))
 """(first age not in the band, band); older is "80+"."""
@@ -130,6 +132,12 @@ def upload_ranks(spark: SparkSession, lake: Lake, upload_order: list[str]) -> Da
     return spark.createDataFrame([(u, i) for i, u in enumerate(order)], "upload_id string, upload_rank int")
 
 
+def owned_by_patient_upload(frame: DataFrame, owners: DataFrame) -> DataFrame:
+    """Rows of a patient-scoped table that come from the upload owning their patient (`owners`: patient,
+    upload_id)."""
+    return frame.join(owners, ["patient", "upload_id"], "left_semi")
+
+
 def latest_per_key(frame: DataFrame, key: str) -> DataFrame:
     window = Window.partitionBy(key).orderBy(F.col("upload_rank").desc())
     return frame.withColumn("_n", F.row_number().over(window)).where("_n = 1").drop("_n")
@@ -140,13 +148,16 @@ def location_key(*parts: Column) -> Column:
     return F.when(F.coalesce(*parts).isNull(), None).otherwise(F.md5(text))
 
 
+def _place_parts(county: bool) -> list[Column]:
+    """city, county, state, zip, fips; providers and organizations have no county or FIPS."""
+    absent = F.lit(None).cast("string")
+    return [F.col("city"), (F.col("county") if county else absent).alias("county"), F.col("state"), F.col("zip"),
+            (F.col("fips") if county else absent).alias("fips")]
+
+
 def _place(frame: DataFrame, county: bool) -> DataFrame:
-    county_col = F.col("county") if county else F.lit(None).cast("string")
-    fips_col = F.col("fips") if county else F.lit(None).cast("string")
-    return frame.select(
-        F.col("city"), county_col.alias("county"), F.col("state"), F.col("zip"), fips_col.alias("fips")
-    ).withColumn("location_key", location_key(F.col("city"), F.col("county"), F.col("state"), F.col("zip"),
-                                              F.col("fips")))
+    parts = _place_parts(county)
+    return frame.select(*parts, location_key(*parts).alias("location_key"))
 
 
 def _age_band(age: Column) -> Column:
@@ -169,8 +180,7 @@ def build_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
     owners = patients.select(F.col("id").alias("patient"), "upload_id")
 
     def owned(table: str) -> DataFrame:
-        """Rows of a patient-scoped table from the upload that owns each patient."""
-        return read(table).join(owners, ["patient", "upload_id"], "left_semi")
+        return owned_by_patient_upload(read(table), owners)
 
     encounters = owned("encounters")
     conditions = owned("conditions")
@@ -264,7 +274,7 @@ def build_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
         *([F.col("name").alias("provider_name"), F.col("address")] if include_identifiers else []),
         F.col("gender"),
         F.col("speciality").alias("specialty"),
-        location_key(F.col("city"), F.lit(None), F.col("state"), F.col("zip"), F.lit(None)).alias("location_key"),
+        location_key(*_place_parts(county=False)).alias("location_key"),
         F.col("lat"),
         F.col("lon"),
         F.col("utilization"),
@@ -276,7 +286,7 @@ def build_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
         F.col("id").alias("organization_key"),
         F.col("name").alias("organization_name"),
         *([F.col("address")] if include_identifiers else []),
-        location_key(F.col("city"), F.lit(None), F.col("state"), F.col("zip"), F.lit(None)).alias("location_key"),
+        location_key(*_place_parts(county=False)).alias("location_key"),
         F.col("lat"),
         F.col("lon"),
         F.col("phone"),
@@ -316,11 +326,7 @@ def build_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
         fact = fact.join(frame, "id", "left")
     end = F.coalesce(F.col("deathdate"), F.col("as_of_date"))
     age = F.floor(F.months_between(end, F.col("birthdate")) / 12).cast("int")
-    identifiers = [
-        F.col("ssn"), F.col("drivers"), F.col("passport"), F.col("prefix"), F.col("first").alias("first_name"),
-        F.col("middle").alias("middle_name"), F.col("last").alias("last_name"), F.col("suffix"),
-        F.col("maiden").alias("maiden_name"), F.col("address"),
-    ]
+    identifiers = [F.col(staged).alias(column) for column, staged in PATIENT_IDENTIFIERS.items()]
     zero = F.lit(0)
     patient_fact = fact.select(
         F.col("id").alias("patient_key"),
@@ -334,8 +340,7 @@ def build_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
         F.col("race"),
         F.col("ethnicity"),
         F.col("marital").alias("marital_status"),
-        location_key(F.col("city"), F.col("county"), F.col("state"), F.col("zip"), F.col("fips")).alias(
-            "location_key"),
+        location_key(*_place_parts(county=True)).alias("location_key"),
         F.col("income"),
         F.col("healthcare_expenses"),
         F.col("healthcare_coverage"),
@@ -453,7 +458,7 @@ def check_marts(spark: SparkSession, lake: Lake, written: dict[str, str], upload
     owners = marts["patient_fact"].select(F.col("patient_key").alias("patient"), "upload_id")
 
     def owned(table: str) -> DataFrame:
-        return read_staging(spark, lake, table, ranks).join(owners, ["patient", "upload_id"], "left_semi")
+        return owned_by_patient_upload(read_staging(spark, lake, table, ranks), owners)
 
     expected, actual = _count(owned("encounters").select("id").distinct()), _count(marts["encounter_dim"])
     checks.append(MartCheck("encounter_dim", "rows_reconcile", expected == actual,
