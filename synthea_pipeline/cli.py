@@ -1,4 +1,4 @@
-"""`synthea-pipeline`: run an upload through the pipeline from the command line."""
+"""`synthea-pipeline`: upload Synthea exports, run them through the pipeline, reprocess them."""
 
 from __future__ import annotations
 
@@ -20,44 +20,101 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
     run.add_argument("--include-identifiers", action="store_true",
                      help="write direct identifiers (SSN, names, addresses, ...) to the marts")
+    upload = commands.add_parser("upload", help="copy a Synthea CSV folder to source/<upload_id>/ with a manifest")
+    upload.add_argument("source_dir", help="Synthea CSV folder (the output/csv of run_synthea)")
+    upload.add_argument("--to", help=f"where uploads land: s3://BUCKET/PREFIX or a folder (default: the lake's "
+                        f"source/, ${LAKE_ENV}/source, else ./{DEFAULT_LAKE}/source)")
+    upload.add_argument("--upload-id", help="partition key (default: derived from the folder name)")
+    backfill = commands.add_parser("backfill", help="recompute registered uploads from source, then the marts")
+    backfill.add_argument("upload_ids", nargs="*", help="uploads to recompute")
+    backfill.add_argument("--all", action="store_true", help="recompute every registered upload")
+    backfill.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    backfill.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
+    backfill.add_argument("--include-identifiers", action="store_true",
+                          help="write direct identifiers (SSN, names, addresses, ...) to the marts")
     return parser
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.runs import SAMPLE_DIR, UploadConflict, run_upload
+def _upload_id(args: argparse.Namespace, source_dir: str) -> str:
+    return validate_upload_id(args.upload_id) if args.upload_id else upload_id_for_folder(source_dir)
 
-    source_dir = args.source_dir or str(SAMPLE_DIR)
-    try:
-        upload_id = validate_upload_id(args.upload_id) if args.upload_id else upload_id_for_folder(source_dir)
-    except InvalidUploadId as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    lake_root = LakeResource(root=args.lake).layout().root
-    try:
-        report = run_upload(source_dir, lake_root, upload_id, engine=args.engine,
-                            include_identifiers=args.include_identifiers, replace=bool(args.upload_id))
-    except (FileNotFoundError, UploadConflict) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _print_report(report, lake_root: str) -> bool:
     print(f"upload {report.upload_id} (Synthea {report.release}), Dagster run {report.run_id}")
     print(f"{'table':<22}{'rows in':>10}{'quarantined':>13}{'duplicates':>12}{'rows out':>10}")
     for t in report.tables:
         print(f"{t.table:<22}{t.rows_in:>10}{t.quarantined:>13}{t.duplicates_dropped:>12}{t.rows_out:>10}")
-    print(f"staging Parquet: {lake_root}/staging/<table>/upload_id={upload_id}/")
+    print(f"staging Parquet: {lake_root}/staging/<table>/upload_id={report.upload_id}/")
     if report.marts:
         print("marts (all uploads): " + ", ".join(f"{name} {rows}" for name, rows in report.marts.items()))
         print(f"mart Parquet: {lake_root}/marts/<table>/")
     if not report.success or report.errors:
         for error in report.errors or ["the run failed; see the Dagster run log"]:
             print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.resources.lake import LakeResource
+    from synthea_pipeline.runs import SAMPLE_DIR, run_upload
+    from synthea_pipeline.transforms.uploads import UploadError
+
+    source_dir = args.source_dir or str(SAMPLE_DIR)
+    try:
+        upload_id = _upload_id(args, source_dir)
+        lake_root = LakeResource(root=args.lake).layout().root
+        report = run_upload(source_dir, lake_root, upload_id, engine=args.engine,
+                            include_identifiers=args.include_identifiers, replace=bool(args.upload_id))
+    except (InvalidUploadId, UploadError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0 if _print_report(report, lake_root) else 1
+
+
+def upload_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.resources.lake import LakeResource
+    from synthea_pipeline.transforms.storage import UploadVerificationError, storage_for
+    from synthea_pipeline.transforms.uploads import UploadError, manifest_key, upload_export
+
+    try:
+        upload_id = _upload_id(args, args.source_dir)
+        storage = storage_for(args.to) if args.to else LakeResource().source_storage()
+        manifest = upload_export(args.source_dir, storage, upload_id)
+    except (InvalidUploadId, UploadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except UploadVerificationError as error:
+        print(f"error: upload not verified, nothing was marked complete: {error}", file=sys.stderr)
         return 1
+    size = sum(f["size"] for f in manifest["files"])
+    print(f"uploaded {len(manifest['files'])} files ({size / 1e6:.1f} MB, Synthea {manifest['synthea_release']}) "
+          f"to {storage.uri(upload_id)}/")
+    print(f"manifest {storage.uri(manifest_key(upload_id))}, checksum {manifest['checksum'][:16]}")
     return 0
+
+
+def backfill_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.resources.lake import LakeResource
+    from synthea_pipeline.runs import backfill
+
+    if bool(args.all) == bool(args.upload_ids):
+        print("error: name the uploads to recompute, or pass --all", file=sys.stderr)
+        return 2
+    lake_root = LakeResource(root=args.lake).layout().root
+    try:
+        reports = backfill(None if args.all else args.upload_ids, lake_root, engine=args.engine,
+                           include_identifiers=args.include_identifiers)
+    except (KeyError, ValueError) as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    printed = [_print_report(report, lake_root) for report in reports]
+    return 0 if all(printed) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"run": run_command}[args.command](args)
+    return {"run": run_command, "upload": upload_command, "backfill": backfill_command}[args.command](args)
 
 
 if __name__ == "__main__":

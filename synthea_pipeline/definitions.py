@@ -1,23 +1,18 @@
 """Everything Dagster loads, assembled explicitly. Loads without credentials or network: resources read their
-settings from the environment only when a run uses them."""
+settings from the environment only when a run or a sensor tick uses them."""
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import Definitions
 
 from synthea_pipeline.assets.ingest import build_raw_assets, build_source_assets, build_staging_assets
 from synthea_pipeline.assets.marts import build_mart_assets
-from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.jobs import ingest_upload_job
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
-
-ingest_upload_job = define_asset_job(
-    "ingest_upload",
-    selection=AssetSelection.all(),
-    partitions_def=uploads_partitions,
-    description="Carries one upload through every layer, then rebuilds the marts over all uploads.",
-)
+from synthea_pipeline.sensors import upload_sensor
 
 defs = Definitions(
     assets=[build_source_assets(), build_raw_assets(), build_staging_assets(), build_mart_assets()],
     jobs=[ingest_upload_job],
+    sensors=[upload_sensor],
     resources={"lake": LakeResource(), "spark": SparkResource()},
 )

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from dagster import DagsterInstance, ExecuteInProcessResult
-from pyarrow import fs as pafs
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
-from synthea_pipeline.definitions import defs, ingest_upload_job
+from synthea_pipeline.definitions import defs
+from synthea_pipeline.jobs import ingest_upload_job
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
-from synthea_pipeline.transforms.lake import Lake, copy_file, files_in, filesystem_for, publish, staging_area
+from synthea_pipeline.transforms.uploads import upload_export
 
 SAMPLE_DIR = Path(str(resources.files("synthea_pipeline") / "samples" / "v3.3_au_11p"))
 DEFAULT_DAGSTER_HOME = ".dagster"
@@ -53,44 +53,6 @@ def dagster_instance() -> DagsterInstance:
     return DagsterInstance.get()
 
 
-class UploadConflict(Exception):
-    pass
-
-
-def _fingerprint(folder_uri: str) -> tuple:
-    """File names and sizes, and the patients file itself: enough to tell two Synthea exports apart."""
-    fs, path = filesystem_for(folder_uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    sizes = sorted((i.base_name, i.size) for i in infos if i.type == pafs.FileType.File)
-    patients = f"{path}/patients.csv"
-    if fs.get_file_info(patients).type != pafs.FileType.File:
-        return sizes, b""
-    with fs.open_input_stream(patients) as stream:
-        return sizes, stream.read()
-
-
-def copy_upload(source_dir: str, lake: Lake, upload_id: str, replace: bool = True) -> str:
-    """Copy an export folder's files to source/<upload_id>/ unless it already is that folder. With
-    `replace=False`, a different export already under that id is refused rather than overwritten."""
-    target = lake.source(upload_id)
-    if os.path.abspath(source_dir) == target:
-        return target
-    if not os.path.isdir(source_dir):
-        raise FileNotFoundError(f"source folder {source_dir} does not exist")
-    if not replace and files_in(target) and _fingerprint(target) != _fingerprint(os.path.abspath(source_dir)):
-        raise UploadConflict(
-            f"upload id {upload_id!r} already holds a different export in {target}; pass --upload-id with a new "
-            f"id for this one, or --upload-id {upload_id} to replace it"
-        )
-    temp = staging_area(target)
-    fs, temp_path = filesystem_for(temp)
-    fs.create_dir(temp_path)
-    for name in files_in(source_dir):
-        copy_file(f"{os.path.abspath(source_dir)}/{name}", f"{temp}/{name}")
-    publish(temp, target)
-    return target
-
-
 def run_upload(
     source_dir: str,
     lake_root: str,
@@ -103,20 +65,56 @@ def run_upload(
     """Register `upload_id` as a partition, materialize every asset for it in this process, then the marts over
     all uploads."""
     lake_resource = LakeResource(root=lake_root)
-    lake = lake_resource.layout()
-    copy_upload(source_dir, lake, upload_id, replace)
+    if lake_root.startswith("s3://") and SparkResource(engine=engine).resolved_engine() == "local-jvm":
+        raise ValueError("the local-jvm engine cannot read s3:// (no hadoop-aws jars): use --engine sail")
+    if os.path.abspath(source_dir) != lake_resource.layout().source(upload_id):
+        upload_export(source_dir, lake_resource.source_storage(), upload_id, replace)
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
-    job = defs.resolve_job_def(ingest_upload_job.name)
+    return _execute(upload_id, lake_resource, engine, instance, include_identifiers)
+
+
+def backfill(
+    upload_ids: list[str] | None,
+    lake_root: str,
+    engine: str | None = None,
+    instance: DagsterInstance | None = None,
+    include_identifiers: bool = False,
+) -> list[RunReport]:
+    """Recompute the partitions of the given uploads (all registered uploads when None) from their source
+    folders, in registration order, then the marts once: the marts end up as if the uploads had arrived in
+    that order. Stops at the first failed upload."""
+    instance = instance or dagster_instance()
+    registered = instance.get_dynamic_partitions(uploads_partitions.name)
+    unknown = sorted(set(upload_ids or []) - set(registered))
+    if unknown:
+        raise KeyError(f"not registered uploads: {', '.join(unknown)} (registered: {', '.join(registered) or 'none'})")
+    selected = [u for u in registered if upload_ids is None or u in upload_ids]
+    lake_resource = LakeResource(root=lake_root)
+    reports = []
+    for position, upload_id in enumerate(selected):
+        last = position == len(selected) - 1
+        reports.append(_execute(upload_id, lake_resource, engine, instance, include_identifiers, with_marts=last))
+        if not reports[-1].success:
+            break
+    return reports
+
+
+def _execute(upload_id: str, lake: LakeResource, engine: str | None, instance: DagsterInstance,
+             include_identifiers: bool, with_marts: bool = True) -> RunReport:
+    job = Definitions(
+        assets=defs.assets, jobs=[ingest_upload_job], resources={"lake": lake, "spark": SparkResource(engine=engine)}
+    ).resolve_job_def(ingest_upload_job.name)
+    selection = None if with_marts else [key for key in job.asset_layer.executable_asset_keys if key.path[0] != "marts"]
     result = job.execute_in_process(
         instance=instance,
         partition_key=upload_id,
+        asset_selection=selection,
         raise_on_error=False,
         run_config={
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            "ops": {"marts": {"config": {"include_identifiers": include_identifiers}}},
+            **({"ops": {"marts": {"config": {"include_identifiers": include_identifiers}}}} if with_marts else {}),
         },
-        resources={"lake": lake_resource, "spark": SparkResource(engine=engine)},
     )
     return _report(result, upload_id)
 

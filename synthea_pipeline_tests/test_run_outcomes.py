@@ -9,8 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from synthea_pipeline.runs import copy_upload, run_upload
+from synthea_pipeline.runs import run_upload
 from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline.transforms.storage import LocalStorage
+from synthea_pipeline.transforms.uploads import upload_export
 from synthea_pipeline_tests.conftest import SAMPLES, read_rows
 
 SAMPLE = SAMPLES["2.7"]
@@ -119,10 +121,9 @@ def test_cli_refuses_a_different_export_under_a_derived_id(tmp_path):
     first, second = tmp_path / "a" / "csv", tmp_path / "b" / "csv"
     shutil.copytree(SAMPLES["2.7"], first)
     shutil.copytree(SAMPLES["3.0"], second)
-    lake = Lake(str(tmp_path / "lake"))
-    copy_upload(str(first), lake, "csv", replace=False)
-    copy_upload(str(first), lake, "csv", replace=False)
-    result = cli("run", str(second), "--lake", lake.root, cwd=tmp_path)
+    upload_export(str(first), LocalStorage(str(tmp_path / "lake" / "source")), "csv", replace=False)
+    upload_export(str(first), LocalStorage(str(tmp_path / "lake" / "source")), "csv", replace=False)
+    result = cli("run", str(second), "--lake", str(tmp_path / "lake"), cwd=tmp_path)
     assert result.returncode == 2
     assert "upload id 'csv' already holds a different export" in result.stderr
     assert (tmp_path / "lake" / "source" / "csv" / "patients.csv").read_bytes() == (first / "patients.csv").read_bytes()

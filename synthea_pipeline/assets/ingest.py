@@ -23,9 +23,12 @@ from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.tables import DEFAULT_TABLES, TABLES, Table
-from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest, upload_release
 from synthea_pipeline.transforms.lake import discard, publish
+from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest, upload_release
 from synthea_pipeline.transforms.staging import stage_table, staging_checks
+from synthea_pipeline.transforms.uploads import missing_or_different, read_manifest
+
+CHECKSUM_TAG = "synthea/upload_checksum"
 
 PARALLEL_TABLES = 2
 STAGING_CHECKS = {
@@ -78,14 +81,23 @@ def build_source_assets(tables: Sequence[str] = DEFAULT_TABLES):
         can_subset=True,
     )
     def source_upload(context: AssetExecutionContext, lake: LakeResource) -> Iterator[MaterializeResult]:
-        """Takes stock of an upload: which tables have files, their headers and the Synthea release."""
-        upload_uri = lake.layout().source(context.partition_key)
+        """Takes stock of an upload: which tables have files, their headers and the Synthea release; an upload
+        whose manifest lists files that are absent or of another size fails here, before anything is read."""
+        upload = context.partition_key
+        upload_uri = lake.layout().source(upload)
+        storage = lake.source_storage()
+        manifest = read_manifest(storage, upload)
+        if manifest is not None:
+            problems = missing_or_different(manifest, list(storage.list_objects(upload)))
+            if problems:
+                raise Failure(f"upload {upload} is incomplete or changed since its manifest: {'; '.join(problems)}")
         files, other = find_source_files(upload_uri)
         if "patients" not in files:
-            raise Failure(f"upload {context.partition_key}: no patients.csv under {upload_uri}")
+            raise Failure(f"upload {upload}: no patients.csv under {upload_uri}")
         if other:
             context.log.warning(f"files that are not Synthea tables, ignored: {', '.join(other)}")
         release = upload_release(upload_uri)
+        checksum = manifest["checksum"] if manifest else context.run.tags.get(CHECKSUM_TAG)
         for table in _selected_tables(context):
             yield MaterializeResult(
                 asset_key=AssetKey(["source", table.name]),
@@ -93,6 +105,8 @@ def build_source_assets(tables: Sequence[str] = DEFAULT_TABLES):
                     "files": files.get(table.name, []),
                     "present": table.name in files,
                     "synthea_release": release,
+                    "upload_checksum": checksum,
+                    "has_manifest": manifest is not None,
                     "location": MetadataValue.path(upload_uri),
                 },
             )

@@ -34,6 +34,7 @@ from synthea_pipeline.transforms.marts import (
     write_marts,
 )
 
+MARTS_POOL = "marts"
 MART_CHECKS = {
     **{(name, "primary_key"): "The key is unique and never null." for name in MARTS},
     **{(name, "foreign_keys_resolve"): "Every foreign key finds its row in the referenced mart."
@@ -66,6 +67,7 @@ def schema_of(frame) -> TableSchema:
 def build_mart_assets():
     @multi_asset(
         name="marts",
+        pool=MARTS_POOL,
         specs=[
             AssetSpec(
                 key=AssetKey(["marts", name]),
@@ -87,7 +89,9 @@ def build_mart_assets():
     def marts(context: AssetExecutionContext, config: MartsConfig, lake: LakeResource, spark: SparkResource
               ) -> Iterator:
         """Rebuilds every mart from all staged uploads (the latest registered upload wins) and publishes them
-        only when every blocking check passes, so readers never see a mart that failed one."""
+        only when every blocking check passes, so readers never see a mart that failed one. The `marts` pool
+        (limit 1 in dagster.yaml) runs one rebuild at a time when many uploads arrive together: the last one to
+        run sees every staged upload."""
         layout = lake.layout()
         session = spark.get_session()
         order = context.instance.get_dynamic_partitions(uploads_partitions.name)

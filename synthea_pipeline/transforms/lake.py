@@ -81,9 +81,11 @@ def staging_area(final_uri: str) -> str:
 
 
 def publish(temp_uri: str, final_uri: str) -> None:
-    """Replace `final_uri` by `temp_uri` so a reader sees the old or the new folder, never a mix or both.
+    """Replace `final_uri` by `temp_uri`.
 
-    On a local folder this is two renames; S3 has no rename, so objects are copied and the old ones removed."""
+    On a local folder this is two renames (old aside, new in): a reader sees the old or the new folder, never a
+    mix. S3 has no rename: the new objects are copied in first and the old ones deleted after, so the partition
+    is never absent, but a reader listing it between the two steps can see both versions' files."""
     fs, temp = filesystem_for(temp_uri)
     _, final = filesystem_for(final_uri)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -95,10 +97,15 @@ def publish(temp_uri: str, final_uri: str) -> None:
         if exists:
             fs.delete_dir(trash)
         return
-    fs.delete_dir_contents(final, missing_dir_ok=True)
-    for info in fs.get_file_info(pafs.FileSelector(temp, recursive=True)):
-        if info.type == pafs.FileType.File:
-            fs.copy_file(info.path, final + info.path[len(temp) :])
+    old = [i.path for i in fs.get_file_info(pafs.FileSelector(final, recursive=True, allow_not_found=True))
+           if i.type == pafs.FileType.File]
+    new = {i.path[len(temp) :] for i in fs.get_file_info(pafs.FileSelector(temp, recursive=True))
+           if i.type == pafs.FileType.File}
+    for relative in sorted(new):
+        fs.copy_file(temp + relative, final + relative)
+    for path in old:
+        if path[len(final) :] not in new:
+            fs.delete_file(path)
     fs.delete_dir(temp)
 
 

@@ -1,0 +1,74 @@
+"""The upload sensor (the original design's Lambda trigger): each complete, new upload under `source/` becomes a
+dynamic partition and one run of `ingest_upload`."""
+
+import os
+import time
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from synthea_pipeline.assets.ingest import CHECKSUM_TAG
+from synthea_pipeline.jobs import ingest_upload_job
+from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.transforms.uploads import ReadyUpload, UploadWatcher
+
+QUIET_SECONDS_ENV = "SYNTHEA_UPLOAD_QUIET_SECONDS"
+DEFAULT_QUIET_SECONDS = 300
+UPLOAD_MARKER_ASSET = AssetKey(["source", "patients"])
+
+
+def processed_checksum(context: SensorEvaluationContext, upload_id: str) -> str | None:
+    """The content checksum the latest materialization of this upload recorded, whoever started it (this
+    sensor, `synthea-pipeline run`, a backfill)."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=UPLOAD_MARKER_ASSET, asset_partitions=[upload_id]), limit=1
+    ).records
+    if not records:
+        return None
+    value = records[0].asset_materialization.metadata.get("upload_checksum")
+    return value.value if value is not None else None
+
+
+@sensor(
+    job=ingest_upload_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Watches <lake>/source/ for complete uploads (a manifest whose files are all present, or, without"
+    f" one, patients.csv and no change for ${QUIET_SECONDS_ENV} seconds, default {DEFAULT_QUIET_SECONDS}) and"
+    " starts one run per new upload or changed content.",
+)
+def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
+    quiet = float(os.environ.get(QUIET_SECONDS_ENV, DEFAULT_QUIET_SECONDS))
+    watcher = UploadWatcher(lake.source_storage(), quiet_seconds=quiet)
+    outcome = watcher.tick(context.cursor, time.time())
+    for upload, reason in outcome.skipped.items():
+        context.log.info(f"{upload}: skipped, {reason}")
+    launch: list[ReadyUpload] = []
+    for ready in outcome.ready:
+        if processed_checksum(context, ready.upload_id) == ready.checksum:
+            context.log.info(f"{ready.upload_id}: skipped, this content was already processed")
+            continue
+        launch.append(ready)
+    new_partitions = [
+        r.upload_id for r in launch if not context.instance.has_dynamic_partition(uploads_partitions.name, r.upload_id)
+    ]
+    summary = (f"saw {outcome.uploads_seen} uploads: {len(launch)} to run, {outcome.unchanged} unchanged, "
+               f"{len(outcome.skipped)} skipped")
+    context.log.info(summary + "".join(f"; run {r.upload_id} ({r.run_key})" for r in launch))
+    return SensorResult(
+        run_requests=[
+            RunRequest(partition_key=r.upload_id, run_key=r.run_key, tags={CHECKSUM_TAG: r.checksum})
+            for r in launch
+        ],
+        dynamic_partitions_requests=[uploads_partitions.build_add_request(new_partitions)] if new_partitions else [],
+        cursor=outcome.cursor,
+        skip_reason=None if launch else summary + "".join(f"; {u}: {why}" for u, why in outcome.skipped.items()),
+    )

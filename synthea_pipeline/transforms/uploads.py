@@ -1,0 +1,267 @@
+"""Uploads: putting a Synthea export under `source/<upload_id>/` with a manifest, and deciding, from listings
+of `source/`, which uploads are complete and new.
+
+The manifest is written beside the upload folder, `source/<upload_id>.manifest.json`, after every file is
+stored and verified. One listing of `source/` (folders and the objects directly in it) therefore shows every
+upload and the version of its manifest, so a watcher sees new and re-uploaded exports without listing every
+file of every upload on every tick. `source/<upload_id>.uploading` marks an upload in progress."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from synthea_pipeline.tables import TABLES, detect_release
+from synthea_pipeline.transforms.lake import InvalidUploadId, validate_upload_id
+from synthea_pipeline.transforms.raw import SOURCE_FILE, TableError, read_header
+from synthea_pipeline.transforms.storage import PART_SIZE, FileDigest, Storage, StoredObject, digest_file
+
+MANIFEST_SUFFIX = ".manifest.json"
+UPLOADING_SUFFIX = ".uploading"
+PARALLEL_FILES = 4
+
+
+class UploadError(Exception):
+    """An export that cannot be uploaded as asked: missing folder, no patients.csv, a conflicting upload."""
+
+
+def manifest_key(upload_id: str) -> str:
+    return f"{upload_id}{MANIFEST_SUFFIX}"
+
+
+def export_files(folder: str) -> list[str]:
+    """The CSV files directly in an export folder; an export without patients.csv is not a Synthea export."""
+    if not os.path.isdir(folder):
+        raise UploadError(f"source folder {folder} does not exist")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".csv") and os.path.isfile(f"{folder}/{n}"))
+    if "patients.csv" not in names:
+        raise UploadError(f"{folder} has no patients.csv: not a Synthea CSV export (point at its output/csv folder)")
+    return names
+
+
+def content_checksum(files: list[dict]) -> str:
+    """SHA-256 over the sorted (name, size, sha256) of the files: equal for byte-identical exports."""
+    lines = sorted(f"{f['name']}\t{f['size']}\t{f['sha256']}\n" for f in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def export_release(folder: str, names: list[str]) -> str:
+    headers = {}
+    for name in names:
+        match = SOURCE_FILE.match(name)
+        table = match and match["table"].lower()
+        if table in TABLES and table not in headers:
+            try:
+                headers[table] = read_header(folder, name, table)[0]
+            except TableError:
+                continue
+    return detect_release(headers)
+
+
+def build_manifest(upload_id: str, digests: list[FileDigest], release: str) -> dict:
+    files = [{"name": d.name, "size": d.size, "sha256": d.sha256} for d in digests]
+    return {
+        "upload_id": upload_id,
+        "synthea_release": release,
+        "checksum": content_checksum(files),
+        "files": files,
+        "uploaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def read_manifest(storage: Storage, upload_id: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(manifest_key(upload_id)))
+    except FileNotFoundError:
+        return None
+
+
+def upload_export(
+    folder: str, storage: Storage, upload_id: str, replace: bool = True, part_size: int = PART_SIZE
+) -> dict:
+    """Store an export's CSV files under `<upload_id>/` of `storage` (the lake's `source/`), verify each one,
+    remove files a previous upload under that id had and this one has not, then write the manifest. Returns
+    the manifest. With `replace=False` an upload id that holds a different export is refused."""
+    validate_upload_id(upload_id)
+    folder = os.path.abspath(folder)
+    names = export_files(folder)
+    with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
+        digests = list(pool.map(lambda n: digest_file(f"{folder}/{n}", part_size), names))
+    manifest = build_manifest(upload_id, digests, export_release(folder, names))
+    existing_objects = [o for o in storage.list_objects(upload_id)]
+    previous = read_manifest(storage, upload_id)
+    if previous and previous.get("checksum") == manifest["checksum"] and _matches(previous, existing_objects):
+        return previous
+    if not replace and (previous or existing_objects):
+        raise UploadError(
+            f"upload id {upload_id!r} already holds a different export in {storage.uri(upload_id)}; pass "
+            f"--upload-id with a new id for this one, or --upload-id {upload_id} to replace it"
+        )
+    storage.write_bytes(f"{upload_id}{UPLOADING_SUFFIX}", json.dumps({"upload_id": upload_id}).encode())
+    with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
+        list(pool.map(lambda d: storage.upload_file(f"{folder}/{d.name}", f"{upload_id}/{d.name}", d, part_size),
+                      digests))
+    for stale in {o.key for o in existing_objects} - {f"{upload_id}/{n}" for n in names}:
+        storage.delete(stale)
+    storage.write_bytes(manifest_key(upload_id), json.dumps(manifest, indent=1).encode())
+    storage.delete(f"{upload_id}{UPLOADING_SUFFIX}")
+    return manifest
+
+
+def _matches(manifest: dict, objects: list[StoredObject]) -> bool:
+    return not missing_or_different(manifest, objects) and len(objects) == len(manifest.get("files", []))
+
+
+def missing_or_different(manifest: dict, objects: list[StoredObject]) -> list[str]:
+    """The manifest's files that are absent or have another size among `objects` (keys `<upload>/<name>`)."""
+    sizes = {o.key.rsplit("/", 1)[-1]: o.size for o in objects}
+    problems = []
+    for entry in manifest.get("files", []):
+        size = sizes.get(entry["name"])
+        if size is None:
+            problems.append(f"{entry['name']} missing")
+        elif size != entry["size"]:
+            problems.append(f"{entry['name']} has {size} bytes, the manifest says {entry['size']}")
+    return problems
+
+
+@dataclass
+class ReadyUpload:
+    upload_id: str
+    checksum: str
+    has_manifest: bool
+    release: str = "unknown"
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.upload_id}@{self.checksum[:16]}"
+
+
+@dataclass
+class TickOutcome:
+    ready: list[ReadyUpload] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    uploads_seen: int = 0
+    unchanged: int = 0
+    cursor: str = ""
+
+
+class UploadWatcher:
+    """Decides, tick by tick, which uploads under `storage` (the lake's `source/`) are complete and not yet
+    handed out, remembering in a JSON cursor what it handed out (by manifest version and content checksum) and
+    since when a manifest-less upload has been unchanged.
+
+    - With a manifest: complete when every listed file is present with its size; a new run only when the
+      manifest's checksum differs from the one last handed out, so an identical re-upload starts none.
+    - Without one (files copied by hand): complete once it holds patients.csv and its listing (keys, sizes,
+      ETags) has not changed for `quiet_seconds`; handed out once.
+    The cursor does not depend on object timestamps, and everything it needs survives in it across restarts.
+    A tick lists `source/` once (folders and manifests); only new, changed or waiting uploads are read and
+    listed, at most `max_inspections` of them (in parallel), the rest on the next ticks, so a tick stays short
+    however many uploads land at once."""
+
+    def __init__(self, storage: Storage, quiet_seconds: float, max_inspections: int = 200):
+        self.storage = storage
+        self.quiet_seconds = quiet_seconds
+        self.max_inspections = max_inspections
+
+    def tick(self, cursor: str | None, now: float) -> TickOutcome:
+        state = json.loads(cursor) if cursor else {}
+        done: dict[str, list[str]] = state.get("done", {})
+        pending: dict[str, list] = state.get("pending", {})
+        objects, folders = self.storage.list_children("")
+        manifests = {o.key[: -len(MANIFEST_SUFFIX)]: o for o in objects if o.key.endswith(MANIFEST_SUFFIX)}
+        uploading = {o.key[: -len(UPLOADING_SUFFIX)] for o in objects if o.key.endswith(UPLOADING_SUFFIX)}
+        present = set(folders) | set(manifests)
+        outcome = TickOutcome(uploads_seen=len(present))
+        to_inspect = []
+        for upload in sorted(present):
+            try:
+                validate_upload_id(upload)
+            except InvalidUploadId as error:
+                outcome.skipped[upload] = str(error)
+                continue
+            manifest = manifests.get(upload)
+            if upload in uploading:
+                outcome.skipped[upload] = f"upload in progress ({upload}{UPLOADING_SUFFIX} present)"
+            elif upload in done and done[upload][0] == (manifest.version if manifest else ""):
+                outcome.unchanged += 1
+            else:
+                to_inspect.append(upload)
+        for upload in to_inspect[self.max_inspections :]:
+            outcome.skipped[upload] = f"left for the next tick ({len(to_inspect)} uploads to inspect, " \
+                                      f"{self.max_inspections} per tick)"
+        inspect = to_inspect[: self.max_inspections]
+        with ThreadPoolExecutor(max_workers=PARALLEL_FILES * 2) as pool:
+            found = list(pool.map(lambda u: self._inspect(u, manifests.get(u)), inspect))
+        for upload, (content, listed) in zip(inspect, found):
+            if upload in manifests:
+                self._with_manifest(upload, manifests[upload], content, listed, done, pending, outcome)
+            else:
+                self._without_manifest(upload, listed, now, done, pending, outcome)
+        outcome.cursor = json.dumps({
+            "done": {u: v for u, v in sorted(done.items()) if u in present},
+            "pending": {u: v for u, v in sorted(pending.items()) if u in present},
+        }, separators=(",", ":"))
+        return outcome
+
+    def _inspect(self, upload: str, manifest: StoredObject | None) -> tuple[dict | str | None, list[StoredObject]]:
+        """The manifest's content (or why it cannot be read) and the upload's objects."""
+        content: dict | str | None = None
+        if manifest is not None:
+            try:
+                content = json.loads(self.storage.read_bytes(manifest.key))
+                if not {"checksum", "files"} <= set(content):
+                    raise ValueError("no 'checksum' or 'files'")
+            except Exception as error:  # noqa: BLE001 - one bad manifest is reported, never fails the tick
+                content = f"manifest {manifest.key} unreadable: {error!r}"
+        return content, list(self.storage.list_objects(upload))
+
+    def _with_manifest(self, upload: str, manifest: StoredObject, content: dict | str, present: list[StoredObject],
+                       done: dict, pending: dict, outcome: TickOutcome) -> None:
+        if isinstance(content, str):
+            outcome.skipped[upload] = content
+            return
+        checksum, listed = content["checksum"], content["files"]
+        problems = missing_or_different(content, present)
+        if problems:
+            have = len(listed) - sum(1 for p in problems if p.endswith(" missing"))
+            outcome.skipped[upload] = (f"incomplete: manifest lists {len(listed)} files, {have} present "
+                                       f"({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})")
+            return
+        previous = done.get(upload)
+        pending.pop(upload, None)
+        done[upload] = [manifest.version, checksum]
+        if previous and previous[1] == checksum:
+            outcome.skipped[upload] = f"identical re-upload (checksum {checksum[:16]}): no new run"
+            return
+        outcome.ready.append(ReadyUpload(upload, checksum, True, content.get("synthea_release", "unknown")))
+
+    def _without_manifest(self, upload: str, present: list[StoredObject], now: float, done: dict, pending: dict,
+                          outcome: TickOutcome) -> None:
+        names = {o.key[len(upload) + 1 :] for o in present}
+        if "patients.csv" not in names:
+            nested = sorted(n for n in names if n.endswith("/patients.csv"))
+            hint = f" (found {nested[0]}: copy that folder's contents instead)" if nested else ""
+            outcome.skipped[upload] = f"no manifest and no patients.csv yet{hint}"
+            pending.pop(upload, None)
+            return
+        signature = hashlib.sha256(
+            "".join(sorted(f"{o.key}\t{o.size}\t{o.version}\n" for o in present)).encode()
+        ).hexdigest()
+        seen = pending.get(upload)
+        if not seen or seen[0] != signature:
+            pending[upload] = [signature, now]
+            seen = pending[upload]
+        quiet_for = now - seen[1]
+        if quiet_for < self.quiet_seconds:
+            outcome.skipped[upload] = (f"no manifest: waiting until its files have been unchanged for "
+                                       f"{self.quiet_seconds:g} s (unchanged for {quiet_for:.0f} s)")
+            return
+        pending.pop(upload)
+        done[upload] = ["", signature]
+        outcome.ready.append(ReadyUpload(upload, signature, False))

@@ -1,0 +1,243 @@
+"""Uploads and the upload sensor, over real HTTP to a moto S3 server and with a real Dagster instance."""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+from dagster import AssetKey, AssetMaterialization, build_sensor_context
+
+from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.sensors import QUIET_SECONDS_ENV, upload_sensor
+from synthea_pipeline.transforms.storage import S3Storage, UploadVerificationError, digest_file, storage_for
+from synthea_pipeline.transforms.uploads import UploadWatcher, upload_export
+from synthea_pipeline_tests.conftest import SAMPLES
+
+SMALL_TABLES = ("patients.csv", "organizations.csv", "providers.csv", "payers.csv")
+
+
+@pytest.fixture
+def small_export(tmp_path):
+    """Four unmodified files of the 2.7 sample: enough for the sensor, quick to upload fifty times."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for name in SMALL_TABLES:
+        shutil.copy(SAMPLES["2.7"] / name, folder / name)
+    return folder
+
+
+def tick(instance, lake_root, cursor=None):
+    context = build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource(root=lake_root)})
+    return upload_sensor(context)
+
+
+def reason(result) -> str:
+    return result.skip_reason.skip_message if result.skip_reason else ""
+
+
+def partitions_added(result) -> list[str]:
+    return [key for request in result.dynamic_partitions_requests for key in request.partition_keys]
+
+
+def test_upload_command_stores_verified_files_and_writes_the_manifest_last(bucket, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "synthea_pipeline.cli", "upload", str(SAMPLES["3.0"]),
+         "--to", f"s3://{bucket}/lake/source", "--upload-id", "u1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"to s3://{bucket}/lake/source/u1/" in result.stdout
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="lake/source/")["Contents"]]
+    assert "lake/source/u1.uploading" not in keys
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="lake/source/u1.manifest.json")["Body"].read())
+    local = sorted(p.name for p in SAMPLES["3.0"].glob("*.csv"))
+    assert [f["name"] for f in manifest["files"]] == local
+    assert manifest["synthea_release"] == "3.0"
+    for entry in manifest["files"]:
+        content = (SAMPLES["3.0"] / entry["name"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(content).hexdigest() and entry["size"] == len(content)
+        assert s3.get_object(Bucket=bucket, Key=f"lake/source/u1/{entry['name']}")["Body"].read() == content
+
+
+def test_large_files_go_up_in_parts_and_are_verified(bucket, tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_bytes(os.urandom(11 * 1024 * 1024))
+    part = 5 * 1024 * 1024
+    digest = digest_file(str(path), part)
+    assert digest.etag.endswith("-3")
+    storage = S3Storage(bucket, "source")
+    storage.upload_file(str(path), "u1/big.csv", digest, part)
+    head = boto3.client("s3").head_object(Bucket=bucket, Key="source/u1/big.csv")
+    assert head["ETag"].strip('"') == digest.etag
+    with pytest.raises(UploadVerificationError, match="does not match the file"):
+        storage.upload_file(str(path), "u1/big.csv", dataclasses.replace(digest, etag="0" * 32), part)
+
+
+def test_invalid_upload_ids_are_refused(bucket, small_export):
+    result = subprocess.run(
+        [sys.executable, "-m", "synthea_pipeline.cli", "upload", str(small_export), "--to", f"s3://{bucket}/source",
+         "--upload-id", "a,b"], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "invalid upload id 'a,b'" in result.stderr and "Traceback" not in result.stderr
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=bucket)
+
+
+def test_sensor_requests_one_run_per_complete_upload(instance, bucket, small_export):
+    lake = f"s3://{bucket}/lake"
+    manifest = upload_export(str(small_export), storage_for(f"{lake}/source"), "u1")
+    first = tick(instance, lake)
+    [request] = first.run_requests
+    assert request.partition_key == "u1"
+    assert request.run_key == f"u1@{manifest['checksum'][:16]}"
+    assert partitions_added(first) == ["u1"]
+    again = tick(instance, lake, first.cursor)
+    assert again.run_requests == [] and "1 unchanged" in reason(again)
+
+
+def test_incomplete_upload_is_skipped_then_picked_up(instance, bucket, small_export):
+    lake = f"s3://{bucket}/lake"
+    upload_export(str(small_export), storage_for(f"{lake}/source"), "u1")
+    s3 = boto3.client("s3")
+    held_back = s3.get_object(Bucket=bucket, Key="lake/source/u1/providers.csv")["Body"].read()
+    s3.delete_object(Bucket=bucket, Key="lake/source/u1/providers.csv")
+    first = tick(instance, lake)
+    assert first.run_requests == []
+    assert "u1: incomplete: manifest lists 4 files, 3 present (providers.csv missing)" in reason(first)
+    s3.put_object(Bucket=bucket, Key="lake/source/u1/providers.csv", Body=held_back)
+    assert [r.partition_key for r in tick(instance, lake, first.cursor).run_requests] == ["u1"]
+
+
+def test_reupload_runs_again_only_when_the_content_changed(instance, bucket, small_export, tmp_path):
+    lake = f"s3://{bucket}/lake"
+    storage = storage_for(f"{lake}/source")
+    upload_export(str(small_export), storage, "u1")
+    first = tick(instance, lake)
+    assert len(first.run_requests) == 1
+
+    manifest = json.loads(storage.read_bytes("u1.manifest.json"))
+    storage.write_bytes("u1.manifest.json", json.dumps({**manifest, "uploaded_at": "later"}).encode())
+    identical = tick(instance, lake, first.cursor)
+    assert identical.run_requests == [] and "u1: identical re-upload" in reason(identical)
+
+    changed = tmp_path / "changed"
+    shutil.copytree(small_export, changed)
+    shutil.copy(SAMPLES["3.0"] / "payers.csv", changed / "payers.csv")
+    new_manifest = upload_export(str(changed), storage, "u1")
+    [rerun] = tick(instance, lake, identical.cursor).run_requests
+    assert rerun.run_key == f"u1@{new_manifest['checksum'][:16]}" != first.run_requests[0].run_key
+
+
+def test_cursor_and_recorded_materializations_survive_a_restart(instance, bucket, small_export):
+    lake = f"s3://{bucket}/lake"
+    manifest = upload_export(str(small_export), storage_for(f"{lake}/source"), "u1")
+    first = tick(instance, lake)
+    assert len(first.run_requests) == 1
+    assert tick(instance, lake, first.cursor).run_requests == []
+    # Without its cursor the sensor would hand the upload out again; the instance knows it was processed.
+    instance.add_dynamic_partitions("uploads", ["u1"])
+    instance.report_runless_asset_event(AssetMaterialization(
+        AssetKey(["source", "patients"]), partition="u1", metadata={"upload_checksum": manifest["checksum"]}))
+    assert tick(instance, lake).run_requests == []
+
+
+def test_manifestless_upload_is_picked_up_once_quiet(instance, bucket, monkeypatch):
+    lake = f"s3://{bucket}/lake"
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="lake/source/byhand/", Body=b"")
+    for name in SMALL_TABLES:
+        s3.put_object(Bucket=bucket, Key=f"lake/source/byhand/{name}", Body=(SAMPLES["2.7"] / name).read_bytes())
+    s3.put_object(Bucket=bucket, Key="lake/source/nested/csv/patients.csv", Body=b"Id\n")
+    s3.put_object(Bucket=bucket, Key="lake/source/bad,id/patients.csv", Body=b"Id\n")
+
+    monkeypatch.setenv(QUIET_SECONDS_ENV, "3600")
+    waiting = tick(instance, lake)
+    assert waiting.run_requests == []
+    assert "byhand: no manifest: waiting until its files have been unchanged for 3600 s" in reason(waiting)
+    assert "nested: no manifest and no patients.csv yet (found csv/patients.csv" in reason(waiting)
+    assert "bad,id: invalid upload id 'bad,id'" in reason(waiting)
+
+    monkeypatch.setenv(QUIET_SECONDS_ENV, "0")
+    picked = tick(instance, lake, waiting.cursor)
+    assert [r.partition_key for r in picked.run_requests] == ["byhand"]
+    assert tick(instance, lake, picked.cursor).run_requests == []
+
+
+def test_a_change_restarts_the_quiet_period(instance, bucket, monkeypatch):
+    lake = f"s3://{bucket}/lake"
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="lake/source/u1/patients.csv", Body=(SAMPLES["2.7"] / "patients.csv").read_bytes())
+    monkeypatch.setenv(QUIET_SECONDS_ENV, "60")
+    first = tick(instance, lake)
+    assert first.run_requests == [] and "unchanged for 0 s" in reason(first)
+    long_ago = json.loads(first.cursor)
+    long_ago["pending"]["u1"][1] = 0
+    s3.put_object(Bucket=bucket, Key="lake/source/u1/payers.csv", Body=(SAMPLES["2.7"] / "payers.csv").read_bytes())
+    changed = tick(instance, lake, json.dumps(long_ago))
+    assert changed.run_requests == [] and "unchanged for 0 s" in reason(changed)
+    long_ago = json.loads(changed.cursor)
+    long_ago["pending"]["u1"][1] = 0
+    assert [r.partition_key for r in tick(instance, lake, json.dumps(long_ago)).run_requests] == ["u1"]
+
+
+def test_fifty_uploads_landing_together_give_fifty_runs(instance, bucket, small_export):
+    lake = f"s3://{bucket}/lake"
+    storage = storage_for(f"{lake}/source")
+    ids = [f"upload-{n:02d}" for n in range(50)]
+    requests, cursor = [], None
+    finished = threading.Event()
+
+    def upload_all():
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda upload: upload_export(str(small_export), storage, upload), ids))
+        finished.set()
+
+    uploader = threading.Thread(target=upload_all)
+    uploader.start()
+    while True:
+        done = finished.is_set()
+        result = tick(instance, lake, cursor)
+        for request in result.run_requests:
+            assert storage.read_bytes(f"{request.partition_key}.manifest.json")
+        requests += result.run_requests
+        cursor = result.cursor
+        if done:
+            break
+    uploader.join()
+    assert sorted(r.partition_key for r in requests) == ids
+    assert len({r.run_key for r in requests}) == 50
+    assert tick(instance, lake, cursor).run_requests == []
+
+
+def test_a_tick_inspects_a_bounded_number_of_uploads(tmp_path, small_export):
+    storage = storage_for(str(tmp_path / "source"))
+    for n in range(5):
+        upload_export(str(small_export), storage, f"u{n}")
+    watcher = UploadWatcher(storage, quiet_seconds=0, max_inspections=2)
+    handed_out, cursor = [], None
+    for _ in range(3):
+        outcome = watcher.tick(cursor, now=0)
+        handed_out.append([r.upload_id for r in outcome.ready])
+        cursor = outcome.cursor
+    assert handed_out == [["u0", "u1"], ["u2", "u3"], ["u4"]]
+    assert watcher.tick(cursor, now=0).ready == []
+
+
+def test_sensor_watches_a_local_lake_too(instance, tmp_path, small_export):
+    lake = str(tmp_path / "lake")
+    upload_export(str(small_export), storage_for(f"{lake}/source"), "local-1")
+    assert (tmp_path / "lake" / "source" / "local-1.manifest.json").is_file()
+    first = tick(instance, lake)
+    assert [r.partition_key for r in first.run_requests] == ["local-1"]
+    shutil.copy(SAMPLES["3.0"] / "payers.csv", small_export / "payers.csv")
+    upload_export(str(small_export), storage_for(f"{lake}/source"), "local-1")
+    [rerun] = tick(instance, lake, first.cursor).run_requests
+    assert rerun.partition_key == "local-1" and rerun.run_key != first.run_requests[0].run_key
