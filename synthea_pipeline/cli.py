@@ -32,7 +32,27 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
     backfill.add_argument("--include-identifiers", action="store_true",
                           help="write direct identifiers (SSN, names, addresses, ...) to the marts")
+    deploy = commands.add_parser("deploy", help="upload the Spark job code and create or update the Glue jobs")
+    deploy.add_argument("--bucket", required=True, help="bucket for the job code")
+    deploy.add_argument("--prefix", default="code", help="key prefix for the job code (default: code)")
+    deploy.add_argument("--glue-role", help="IAM role ARN for Glue jobs that do not exist yet (infra/ creates the jobs with one role each)")
+    deploy.add_argument("--job-prefix", default="synthea-pipeline",
+                        help="Glue job names are <job-prefix>-staging and <job-prefix>-marts")
+    deploy.add_argument("--workers", type=int, default=2, help="G.1X workers per Glue job run (default: 2)")
+    deploy.add_argument("--dry-run", action="store_true", help="print what would be uploaded and created")
     return parser
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.deploy import deploy
+
+    try:
+        plan = deploy(args.bucket, args.prefix, args.job_prefix, args.glue_role, args.workers, args.dry_run)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(("dry run, nothing uploaded or created\n" if args.dry_run else "") + plan.describe())
+    return 0
 
 
 def _upload_id(args: argparse.Namespace, source_dir: str) -> str:
@@ -114,7 +134,8 @@ def backfill_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"run": run_command, "upload": upload_command, "backfill": backfill_command}[args.command](args)
+    commands = {"run": run_command, "upload": upload_command, "backfill": backfill_command, "deploy": deploy_command}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from synthea_pipeline.definitions import defs
 from synthea_pipeline.jobs import ingest_upload_job
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.resources.spark import REMOTE_ENGINES, SparkResource
 from synthea_pipeline.transforms.uploads import upload_export
 
 SAMPLE_DIR = Path(str(resources.files("synthea_pipeline") / "samples" / "v3.3_au_11p"))
@@ -61,17 +61,21 @@ def run_upload(
     instance: DagsterInstance | None = None,
     include_identifiers: bool = False,
     replace: bool = True,
+    spark: SparkResource | None = None,
 ) -> RunReport:
     """Register `upload_id` as a partition, materialize every asset for it in this process, then the marts over
     all uploads."""
     lake_resource = LakeResource(root=lake_root)
-    if lake_root.startswith("s3://") and SparkResource(engine=engine).resolved_engine() == "local-jvm":
+    spark = spark or SparkResource(engine=engine)
+    if lake_root.startswith("s3://") and spark.resolved_engine() == "local-jvm":
         raise ValueError("the local-jvm engine cannot read s3:// (no hadoop-aws jars): use --engine sail")
+    if not lake_root.startswith("s3://") and spark.resolved_engine() in REMOTE_ENGINES:
+        raise ValueError(f"the {spark.resolved_engine()} engine needs the lake on S3: --lake s3://bucket/prefix")
     if os.path.abspath(source_dir) != lake_resource.layout().source(upload_id):
         upload_export(source_dir, lake_resource.source_storage(), upload_id, replace)
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
-    return _execute(upload_id, lake_resource, engine, instance, include_identifiers)
+    return _execute(upload_id, lake_resource, spark, instance, include_identifiers)
 
 
 def backfill(
@@ -91,19 +95,20 @@ def backfill(
         raise KeyError(f"not registered uploads: {', '.join(unknown)} (registered: {', '.join(registered) or 'none'})")
     selected = [u for u in registered if upload_ids is None or u in upload_ids]
     lake_resource = LakeResource(root=lake_root)
+    spark = SparkResource(engine=engine)
     reports = []
     for position, upload_id in enumerate(selected):
         last = position == len(selected) - 1
-        reports.append(_execute(upload_id, lake_resource, engine, instance, include_identifiers, with_marts=last))
+        reports.append(_execute(upload_id, lake_resource, spark, instance, include_identifiers, with_marts=last))
         if not reports[-1].success:
             break
     return reports
 
 
-def _execute(upload_id: str, lake: LakeResource, engine: str | None, instance: DagsterInstance,
+def _execute(upload_id: str, lake: LakeResource, spark: SparkResource, instance: DagsterInstance,
              include_identifiers: bool, with_marts: bool = True) -> RunReport:
     job = Definitions(
-        assets=defs.assets, jobs=[ingest_upload_job], resources={"lake": lake, "spark": SparkResource(engine=engine)}
+        assets=defs.assets, jobs=[ingest_upload_job], resources={"lake": lake, "spark": spark}
     ).resolve_job_def(ingest_upload_job.name)
     selection = None if with_marts else [key for key in job.asset_layer.executable_asset_keys if key.path[0] != "marts"]
     result = job.execute_in_process(

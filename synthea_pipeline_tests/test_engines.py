@@ -1,4 +1,4 @@
-"""The same transforms on Sail and on JVM Spark give the same staging tables, row for row."""
+"""The same transforms on Sail and on JVM Spark give the same staging tables and marts, row for row."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -6,6 +6,7 @@ import pytest
 from synthea_pipeline.runs import run_upload
 from synthea_pipeline.tables import DEFAULT_TABLES
 from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline.transforms.marts import MARTS
 from synthea_pipeline_tests.conftest import SAMPLES
 
 
@@ -20,8 +21,8 @@ def lakes(instance, tmp_path_factory):
     return lakes
 
 
-def sorted_rows(lake: Lake, table: str):
-    frame = pq.read_table(lake.staging_path("engines", table))
+def sorted_rows(lake: Lake, table: str, layer: str = "staging"):
+    frame = pq.read_table(lake.staging_path("engines", table) if layer == "staging" else lake.uri(layer, table))
     return frame.schema, frame.sort_by([(c, "ascending") for c in frame.column_names]).to_pylist()
 
 
@@ -32,3 +33,11 @@ def test_sail_and_jvm_spark_stage_identical_rows(lakes, table):
     assert [(f.name, str(f.type)) for f in sail_schema] == [(f.name, str(f.type)) for f in jvm_schema]
     assert sail_rows == jvm_rows
     assert len(sail_rows) > 0 or table in ("devices", "imaging_studies")
+
+
+@pytest.mark.parametrize("mart", MARTS)
+def test_sail_and_jvm_spark_build_identical_marts(lakes, mart):
+    sail_schema, sail_rows = sorted_rows(lakes["sail"], mart, "marts")
+    jvm_schema, jvm_rows = sorted_rows(lakes["local-jvm"], mart, "marts")
+    assert [(f.name, str(f.type)) for f in sail_schema] == [(f.name, str(f.type)) for f in jvm_schema]
+    assert sail_rows == jvm_rows and sail_rows

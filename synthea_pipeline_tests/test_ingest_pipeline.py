@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey
 
+from synthea_pipeline.runs import run_upload
 from synthea_pipeline.tables import DEFAULT_TABLES, TABLES
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline.runs import run_upload
 from synthea_pipeline_tests.conftest import SAMPLES, read_rows
 
 ARROW_TYPES = {"string": "string", "date": "date32[day]", "timestamp": "timestamp[us, tz=UTC]",

@@ -13,24 +13,20 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    TableColumn,
-    TableColumnConstraints,
-    TableSchema,
     multi_asset,
 )
+from dagster._core.definitions.metadata.external_metadata import metadata_value_from_external
 
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.tables import DEFAULT_TABLES, TABLES, Table
-from synthea_pipeline.transforms.lake import discard, publish
-from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest, upload_release
-from synthea_pipeline.transforms.staging import stage_table, staging_checks
+from synthea_pipeline.transforms.layers import PARALLEL_TABLES, SCHEMA_KEY, table_schema
+from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, upload_release
 from synthea_pipeline.transforms.uploads import missing_or_different, read_manifest
 
 CHECKSUM_TAG = "synthea/upload_checksum"
 
-PARALLEL_TABLES = 2
 STAGING_CHECKS = {
     "rows_reconcile": "Rows in = rows out + quarantined + duplicates dropped.",
     "key_unique": "The table's key identifies one row.",
@@ -38,20 +34,8 @@ STAGING_CHECKS = {
 }
 
 
-def column_schema(table: Table) -> TableSchema:
-    columns = [
-        TableColumn(
-            c.name,
-            c.spark_type,
-            description=c.description or None,
-            constraints=TableColumnConstraints(nullable=not c.required),
-        )
-        for c in table.columns
-    ]
-    if not table.has_natural_key:
-        columns.append(TableColumn("row_key", "string", description="Key: MD5 of the row's normalized values."))
-    columns.append(TableColumn("upload_id", "string", description="The upload this row came from."))
-    return TableSchema(columns=columns)
+def column_schema(table: Table):
+    return metadata_value_from_external(table_schema(table), "table_schema")
 
 
 def _spec(layer: str, table: Table, description: str, deps_layer: str | None, **metadata) -> AssetSpec:
@@ -198,7 +182,7 @@ def build_staging_assets(tables: Sequence[str] = DEFAULT_TABLES):
         specs=[
             _spec("staging", TABLES[t], f"`{t}` typed, trimmed and deduplicated, in the canonical schema of "
                   "every Synthea release; zstd Parquet under staging/<table>/upload_id=<id>/.", "raw",
-                  **{"dagster/column_schema": column_schema(TABLES[t])})
+                  **{SCHEMA_KEY: column_schema(TABLES[t])})
             for t in tables
         ],
         check_specs=[
@@ -210,50 +194,12 @@ def build_staging_assets(tables: Sequence[str] = DEFAULT_TABLES):
         can_subset=True,
     )
     def staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> Iterator:
-        """Types every table of the upload in one Spark session, two tables at a time so the many small Spark
-        queries overlap, and checks what was written."""
-        layout = lake.layout()
-        upload = context.partition_key
-        session = spark.get_session()
-
-        def stage(table: Table):
-            raw_uri = layout.partition("raw", table.name, upload)
-            raw = load_manifest(raw_uri)
-            return raw, *stage_table(session, table, raw, raw_uri, layout.staging_path(upload, table.name), upload)
-
-        selected = _selected_tables(context)
-        with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
-            outcomes = list(pool.map(stage, selected))
-        for table, (raw, result, facts, temp) in zip(selected, outcomes):
-            staging_uri = layout.staging_path(upload, table.name)
-            checks = staging_checks(table, raw, result, facts)
-            published = all(passed for passed, _ in checks.values())
-            if published:
-                publish(temp, staging_uri)
-            else:
-                discard(temp)
-                context.log.error(f"{table.name}: staging partition not published, a blocking check failed")
-            if result.unparseable_values:
-                context.log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
-            key = AssetKey(["staging", table.name])
-            yield MaterializeResult(
-                asset_key=key,
-                metadata={
-                    "dagster/row_count": result.rows_out,
-                    "dagster/column_schema": column_schema(table),
-                    "rows_in": raw.rows_in,
-                    "rows_read_by_spark": result.rows_read,
-                    "rows_out": result.rows_out,
-                    "quarantined": raw.quarantined,
-                    "duplicates_dropped": result.duplicates_dropped,
-                    "unparseable_values": result.unparseable_values,
-                    "synthea_release": raw.upload_release,
-                    "source_present": bool(raw.files),
-                    "published": published,
-                    "location": MetadataValue.path(staging_uri),
-                },
-            )
-            for name, (passed, metadata) in checks.items():
-                yield AssetCheckResult(asset_key=key, check_name=name, passed=passed, metadata=metadata)
+        """Types, deduplicates, checks and publishes every selected table of the upload in one Spark layer run
+        (in this process, or one Glue / EMR Serverless job run)."""
+        yield from spark.run_layer(context, "staging", {
+            "lake_root": lake.layout().root,
+            "upload_id": context.partition_key,
+            "tables": [table.name for table in _selected_tables(context)],
+        })
 
     return staging_tables

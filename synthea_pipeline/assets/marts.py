@@ -2,37 +2,14 @@
 
 from collections.abc import Iterator
 
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    AssetKey,
-    AssetSpec,
-    Config,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    TableColumn,
-    TableSchema,
-    multi_asset,
-)
+from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetSpec, Config, multi_asset
 from pydantic import Field
 
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.tables import DEFAULT_TABLES
-from synthea_pipeline.transforms.marts import (
-    COLUMN_DESCRIPTIONS,
-    FOREIGN_KEYS,
-    MARTS,
-    build_marts,
-    check_marts,
-    discard_marts,
-    publish_marts,
-    write_marts,
-)
+from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS
 
 MARTS_POOL = "marts"
 MART_CHECKS = {
@@ -57,11 +34,6 @@ class MartsConfig(Config):
         description="Also write direct identifiers (patient SSN, licence, passport, names, address; provider names"
         " and addresses). Off by default: marts are for analysis.",
     )
-
-
-def schema_of(frame) -> TableSchema:
-    return TableSchema(columns=[TableColumn(f.name, f.dataType.simpleString(),
-                                            description=COLUMN_DESCRIPTIONS.get(f.name)) for f in frame.schema])
 
 
 def build_mart_assets():
@@ -92,37 +64,10 @@ def build_mart_assets():
         only when every blocking check passes, so readers never see a mart that failed one. The `marts` pool
         (limit 1 in dagster.yaml) runs one rebuild at a time when many uploads arrive together: the last one to
         run sees every staged upload."""
-        layout = lake.layout()
-        session = spark.get_session()
-        order = context.instance.get_dynamic_partitions(uploads_partitions.name)
-        frames = build_marts(session, layout, order, config.include_identifiers)
-        written = write_marts(frames, layout)
-        checks = check_marts(session, layout, written, order)
-        failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
-        if failed:
-            discard_marts(written)
-            raise Failure(description="marts not published, blocking checks failed: " + "; ".join(failed),
-                          metadata={"failed_checks": failed})
-        publish_marts(written, layout)
-        rows = {c.mart: c.metadata["rows"] for c in checks if c.name == "primary_key"}
-        for name, frame in frames.items():
-            yield MaterializeResult(
-                asset_key=AssetKey(["marts", name]),
-                metadata={
-                    "dagster/row_count": rows[name],
-                    "dagster/column_schema": schema_of(frame),
-                    "location": MetadataValue.path(layout.uri("marts", name)),
-                    "uploads": order,
-                    "includes_identifiers": config.include_identifiers,
-                },
-            )
-        for check in checks:
-            yield AssetCheckResult(
-                asset_key=AssetKey(["marts", check.mart]),
-                check_name=check.name,
-                passed=check.passed,
-                severity=AssetCheckSeverity.ERROR if check.blocking else AssetCheckSeverity.WARN,
-                metadata=check.metadata,
-            )
+        yield from spark.run_layer(context, "marts", {
+            "lake_root": lake.layout().root,
+            "upload_order": context.instance.get_dynamic_partitions(uploads_partitions.name),
+            "include_identifiers": config.include_identifiers,
+        })
 
     return marts

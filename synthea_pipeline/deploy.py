@@ -1,0 +1,134 @@
+"""`synthea-pipeline deploy`: package the layer entry scripts with the transforms, upload them to S3 and create
+or update the Glue jobs; print the EMR Serverless settings that run the same code."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import dagster_pipes
+
+SPARK_LAYERS = ("staging", "marts")
+PACKAGE_ZIP = "synthea_pipeline.zip"
+GLUE_VERSION = "5.0"
+EMR_RELEASE = "emr-7.5.0"
+PACKAGED = ("__init__.py", "tables.py", "transforms/*.py", "entrypoints/*.py")
+
+
+def entry_script(layer: str) -> str:
+    """The file name of a layer's Pipes entry script, in the package and where `deploy` uploads it."""
+    return f"{layer}_job.py"
+
+
+def glue_job_name(prefix: str, layer: str) -> str:
+    return f"{prefix}-{layer}"
+
+
+def build_package() -> bytes:
+    """A zip for `--extra-py-files` / `spark.submit.pyFiles`: the table contract, the transforms, the entry
+    scripts and dagster_pipes (pure Python, so jobs need no package index)."""
+    root = Path(str(resources.files("synthea_pipeline")))
+    pipes_root = Path(dagster_pipes.__file__).parent
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for pattern in PACKAGED:
+            for path in sorted(root.glob(pattern)):
+                archive.write(path, f"synthea_pipeline/{path.relative_to(root).as_posix()}")
+        for path in sorted(pipes_root.glob("*.py")):
+            archive.write(path, f"dagster_pipes/{path.name}")
+    return buffer.getvalue()
+
+
+def glue_job_definition(name: str, layer: str, code_uri: str, role_arn: str, workers: int) -> dict:
+    return {
+        "Name": name,
+        "Description": f"synthea-pipeline {layer} layer (Dagster Pipes entry script)",
+        "Role": role_arn,
+        "GlueVersion": GLUE_VERSION,
+        "WorkerType": "G.1X",
+        "NumberOfWorkers": workers,
+        "Timeout": 120,
+        "ExecutionProperty": {"MaxConcurrentRuns": 10},
+        "Command": {"Name": "glueetl", "ScriptLocation": f"{code_uri}/{entry_script(layer)}", "PythonVersion": "3"},
+        "DefaultArguments": {
+            "--extra-py-files": f"{code_uri}/{PACKAGE_ZIP}",
+            "--job-language": "python",
+            "--enable-metrics": "true",
+            "--enable-continuous-cloudwatch-log": "true",
+        },
+    }
+
+
+def emr_serverless_settings(code_uri: str) -> dict:
+    return {
+        "application": {"releaseLabel": EMR_RELEASE, "type": "SPARK", "name": "synthea-pipeline"},
+        "entryPoints": {layer: f"{code_uri}/{entry_script(layer)}" for layer in SPARK_LAYERS},
+        "sparkSubmitParameters": f"--conf spark.submit.pyFiles={code_uri}/{PACKAGE_ZIP}",
+        "environment": {"SYNTHEA_SPARK_ENGINE": "emr-serverless", "SYNTHEA_CODE_URI": code_uri,
+                        "SYNTHEA_EMR_APPLICATION_ID": "<application id>",
+                        "SYNTHEA_EMR_EXECUTION_ROLE_ARN": "<job role arn>"},
+    }
+
+
+@dataclass
+class DeployPlan:
+    code_uri: str
+    uploads: dict[str, int] = field(default_factory=dict)
+    glue_jobs: dict[str, dict] = field(default_factory=dict)
+    glue_actions: dict[str, str] = field(default_factory=dict)
+    emr_serverless: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        lines = [f"code: {self.code_uri}/"]
+        lines += [f"  {name} ({size} bytes)" for name, size in self.uploads.items()]
+        for name, job in self.glue_jobs.items():
+            action = self.glue_actions.get(name, "would create or update")
+            lines.append(f"Glue job {name}: {action} ({job['GlueVersion']}, {job['NumberOfWorkers']} x "
+                         f"{job['WorkerType']}, script {job['Command']['ScriptLocation']})")
+        lines.append("EMR Serverless settings: " + json.dumps(self.emr_serverless, indent=1))
+        return "\n".join(lines)
+
+
+def deploy(bucket: str, prefix: str = "code", job_prefix: str = "synthea-pipeline", role_arn: str | None = None,
+           workers: int = 2, dry_run: bool = False, s3=None, glue=None) -> DeployPlan:
+    """Upload the package and entry scripts to s3://bucket/prefix/ and create or update one Glue job per Spark
+    layer (an existing job keeps its role unless `role_arn` is given). With `dry_run` nothing is called; the
+    plan says what would be."""
+    code_uri = f"s3://{bucket}/{prefix.strip('/')}" if prefix.strip("/") else f"s3://{bucket}"
+    package = build_package()
+    scripts = {entry_script(layer): (Path(str(resources.files("synthea_pipeline"))) / "entrypoints"
+                                     / entry_script(layer)).read_bytes() for layer in SPARK_LAYERS}
+    plan = DeployPlan(code_uri, uploads={PACKAGE_ZIP: len(package), **{n: len(b) for n, b in scripts.items()}},
+                      emr_serverless=emr_serverless_settings(code_uri))
+    plan.glue_jobs = {glue_job_name(job_prefix, layer): glue_job_definition(
+        glue_job_name(job_prefix, layer), layer, code_uri, role_arn or "<the job's role>", workers)
+        for layer in SPARK_LAYERS}
+    if dry_run:
+        return plan
+    import boto3
+
+    s3 = s3 or boto3.client("s3")
+    glue = glue or boto3.client("glue")
+    key_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    s3.put_object(Bucket=bucket, Key=f"{key_prefix}{PACKAGE_ZIP}", Body=package)
+    for name, body in scripts.items():
+        s3.put_object(Bucket=bucket, Key=f"{key_prefix}{name}", Body=body)
+    for name, job in plan.glue_jobs.items():
+        try:
+            existing = glue.get_job(JobName=name)["Job"]
+        except glue.exceptions.EntityNotFoundException:
+            if role_arn is None:
+                raise ValueError(f"Glue job {name} does not exist: pass --glue-role to create it, or deploy "
+                                 "infra/synthea-pipeline.yaml, which creates both jobs with their own roles") from None
+            glue.create_job(**job)
+            plan.glue_actions[name] = "created"
+            continue
+        update = {k: v for k, v in job.items() if k != "Name"}
+        update["Role"] = role_arn or existing["Role"]
+        glue.update_job(JobName=name, JobUpdate=update)
+        plan.glue_actions[name] = "updated"
+    return plan

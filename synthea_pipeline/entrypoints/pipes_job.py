@@ -1,0 +1,87 @@
+"""The body shared by the layer entry scripts. Inside a Glue or EMR Serverless job it opens Dagster Pipes (Glue
+passes the bootstrap parameters as job arguments, EMR Serverless as driver environment variables; context and
+messages go through S3), runs the layer on the job's Spark session and reports back. With `--standalone` it runs
+the layer without Dagster and prints the reports as JSON lines, for debugging on a cluster or locally.
+
+Imports only dagster_pipes, pyspark and the project's transforms, which is all a job needs shipped."""
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+
+from dagster_pipes import (
+    PipesCliArgsParamsLoader,
+    PipesEnvVarParamsLoader,
+    PipesS3ContextLoader,
+    PipesS3MessageWriter,
+    open_dagster_pipes,
+)
+from pyspark.sql import SparkSession
+
+from synthea_pipeline.tables import DEFAULT_TABLES
+from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed
+from synthea_pipeline.transforms.staging import configure
+
+CLI_CONTEXT_ARGUMENT = "--dagster-pipes-context"
+
+
+def spark_session() -> SparkSession:
+    """The job's session (Glue, EMR), or a Spark Connect one when SPARK_REMOTE is set."""
+    spark = SparkSession.builder.appName("synthea-pipeline").getOrCreate()
+    configure(spark)
+    return spark
+
+
+def report(pipes, item) -> None:
+    if isinstance(item, AssetReport):
+        pipes.report_asset_materialization(asset_key=item.asset_key, metadata=item.metadata)
+    else:
+        pipes.report_asset_check(check_name=item.check_name, passed=item.passed, severity=item.severity,
+                                 metadata=item.metadata, asset_key=item.asset_key)
+
+
+def run_with_pipes(layer: str) -> int:
+    import boto3
+
+    s3 = boto3.client("s3")
+    params_loader = PipesCliArgsParamsLoader() if CLI_CONTEXT_ARGUMENT in sys.argv else PipesEnvVarParamsLoader()
+    with open_dagster_pipes(params_loader=params_loader, context_loader=PipesS3ContextLoader(s3),
+                            message_writer=PipesS3MessageWriter(s3, interval=2)) as pipes:
+        pipes.log.info(f"{layer} layer starting: {json.dumps(pipes.extras)}")
+        for item in LAYERS[layer](spark_session(), pipes.log, **pipes.extras):
+            report(pipes, item)
+    return 0
+
+
+def run_standalone(layer: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{layer}_job.py --standalone")
+    parser.add_argument("--standalone", action="store_true")
+    parser.add_argument("--lake", required=True, help="lake root, s3://bucket/prefix or a folder")
+    if layer == "staging":
+        parser.add_argument("--upload-id", required=True)
+        parser.add_argument("--tables", default=",".join(DEFAULT_TABLES))
+    else:
+        parser.add_argument("--uploads", required=True, help="upload ids in arrival order, comma-separated")
+        parser.add_argument("--include-identifiers", action="store_true")
+    args = parser.parse_args(argv)
+    if layer == "staging":
+        params = {"lake_root": args.lake, "upload_id": args.upload_id, "tables": args.tables.split(",")}
+    else:
+        params = {"lake_root": args.lake, "upload_order": args.uploads.split(","),
+                  "include_identifiers": args.include_identifiers}
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        reports = LAYERS[layer](spark_session(), logging.getLogger(layer), **params)
+    except LayerFailed as failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
+    for item in reports:
+        print(json.dumps({"kind": type(item).__name__, **asdict(item)}))
+    return 0
+
+
+def main(layer: str) -> int:
+    argv = sys.argv[1:]
+    return run_standalone(layer, argv) if "--standalone" in argv else run_with_pipes(layer)

@@ -1,0 +1,203 @@
+"""The Spark layers as Glue and EMR Serverless job runs through Dagster Pipes. The job scripts really run (see
+aws_jobs.py): deployed by `deploy` to a moto S3, fetched from there, executed with the arguments the Pipes
+clients sent, reporting back through S3. The tests assert on what the scripts reported."""
+
+import io
+import subprocess
+import sys
+import zipfile
+
+import boto3
+import pytest
+from dagster import AssetKey, DagsterEventType, Definitions, instance_for_test
+from pysail.spark import SparkConnectServer
+
+from synthea_pipeline.definitions import defs
+from synthea_pipeline.deploy import PACKAGE_ZIP, deploy
+from synthea_pipeline.jobs import ingest_upload_job
+from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.runs import SAMPLE_DIR, run_upload
+from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, LocalJobRunner
+
+GLUE_ROLE = "arn:aws:iam::123456789012:role/synthea-glue-job"
+AWS_CLIENTS: dict = {}
+
+
+class LocalAwsSpark(SparkResource):
+    """The Spark resource with the Glue / EMR Serverless clients replaced by the local job runners."""
+
+    def aws_client(self, service: str):
+        return AWS_CLIENTS.get(service) or super().aws_client(service)
+
+
+@pytest.fixture(scope="module")
+def runner(moto_endpoint, monkeypatch_module):
+    monkeypatch_module.setenv("RUST_LOG", "error")
+    server = SparkConnectServer(ip="127.0.0.1", port=0)
+    server.start(background=True)
+    yield LocalJobRunner(spark_remote=f"sc://127.0.0.1:{server.listening_address[1]}")
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def deployed(moto_endpoint, monkeypatch_module):
+    bucket = "synthea-jobs"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    plan = deploy(bucket, prefix="code", role_arn=GLUE_ROLE)
+    application = boto3.client("emr-serverless").create_application(
+        name="synthea", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+    monkeypatch_module.setenv("SYNTHEA_CODE_URI", plan.code_uri)
+    monkeypatch_module.setenv("SYNTHEA_EMR_APPLICATION_ID", application)
+    monkeypatch_module.setenv("SYNTHEA_EMR_EXECUTION_ROLE_ARN", "arn:aws:iam::123456789012:role/synthea-emr-job")
+    return {"bucket": bucket, "plan": plan}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    with instance_for_test() as instance:
+        return run_upload(str(SAMPLE_DIR), str(tmp_path_factory.mktemp("local") / "lake"), "u1", instance=instance)
+
+
+def accounts(report):
+    return [(t.table, t.rows_in, t.quarantined, t.duplicates_dropped, t.rows_out) for t in report.tables]
+
+
+def materializations(instance, run_id, layer):
+    return {
+        "/".join(event.dagster_event.asset_key.path): event.asset_materialization.metadata
+        for event in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        if event.dagster_event.asset_key.path[0] == layer
+    }
+
+
+def messages(instance, run_id) -> str:
+    return "\n".join(event.user_message for event in instance.all_logs(run_id))
+
+
+def test_deploy_uploads_a_package_without_dagster_and_creates_then_updates_jobs(deployed):
+    s3, glue = boto3.client("s3"), boto3.client("glue")
+    package = s3.get_object(Bucket=deployed["bucket"], Key=f"code/{PACKAGE_ZIP}")["Body"].read()
+    names = zipfile.ZipFile(io.BytesIO(package)).namelist()
+    assert "synthea_pipeline/transforms/layers.py" in names and "dagster_pipes/__init__.py" in names
+    assert "synthea_pipeline/entrypoints/staging_job.py" in names
+    assert not [n for n in names if n.startswith(("synthea_pipeline/assets", "synthea_pipeline/resources"))]
+    job = glue.get_job(JobName="synthea-pipeline-staging")["Job"]
+    assert job["Command"]["ScriptLocation"] == "s3://synthea-jobs/code/staging_job.py"
+    assert job["DefaultArguments"]["--extra-py-files"] == f"s3://synthea-jobs/code/{PACKAGE_ZIP}"
+    assert deployed["plan"].glue_actions == {"synthea-pipeline-staging": "created", "synthea-pipeline-marts": "created"}
+
+    class RecordsUpdates:
+        """moto has no Glue UpdateJob: record the calls, pass everything else to moto."""
+
+        def __init__(self):
+            self.updates = {}
+
+        def __getattr__(self, name):
+            return getattr(glue, name)
+
+        def update_job(self, JobName, JobUpdate):
+            self.updates[JobName] = JobUpdate
+
+    recorder = RecordsUpdates()
+    again = deploy(deployed["bucket"], prefix="code", role_arn=GLUE_ROLE, workers=4, glue=recorder)
+    assert set(again.glue_actions.values()) == {"updated"}
+    assert recorder.updates["synthea-pipeline-marts"]["NumberOfWorkers"] == 4
+    assert "Name" not in recorder.updates["synthea-pipeline-marts"]
+
+
+def test_deploy_dry_run_needs_no_aws(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "deploy", "--bucket", "my-lake",
+                             "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Glue job synthea-pipeline-staging: would create or update" in result.stdout
+    assert "s3://my-lake/code/marts_job.py" in result.stdout
+
+
+def test_entry_scripts_import_no_dagster():
+    code = (
+        "import sys\n"
+        "class Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'dagster' or name.startswith(('dagster.', 'dagster_aws', 'dagster_pyspark')):\n"
+        "            raise ImportError('entry scripts must not import ' + name)\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        "import synthea_pipeline.entrypoints.staging_job, synthea_pipeline.entrypoints.marts_job\n"
+        "import synthea_pipeline.entrypoints.pipes_job as job\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_pipes')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['dagster_pipes']"
+
+
+def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_reference):
+    AWS_CLIENTS["glue"] = glue = LocalGlue(runner)
+    with instance_for_test() as instance:
+        report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/lake", "u1", instance=instance,
+                            spark=LocalAwsSpark(engine="glue"))
+        assert report.success and not report.errors, report.errors
+        assert accounts(report) == accounts(local_reference)
+        assert report.marts == local_reference.marts
+        assert report.checks == local_reference.checks
+        assert sorted(glue.jobs.values()) == ["synthea-pipeline-marts", "synthea-pipeline-staging"]
+        for run in runner.runs.values():
+            assert "--dagster-pipes-context" in run.argv and "--dagster-pipes-messages" in run.argv
+        staging = materializations(instance, report.run_id, "staging")
+        assert staging["staging/patients"]["AWS Glue Job Name"].value == "synthea-pipeline-staging"
+        assert staging["staging/patients"]["glue_execution_seconds"].value >= 0
+        assert staging["staging/patients"]["dagster/column_schema"].value.columns[0].name == "id"
+        assert "staging layer starting" in messages(instance, report.run_id)
+
+
+def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, runner, local_reference):
+    AWS_CLIENTS["emr-serverless"] = emr = LocalEMRServerless(runner)
+    before = set(runner.runs)
+    with instance_for_test() as instance:
+        report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/emr-lake", "u1", instance=instance,
+                            spark=LocalAwsSpark(engine="emr-serverless"))
+        assert report.success and not report.errors, report.errors
+        assert accounts(report) == accounts(local_reference)
+        assert report.marts == local_reference.marts
+        new_runs = [runner.runs[r] for r in set(runner.runs) - before]
+        assert len(new_runs) == 2 and all("DAGSTER_PIPES_CONTEXT" in r.env for r in new_runs)
+        marts = materializations(instance, report.run_id, "marts")
+        assert marts["marts/patient_fact"]["AWS EMR Serverless Job Run ID"].value in runner.runs
+        assert not emr.cancelled
+
+
+def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
+    AWS_CLIENTS["glue"] = LocalGlue(runner)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("uploads", ["ghost"])
+        job = Definitions(
+            assets=defs.assets, jobs=[ingest_upload_job],
+            resources={"lake": LakeResource(root="s3://synthea-jobs/lake"), "spark": LocalAwsSpark(engine="glue")},
+        ).resolve_job_def(ingest_upload_job.name)
+        result = job.execute_in_process(instance=instance, partition_key="ghost", raise_on_error=False,
+                                        asset_selection=[AssetKey(["staging", "patients"])])
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        error, message = failure.step_failure_data.error, ""
+        while error is not None:
+            message, error = message + error.message, error.cause
+        assert "completed with status FAILED" in message
+        assert "raw/patients/upload_id=ghost/_manifest.json" in message
+
+
+def test_cancelling_the_run_stops_the_job_run(deployed, runner):
+    AWS_CLIENTS["glue"] = glue = LocalGlue(runner, interrupt_at_poll=2)
+    with instance_for_test() as instance:
+        report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/lake", "u1", instance=instance,
+                            spark=LocalAwsSpark(engine="glue"))
+        assert not report.success
+        [stopped] = glue.stopped
+        assert runner.runs[stopped].process.returncode < 0
+        assert runner.state(stopped)[0] == "STOPPED"
