@@ -32,15 +32,48 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
     backfill.add_argument("--include-identifiers", action="store_true",
                           help="write direct identifiers (SSN, names, addresses, ...) to the marts")
+    query = commands.add_parser("query", help="run SQL on the catalog (DuckDB locally, Athena for an S3 lake)")
+    query.add_argument("sql", help='e.g. "SELECT * FROM bi_demographics" (default database: the marts)')
+    query.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    query.add_argument("--format", choices=("table", "csv"), default="table")
     deploy = commands.add_parser("deploy", help="upload the Spark job code and create or update the Glue jobs")
     deploy.add_argument("--bucket", required=True, help="bucket for the job code")
     deploy.add_argument("--prefix", default="code", help="key prefix for the job code (default: code)")
     deploy.add_argument("--glue-role", help="IAM role ARN for Glue jobs that do not exist yet (infra/ creates the jobs with one role each)")
     deploy.add_argument("--job-prefix", default="synthea-pipeline",
                         help="Glue job names are <job-prefix>-staging and <job-prefix>-marts")
-    deploy.add_argument("--workers", type=int, default=2, help="G.1X workers per Glue job run (default: 2)")
+    deploy.add_argument("--workers", type=int, default=2, help="G.1X workers of Glue jobs created (default: 2); existing jobs keep theirs")
     deploy.add_argument("--dry-run", action="store_true", help="print what would be uploaded and created")
     return parser
+
+
+def query_command(args: argparse.Namespace) -> int:
+    import csv
+
+    from synthea_pipeline.resources.catalog import CatalogResource
+    from synthea_pipeline.resources.lake import LakeResource
+
+    try:
+        columns, rows = CatalogResource().query(LakeResource(root=args.lake).layout(), args.sql)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - SQL errors are the user's to read, without a traceback
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return 0
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print(f"({len(rows)} rows)")
+    return 0
 
 
 def deploy_command(args: argparse.Namespace) -> int:
@@ -68,6 +101,8 @@ def _print_report(report, lake_root: str) -> bool:
     if report.marts:
         print("marts (all uploads): " + ", ".join(f"{name} {rows}" for name, rows in report.marts.items()))
         print(f"mart Parquet: {lake_root}/marts/<table>/")
+    if report.dashboard:
+        print(f"dashboard: {report.dashboard}")
     if not report.success or report.errors:
         for error in report.errors or ["the run failed; see the Dagster run log"]:
             print(f"error: {error}", file=sys.stderr)
@@ -78,6 +113,7 @@ def _print_report(report, lake_root: str) -> bool:
 def run_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.resources.lake import LakeResource
     from synthea_pipeline.runs import SAMPLE_DIR, run_upload
+    from synthea_pipeline.transforms.storage import UploadVerificationError
     from synthea_pipeline.transforms.uploads import UploadError
 
     source_dir = args.source_dir or str(SAMPLE_DIR)
@@ -89,6 +125,9 @@ def run_command(args: argparse.Namespace) -> int:
     except (InvalidUploadId, UploadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except UploadVerificationError as error:
+        print(f"error: upload not verified, nothing was run: {error}", file=sys.stderr)
+        return 1
     return 0 if _print_report(report, lake_root) else 1
 
 
@@ -100,7 +139,7 @@ def upload_command(args: argparse.Namespace) -> int:
     try:
         upload_id = _upload_id(args, args.source_dir)
         storage = storage_for(args.to) if args.to else LakeResource().source_storage()
-        manifest = upload_export(args.source_dir, storage, upload_id)
+        manifest = upload_export(args.source_dir, storage, upload_id, replace=bool(args.upload_id))
     except (InvalidUploadId, UploadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -129,13 +168,23 @@ def backfill_command(args: argparse.Namespace) -> int:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
     printed = [_print_report(report, lake_root) for report in reports]
-    return 0 if all(printed) else 1
+    if not all(printed):
+        print(f"error: backfill stopped at {reports[-1].upload_id}; the marts were not rebuilt", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     args = _parser().parse_args(argv)
-    commands = {"run": run_command, "upload": upload_command, "backfill": backfill_command, "deploy": deploy_command}
-    return commands[args.command](args)
+    commands = {"run": run_command, "upload": upload_command, "backfill": backfill_command,
+                "query": query_command, "deploy": deploy_command}
+    try:
+        return commands[args.command](args)
+    except (BotoCoreError, ClientError) as error:
+        print(f"error: AWS: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def glue_job_name(prefix: str, layer: str) -> str:
 
 def build_package() -> bytes:
     """A zip for `--extra-py-files` / `spark.submit.pyFiles`: the table contract, the transforms, the entry
-    scripts and dagster_pipes (pure Python, so jobs need no package index)."""
+    scripts and dagster_pipes (pure Python, so Glue jobs need no package index)."""
     root = Path(str(resources.files("synthea_pipeline")))
     pipes_root = Path(dagster_pipes.__file__).parent
     buffer = io.BytesIO()
@@ -52,7 +52,7 @@ def glue_job_definition(name: str, layer: str, code_uri: str, role_arn: str, wor
         "WorkerType": "G.1X",
         "NumberOfWorkers": workers,
         "Timeout": 120,
-        "ExecutionProperty": {"MaxConcurrentRuns": 10},
+        "ExecutionProperty": {"MaxConcurrentRuns": 1 if layer == "marts" else 10},
         "Command": {"Name": "glueetl", "ScriptLocation": f"{code_uri}/{entry_script(layer)}", "PythonVersion": "3"},
         "DefaultArguments": {
             "--extra-py-files": f"{code_uri}/{PACKAGE_ZIP}",
@@ -72,6 +72,22 @@ def emr_serverless_settings(code_uri: str) -> dict:
                         "SYNTHEA_EMR_APPLICATION_ID": "<application id>",
                         "SYNTHEA_EMR_EXECUTION_ROLE_ARN": "<job role arn>"},
     }
+
+
+JOB_UPDATE_FIELDS = ("Description", "Role", "ExecutionProperty", "Command", "DefaultArguments",
+                     "NonOverridableArguments", "Connections", "MaxRetries", "Timeout", "WorkerType",
+                     "NumberOfWorkers", "GlueVersion", "SecurityConfiguration", "NotificationProperty", "Tags")
+
+
+def code_update(existing: dict, wanted: dict, role_arn: str | None) -> dict:
+    """An existing job keeps its settings (workers, concurrency, role: the stack's); only the code moves."""
+    update = {k: v for k, v in existing.items() if k in JOB_UPDATE_FIELDS and k != "Tags"}
+    update["Command"] = {**existing.get("Command", {}), "ScriptLocation": wanted["Command"]["ScriptLocation"]}
+    update["DefaultArguments"] = {**existing.get("DefaultArguments", {}),
+                                  "--extra-py-files": wanted["DefaultArguments"]["--extra-py-files"]}
+    if role_arn:
+        update["Role"] = role_arn
+    return update
 
 
 @dataclass
@@ -95,8 +111,9 @@ class DeployPlan:
 
 def deploy(bucket: str, prefix: str = "code", job_prefix: str = "synthea-pipeline", role_arn: str | None = None,
            workers: int = 2, dry_run: bool = False, s3=None, glue=None) -> DeployPlan:
-    """Upload the package and entry scripts to s3://bucket/prefix/ and create or update one Glue job per Spark
-    layer (an existing job keeps its role unless `role_arn` is given). With `dry_run` nothing is called; the
+    """Upload the package and entry scripts to s3://bucket/prefix/ and create one Glue job per Spark layer, or
+    point an existing one at the new code (keeping its workers, concurrency and, unless `role_arn` is given,
+    role). With `dry_run` nothing is called; the
     plan says what would be."""
     code_uri = f"s3://{bucket}/{prefix.strip('/')}" if prefix.strip("/") else f"s3://{bucket}"
     package = build_package()
@@ -127,8 +144,6 @@ def deploy(bucket: str, prefix: str = "code", job_prefix: str = "synthea-pipelin
             glue.create_job(**job)
             plan.glue_actions[name] = "created"
             continue
-        update = {k: v for k, v in job.items() if k != "Name"}
-        update["Role"] = role_arn or existing["Role"]
-        glue.update_job(JobName=name, JobUpdate=update)
+        glue.update_job(JobName=name, JobUpdate=code_update(existing, job, role_arn))
         plan.glue_actions[name] = "updated"
     return plan

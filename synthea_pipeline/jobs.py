@@ -8,5 +8,6 @@ ingest_upload_job = define_asset_job(
     "ingest_upload",
     selection=AssetSelection.all(),
     partitions_def=uploads_partitions,
-    description="Carries one upload through every layer, then rebuilds the marts over all uploads.",
+    description="Carries one upload through every layer, then rebuilds the marts over all uploads, registers the "
+    "catalog and redraws the dashboard.",
 )

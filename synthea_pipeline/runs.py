@@ -18,6 +18,7 @@ from synthea_pipeline.transforms.uploads import upload_export
 
 SAMPLE_DIR = Path(str(resources.files("synthea_pipeline") / "samples" / "v3.3_au_11p"))
 DEFAULT_DAGSTER_HOME = ".dagster"
+PARTITIONED_LAYERS = ("source", "raw", "staging")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunReport:
     marts: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    dashboard: str | None = None
 
 
 def dagster_instance() -> DagsterInstance:
@@ -67,15 +69,21 @@ def run_upload(
     all uploads."""
     lake_resource = LakeResource(root=lake_root)
     spark = spark or SparkResource(engine=engine)
-    if lake_root.startswith("s3://") and spark.resolved_engine() == "local-jvm":
-        raise ValueError("the local-jvm engine cannot read s3:// (no hadoop-aws jars): use --engine sail")
-    if not lake_root.startswith("s3://") and spark.resolved_engine() in REMOTE_ENGINES:
-        raise ValueError(f"the {spark.resolved_engine()} engine needs the lake on S3: --lake s3://bucket/prefix")
+    check_engine(spark, lake_root)
     if os.path.abspath(source_dir) != lake_resource.layout().source(upload_id):
         upload_export(source_dir, lake_resource.source_storage(), upload_id, replace)
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
     return _execute(upload_id, lake_resource, spark, instance, include_identifiers)
+
+
+def check_engine(spark: SparkResource, lake_root: str) -> None:
+    """Refuse engine and lake combinations that cannot work, before anything is written."""
+    engine = spark.resolved_engine()
+    if lake_root.startswith("s3://") and engine == "local-jvm":
+        raise ValueError("the local-jvm engine cannot read s3:// (no hadoop-aws jars): use --engine sail")
+    if not lake_root.startswith("s3://") and engine in REMOTE_ENGINES:
+        raise ValueError(f"the {engine} engine needs the lake on S3: --lake s3://bucket/prefix")
 
 
 def backfill(
@@ -86,16 +94,19 @@ def backfill(
     include_identifiers: bool = False,
 ) -> list[RunReport]:
     """Recompute the partitions of the given uploads (all registered uploads when None) from their source
-    folders, in registration order, then the marts once: the marts end up as if the uploads had arrived in
-    that order. Stops at the first failed upload."""
+    folders, in registration order, then the marts, catalog and dashboard once: the marts end up as if the
+    uploads had arrived in that order. Stops at the first failed upload, leaving the marts as they were."""
     instance = instance or dagster_instance()
     registered = instance.get_dynamic_partitions(uploads_partitions.name)
     unknown = sorted(set(upload_ids or []) - set(registered))
     if unknown:
         raise KeyError(f"not registered uploads: {', '.join(unknown)} (registered: {', '.join(registered) or 'none'})")
     selected = [u for u in registered if upload_ids is None or u in upload_ids]
+    if not selected:
+        raise KeyError("no uploads are registered in this Dagster instance: run or upload one first")
     lake_resource = LakeResource(root=lake_root)
     spark = SparkResource(engine=engine)
+    check_engine(spark, lake_root)
     reports = []
     for position, upload_id in enumerate(selected):
         last = position == len(selected) - 1
@@ -108,9 +119,10 @@ def backfill(
 def _execute(upload_id: str, lake: LakeResource, spark: SparkResource, instance: DagsterInstance,
              include_identifiers: bool, with_marts: bool = True) -> RunReport:
     job = Definitions(
-        assets=defs.assets, jobs=[ingest_upload_job], resources={"lake": lake, "spark": spark}
+        assets=defs.assets, jobs=[ingest_upload_job], resources={**defs.resources, "lake": lake, "spark": spark}
     ).resolve_job_def(ingest_upload_job.name)
-    selection = None if with_marts else [key for key in job.asset_layer.executable_asset_keys if key.path[0] != "marts"]
+    selection = None if with_marts else [key for key in job.asset_layer.executable_asset_keys
+                                         if key.path[0] in PARTITIONED_LAYERS]
     result = job.execute_in_process(
         instance=instance,
         partition_key=upload_id,
@@ -143,6 +155,8 @@ def _report(result: ExecuteInProcessResult, upload_id: str) -> RunReport:
             report.release = metadata["synthea_release"]
         elif layer == "marts":
             report.marts[table] = metadata["dagster/row_count"]
+        elif layer == "reports":
+            report.dashboard = metadata["path"]
     report.tables = [accounts[t] for t in sorted(accounts)]
     for event in result.all_events:
         if event.is_step_failure:

@@ -60,8 +60,9 @@ def test_bucket_is_private_encrypted_and_tls_only(resources):
     ("GlueMartsRole", {"code/*", "staging/*", "marts/*", "_pipes/*"}, {"marts/*", "_pipes/*"}),
     ("EmrJobRole", {"code/*", "raw/*", "staging/*", "marts/*", "_pipes/*"}, {"staging/*", "marts/*", "_pipes/*"}),
     ("UploaderPolicy", {"source/*"}, {"source/*"}),
-    ("OrchestratorPolicy", {"source/*", "raw/*", "quarantine/*", "staging/*", "marts/*", "_pipes/*",
-                            "athena-results/*"}, {"raw/*", "quarantine/*", "_pipes/*", "athena-results/*"}),
+    ("OrchestratorPolicy", {"source/*", "raw/*", "quarantine/*", "staging/*", "marts/*", "reports/*", "_pipes/*",
+                            "athena-results/*"},
+     {"source/*", "raw/*", "quarantine/*", "staging/*", "marts/*", "reports/*", "_pipes/*", "athena-results/*"}),
 ])
 def test_each_role_reaches_only_its_own_prefixes(resources, role, reads, writes):
     assert object_prefixes(resources[role], {"s3:GetObject"}) == reads

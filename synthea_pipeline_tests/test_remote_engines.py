@@ -69,6 +69,14 @@ def accounts(report):
     return [(t.table, t.rows_in, t.quarantined, t.duplicates_dropped, t.rows_out) for t in report.tables]
 
 
+def assert_reports_match(remote, local) -> None:
+    """What the job scripts reported equals what the in-process run reported: row accounts, marts, checks."""
+    assert remote.success and not remote.errors, remote.errors
+    assert accounts(remote) == accounts(local)
+    assert remote.marts == local.marts
+    assert remote.checks == local.checks
+
+
 def materializations(instance, run_id, layer):
     return {
         "/".join(event.dagster_event.asset_key.path): event.asset_materialization.metadata
@@ -108,8 +116,10 @@ def test_deploy_uploads_a_package_without_dagster_and_creates_then_updates_jobs(
     recorder = RecordsUpdates()
     again = deploy(deployed["bucket"], prefix="code", role_arn=GLUE_ROLE, workers=4, glue=recorder)
     assert set(again.glue_actions.values()) == {"updated"}
-    assert recorder.updates["synthea-pipeline-marts"]["NumberOfWorkers"] == 4
-    assert "Name" not in recorder.updates["synthea-pipeline-marts"]
+    update = recorder.updates["synthea-pipeline-marts"]
+    assert update["NumberOfWorkers"] == 2 and update["ExecutionProperty"] == {"MaxConcurrentRuns": 1}
+    assert update["Role"] == GLUE_ROLE and "Name" not in update
+    assert update["Command"]["ScriptLocation"] == "s3://synthea-jobs/code/marts_job.py"
 
 
 def test_deploy_dry_run_needs_no_aws(tmp_path):
@@ -143,10 +153,7 @@ def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_refer
     with instance_for_test() as instance:
         report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/lake", "u1", instance=instance,
                             spark=LocalAwsSpark(engine="glue"))
-        assert report.success and not report.errors, report.errors
-        assert accounts(report) == accounts(local_reference)
-        assert report.marts == local_reference.marts
-        assert report.checks == local_reference.checks
+        assert_reports_match(report, local_reference)
         assert sorted(glue.jobs.values()) == ["synthea-pipeline-marts", "synthea-pipeline-staging"]
         for run in runner.runs.values():
             assert "--dagster-pipes-context" in run.argv and "--dagster-pipes-messages" in run.argv
@@ -163,9 +170,7 @@ def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, r
     with instance_for_test() as instance:
         report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/emr-lake", "u1", instance=instance,
                             spark=LocalAwsSpark(engine="emr-serverless"))
-        assert report.success and not report.errors, report.errors
-        assert accounts(report) == accounts(local_reference)
-        assert report.marts == local_reference.marts
+        assert_reports_match(report, local_reference)
         new_runs = [runner.runs[r] for r in set(runner.runs) - before]
         assert len(new_runs) == 2 and all("DAGSTER_PIPES_CONTEXT" in r.env for r in new_runs)
         marts = materializations(instance, report.run_id, "marts")
@@ -179,7 +184,8 @@ def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
         instance.add_dynamic_partitions("uploads", ["ghost"])
         job = Definitions(
             assets=defs.assets, jobs=[ingest_upload_job],
-            resources={"lake": LakeResource(root="s3://synthea-jobs/lake"), "spark": LocalAwsSpark(engine="glue")},
+            resources={**defs.resources, "lake": LakeResource(root="s3://synthea-jobs/lake"),
+                       "spark": LocalAwsSpark(engine="glue")},
         ).resolve_job_def(ingest_upload_job.name)
         result = job.execute_in_process(instance=instance, partition_key="ghost", raise_on_error=False,
                                         asset_selection=[AssetKey(["staging", "patients"])])

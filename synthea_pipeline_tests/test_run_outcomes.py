@@ -143,4 +143,4 @@ def test_definitions_load_without_credentials_or_network(tmp_path):
     code = ("from synthea_pipeline.definitions import defs; g = defs.resolve_asset_graph(); "
             "keys = g.get_all_asset_keys(); print(len(keys), sorted({g.get(k).group_name for k in keys}))")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert result.stdout.split("\n")[0] == "64 ['marts', 'raw', 'source', 'staging']", result.stderr
+    assert result.stdout.split("\n")[0] == "69 ['bi', 'marts', 'raw', 'reports', 'source', 'staging']", result.stderr

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
-from dagster import AssetKey, AssetMaterialization, build_sensor_context
+from dagster import AssetKey, AssetMaterialization, build_sensor_context, instance_for_test
 
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.sensors import QUIET_SECONDS_ENV, upload_sensor
@@ -97,7 +97,7 @@ def test_sensor_requests_one_run_per_complete_upload(instance, bucket, small_exp
     first = tick(instance, lake)
     [request] = first.run_requests
     assert request.partition_key == "u1"
-    assert request.run_key == f"u1@{manifest['checksum'][:16]}"
+    assert request.run_key.startswith(f"u1@{manifest['checksum'][:16]}.")
     assert partitions_added(first) == ["u1"]
     again = tick(instance, lake, first.cursor)
     assert again.run_requests == [] and "1 unchanged" in reason(again)
@@ -121,7 +121,7 @@ def test_reupload_runs_again_only_when_the_content_changed(instance, bucket, sma
     storage = storage_for(f"{lake}/source")
     upload_export(str(small_export), storage, "u1")
     first = tick(instance, lake)
-    assert len(first.run_requests) == 1
+    [original] = first.run_requests
 
     manifest = json.loads(storage.read_bytes("u1.manifest.json"))
     storage.write_bytes("u1.manifest.json", json.dumps({**manifest, "uploaded_at": "later"}).encode())
@@ -132,21 +132,52 @@ def test_reupload_runs_again_only_when_the_content_changed(instance, bucket, sma
     shutil.copytree(small_export, changed)
     shutil.copy(SAMPLES["3.0"] / "payers.csv", changed / "payers.csv")
     new_manifest = upload_export(str(changed), storage, "u1")
-    [rerun] = tick(instance, lake, identical.cursor).run_requests
-    assert rerun.run_key == f"u1@{new_manifest['checksum'][:16]}" != first.run_requests[0].run_key
+    second = tick(instance, lake, identical.cursor)
+    [rerun] = second.run_requests
+    assert rerun.run_key.startswith(f"u1@{new_manifest['checksum'][:16]}.") and rerun.run_key != original.run_key
+
+    upload_export(str(small_export), storage, "u1")
+    [reverted] = tick(instance, lake, second.cursor).run_requests
+    assert reverted.run_key.startswith(original.run_key.split(".")[0])
+    assert reverted.run_key not in {original.run_key, rerun.run_key}
 
 
-def test_cursor_and_recorded_materializations_survive_a_restart(instance, bucket, small_export):
+def test_an_upload_in_progress_is_left_alone(instance, bucket, small_export):
+    lake = f"s3://{bucket}/lake"
+    storage = storage_for(f"{lake}/source")
+    upload_export(str(small_export), storage, "u1")
+    storage.write_bytes("u1.uploading", b"{}")
+    waiting = tick(instance, lake)
+    assert waiting.run_requests == [] and "u1: upload in progress (u1.uploading present)" in reason(waiting)
+    upload_export(str(small_export), storage, "u1")
+    assert [r.partition_key for r in tick(instance, lake, waiting.cursor).run_requests] == ["u1"]
+
+
+def test_upload_refuses_a_different_export_under_a_derived_id(bucket, tmp_path):
+    first, second = tmp_path / "a" / "csv", tmp_path / "b" / "csv"
+    shutil.copytree(SAMPLES["2.7"], first)
+    shutil.copytree(SAMPLES["3.0"], second)
+    command = [sys.executable, "-m", "synthea_pipeline.cli", "upload", "--to", f"s3://{bucket}/source"]
+    assert subprocess.run(command + [str(first)], capture_output=True, timeout=120).returncode == 0
+    again = subprocess.run(command + [str(first)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    refused = subprocess.run(command + [str(second)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "upload id 'csv' already holds a different export" in refused.stderr
+    assert storage_for(f"s3://{bucket}/source").read_bytes("csv/patients.csv") == (first / "patients.csv").read_bytes()
+
+
+def test_cursor_and_recorded_materializations_survive_a_restart(bucket, small_export):
     lake = f"s3://{bucket}/lake"
     manifest = upload_export(str(small_export), storage_for(f"{lake}/source"), "u1")
-    first = tick(instance, lake)
-    assert len(first.run_requests) == 1
-    assert tick(instance, lake, first.cursor).run_requests == []
-    # Without its cursor the sensor would hand the upload out again; the instance knows it was processed.
-    instance.add_dynamic_partitions("uploads", ["u1"])
-    instance.report_runless_asset_event(AssetMaterialization(
-        AssetKey(["source", "patients"]), partition="u1", metadata={"upload_checksum": manifest["checksum"]}))
-    assert tick(instance, lake).run_requests == []
+    with instance_for_test() as instance:
+        first = tick(instance, lake)
+        assert len(first.run_requests) == 1
+        assert tick(instance, lake, first.cursor).run_requests == []
+        # Without its cursor the sensor would hand the upload out again; the instance knows it was processed.
+        instance.add_dynamic_partitions("uploads", ["u1"])
+        instance.report_runless_asset_event(AssetMaterialization(
+            AssetKey(["source", "patients"]), partition="u1", metadata={"upload_checksum": manifest["checksum"]}))
+        assert tick(instance, lake).run_requests == []
 
 
 def test_manifestless_upload_is_picked_up_once_quiet(instance, bucket, monkeypatch):
@@ -229,6 +260,17 @@ def test_a_tick_inspects_a_bounded_number_of_uploads(tmp_path, small_export):
         cursor = outcome.cursor
     assert handed_out == [["u0", "u1"], ["u2", "u3"], ["u4"]]
     assert watcher.tick(cursor, now=0).ready == []
+
+
+def test_uploads_that_keep_waiting_do_not_starve_the_others(tmp_path, small_export):
+    storage = storage_for(str(tmp_path / "source"))
+    for stray in ("a0", "a1"):
+        storage.write_bytes(f"{stray}/notes.txt", b"not an export")
+    upload_export(str(small_export), storage, "z9")
+    watcher = UploadWatcher(storage, quiet_seconds=0, max_inspections=2)
+    first = watcher.tick(None, now=0)
+    assert first.ready == [] and "left for a later tick" in first.skipped["z9"]
+    assert [r.upload_id for r in watcher.tick(first.cursor, now=0).ready] == ["z9"]
 
 
 def test_sensor_watches_a_local_lake_too(instance, tmp_path, small_export):

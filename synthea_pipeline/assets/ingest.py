@@ -23,7 +23,7 @@ from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.tables import DEFAULT_TABLES, TABLES, Table
 from synthea_pipeline.transforms.layers import PARALLEL_TABLES, SCHEMA_KEY, table_schema
 from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, upload_release
-from synthea_pipeline.transforms.uploads import missing_or_different, read_manifest
+from synthea_pipeline.transforms.uploads import UPLOADING_SUFFIX, missing_or_different, read_manifest
 
 CHECKSUM_TAG = "synthea/upload_checksum"
 
@@ -70,6 +70,9 @@ def build_source_assets(tables: Sequence[str] = DEFAULT_TABLES):
         upload = context.partition_key
         upload_uri = lake.layout().source(upload)
         storage = lake.source_storage()
+        if any(o.key == f"{upload}{UPLOADING_SUFFIX}" for o in storage.list_children("")[0]):
+            raise Failure(f"upload {upload} is being uploaded ({upload}{UPLOADING_SUFFIX} present): run it once "
+                          "the upload has finished")
         manifest = read_manifest(storage, upload)
         if manifest is not None:
             problems = missing_or_different(manifest, list(storage.list_objects(upload)))

@@ -25,6 +25,7 @@ PIPES_URI_ENV = "SYNTHEA_PIPES_URI"
 CODE_URI_ENV = "SYNTHEA_CODE_URI"
 EMR_APPLICATION_ENV = "SYNTHEA_EMR_APPLICATION_ID"
 EMR_ROLE_ENV = "SYNTHEA_EMR_EXECUTION_ROLE_ARN"
+EMR_SUBMIT_ENV = "SYNTHEA_EMR_SPARK_SUBMIT_PARAMETERS"
 DEFAULT_GLUE_JOB_PREFIX = "synthea-pipeline"
 MESSAGE_POLL_SECONDS = 2.0
 
@@ -38,6 +39,7 @@ class RemoteSparkSettings:
     code_uri: str | None
     emr_application_id: str | None
     emr_execution_role_arn: str | None
+    emr_spark_submit_parameters: str = ""
 
     @classmethod
     def from_env(cls) -> "RemoteSparkSettings":
@@ -47,6 +49,7 @@ class RemoteSparkSettings:
             code_uri=os.environ.get(CODE_URI_ENV),
             emr_application_id=os.environ.get(EMR_APPLICATION_ENV),
             emr_execution_role_arn=os.environ.get(EMR_ROLE_ENV),
+            emr_spark_submit_parameters=os.environ.get(EMR_SUBMIT_ENV, ""),
         )
 
     def pipes_location(self, lake_root: str) -> tuple[str, str]:
@@ -152,7 +155,8 @@ def run_on_emr_serverless(context: AssetExecutionContext, layer: str, params: di
             "name": f"synthea-{layer}-{context.run.run_id[:8]}",
             "jobDriver": {"sparkSubmit": {
                 "entryPoint": f"{code}/{entry_script(layer)}",
-                "sparkSubmitParameters": f"--conf spark.submit.pyFiles={code}/{PACKAGE_ZIP}",
+                "sparkSubmitParameters": f"--conf spark.submit.pyFiles={code}/{PACKAGE_ZIP} "
+                                         f"{settings.emr_spark_submit_parameters}".strip(),
             }},
         },
         extras=params,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -63,6 +64,7 @@ def export_release(folder: str, names: list[str]) -> str:
 
 
 def build_manifest(upload_id: str, digests: list[FileDigest], release: str) -> dict:
+    """`upload_token` makes every manifest object distinct, so each upload has its own version (ETag)."""
     files = [{"name": d.name, "size": d.size, "sha256": d.sha256} for d in digests]
     return {
         "upload_id": upload_id,
@@ -70,6 +72,7 @@ def build_manifest(upload_id: str, digests: list[FileDigest], release: str) -> d
         "checksum": content_checksum(files),
         "files": files,
         "uploaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "upload_token": uuid.uuid4().hex,
     }
 
 
@@ -85,35 +88,34 @@ def upload_export(
 ) -> dict:
     """Store an export's CSV files under `<upload_id>/` of `storage` (the lake's `source/`), verify each one,
     remove files a previous upload under that id had and this one has not, then write the manifest. Returns
-    the manifest. With `replace=False` an upload id that holds a different export is refused."""
+    the manifest. Every file is stored again even when the content is unchanged: cheaper than proving the stored
+    copies intact, and the sensor sees the same checksum and starts no run. With `replace=False` an upload id
+    that holds a different export is refused. A failed upload leaves its `.uploading` marker, so the sensor and
+    the run keep off it until an upload succeeds."""
     validate_upload_id(upload_id)
     folder = os.path.abspath(folder)
     names = export_files(folder)
     with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
         digests = list(pool.map(lambda n: digest_file(f"{folder}/{n}", part_size), names))
     manifest = build_manifest(upload_id, digests, export_release(folder, names))
-    existing_objects = [o for o in storage.list_objects(upload_id)]
+    existing_objects = list(storage.list_objects(upload_id))
     previous = read_manifest(storage, upload_id)
-    if previous and previous.get("checksum") == manifest["checksum"] and _matches(previous, existing_objects):
-        return previous
-    if not replace and (previous or existing_objects):
+    same_content = previous is not None and previous.get("checksum") == manifest["checksum"]
+    if not replace and existing_objects and not same_content:
         raise UploadError(
             f"upload id {upload_id!r} already holds a different export in {storage.uri(upload_id)}; pass "
             f"--upload-id with a new id for this one, or --upload-id {upload_id} to replace it"
         )
-    storage.write_bytes(f"{upload_id}{UPLOADING_SUFFIX}", json.dumps({"upload_id": upload_id}).encode())
+    marker = f"{upload_id}{UPLOADING_SUFFIX}"
+    storage.write_bytes(marker, json.dumps({"upload_id": upload_id}).encode())
     with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
         list(pool.map(lambda d: storage.upload_file(f"{folder}/{d.name}", f"{upload_id}/{d.name}", d, part_size),
                       digests))
     for stale in {o.key for o in existing_objects} - {f"{upload_id}/{n}" for n in names}:
         storage.delete(stale)
     storage.write_bytes(manifest_key(upload_id), json.dumps(manifest, indent=1).encode())
-    storage.delete(f"{upload_id}{UPLOADING_SUFFIX}")
+    storage.delete(marker)
     return manifest
-
-
-def _matches(manifest: dict, objects: list[StoredObject]) -> bool:
-    return not missing_or_different(manifest, objects) and len(objects) == len(manifest.get("files", []))
 
 
 def missing_or_different(manifest: dict, objects: list[StoredObject]) -> list[str]:
@@ -131,14 +133,16 @@ def missing_or_different(manifest: dict, objects: list[StoredObject]) -> list[st
 
 @dataclass
 class ReadyUpload:
+    """`version` is the manifest's (empty without one): with it in the run key, content that returns to an
+    earlier state (A, B, then A again) still gets a run, which Dagster would refuse for a reused key."""
+
     upload_id: str
     checksum: str
-    has_manifest: bool
-    release: str = "unknown"
+    version: str = ""
 
     @property
     def run_key(self) -> str:
-        return f"{self.upload_id}@{self.checksum[:16]}"
+        return f"{self.upload_id}@{self.checksum[:16]}" + (f".{self.version[:12]}" if self.version else "")
 
 
 @dataclass
@@ -161,8 +165,8 @@ class UploadWatcher:
       ETags) has not changed for `quiet_seconds`; handed out once.
     The cursor does not depend on object timestamps, and everything it needs survives in it across restarts.
     A tick lists `source/` once (folders and manifests); only new, changed or waiting uploads are read and
-    listed, at most `max_inspections` of them (in parallel), the rest on the next ticks, so a tick stays short
-    however many uploads land at once."""
+    listed, at most `max_inspections` of them (in parallel), taking turns across ticks so uploads that keep
+    waiting cannot starve the others, and a tick stays short however many uploads land at once."""
 
     def __init__(self, storage: Storage, quiet_seconds: float, max_inspections: int = 200):
         self.storage = storage
@@ -192,9 +196,11 @@ class UploadWatcher:
                 outcome.unchanged += 1
             else:
                 to_inspect.append(upload)
+        after = state.get("after", "")
+        to_inspect = [u for u in to_inspect if u > after] + [u for u in to_inspect if u <= after]
         for upload in to_inspect[self.max_inspections :]:
-            outcome.skipped[upload] = f"left for the next tick ({len(to_inspect)} uploads to inspect, " \
-                                      f"{self.max_inspections} per tick)"
+            outcome.skipped[upload] = f"left for a later tick ({len(to_inspect)} uploads to inspect, " \
+                                      f"{self.max_inspections} per tick, in turn)"
         inspect = to_inspect[: self.max_inspections]
         with ThreadPoolExecutor(max_workers=PARALLEL_FILES * 2) as pool:
             found = list(pool.map(lambda u: self._inspect(u, manifests.get(u)), inspect))
@@ -206,6 +212,7 @@ class UploadWatcher:
         outcome.cursor = json.dumps({
             "done": {u: v for u, v in sorted(done.items()) if u in present},
             "pending": {u: v for u, v in sorted(pending.items()) if u in present},
+            "after": inspect[-1] if len(to_inspect) > self.max_inspections else "",
         }, separators=(",", ":"))
         return outcome
 
@@ -239,7 +246,7 @@ class UploadWatcher:
         if previous and previous[1] == checksum:
             outcome.skipped[upload] = f"identical re-upload (checksum {checksum[:16]}): no new run"
             return
-        outcome.ready.append(ReadyUpload(upload, checksum, True, content.get("synthea_release", "unknown")))
+        outcome.ready.append(ReadyUpload(upload, checksum, manifest.version))
 
     def _without_manifest(self, upload: str, present: list[StoredObject], now: float, done: dict, pending: dict,
                           outcome: TickOutcome) -> None:
@@ -264,4 +271,4 @@ class UploadWatcher:
             return
         pending.pop(upload)
         done[upload] = ["", signature]
-        outcome.ready.append(ReadyUpload(upload, signature, False))
+        outcome.ready.append(ReadyUpload(upload, signature))

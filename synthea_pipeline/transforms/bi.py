@@ -1,0 +1,92 @@
+"""The BI views, defined once in Athena (Trino) SQL over the marts database; sqlglot transpiles them for the
+embedded engine (DuckDB), which computes them for the local catalog, the asset previews and the dashboard."""
+
+from __future__ import annotations
+
+import sqlglot
+
+SOURCE_DIALECT = "trino"
+LOCAL_DIALECT = "duckdb"
+MARTS_DATABASE = "synthea_marts"
+STAGING_DATABASE = "synthea_staging"
+TOP_CONDITIONS = 25
+
+BI_VIEWS = {
+    "bi_demographics": """
+SELECT
+  p.age_band,
+  p.gender,
+  COUNT(*) AS patients,
+  CAST(SUM(CASE WHEN p.is_deceased THEN 1 ELSE 0 END) AS BIGINT) AS deceased,
+  CAST(AVG(p.age) AS DOUBLE) AS mean_age,
+  CAST(SUM(p.encounter_count) AS BIGINT) AS encounters,
+  SUM(p.total_claim_cost) AS total_claim_cost
+FROM {marts}.patient_fact AS p
+GROUP BY p.age_band, p.gender
+""",
+    "bi_encounter_trends": """
+SELECT
+  CAST(date_trunc('month', e.start_date) AS DATE) AS month,
+  e.encounter_class,
+  COUNT(*) AS encounters,
+  COUNT(DISTINCT e.patient_key) AS patients,
+  SUM(e.total_claim_cost) AS total_claim_cost,
+  SUM(e.payer_coverage) AS payer_coverage
+FROM {marts}.encounter_dim AS e
+GROUP BY CAST(date_trunc('month', e.start_date) AS DATE), e.encounter_class
+""",
+    "bi_diagnosis_breakdown": """
+WITH ranked AS (
+  SELECT
+    c.condition_code,
+    ROW_NUMBER() OVER (ORDER BY COUNT(DISTINCT c.patient_key) DESC, c.condition_code) AS condition_rank,
+    MIN(c.condition_description) AS condition_description
+  FROM {marts}.condition_dim AS c
+  GROUP BY c.condition_code
+)
+SELECT
+  r.condition_rank,
+  r.condition_code,
+  r.condition_description,
+  p.age_band,
+  p.gender,
+  COUNT(DISTINCT c.patient_key) AS patients,
+  COUNT(*) AS diagnoses,
+  CAST(SUM(CASE WHEN c.is_active THEN 1 ELSE 0 END) AS BIGINT) AS active
+FROM {marts}.condition_dim AS c
+JOIN ranked AS r ON c.condition_code = r.condition_code
+JOIN {marts}.patient_fact AS p ON c.patient_key = p.patient_key
+WHERE r.condition_rank <= {top}
+GROUP BY r.condition_rank, r.condition_code, r.condition_description, p.age_band, p.gender
+""",
+    "bi_medication_insights": """
+SELECT
+  ROW_NUMBER() OVER (ORDER BY SUM(m.total_cost) DESC, m.medication_code) AS cost_rank,
+  m.medication_code,
+  MIN(m.medication_description) AS medication_description,
+  COUNT(*) AS prescriptions,
+  COUNT(DISTINCT m.patient_key) AS patients,
+  CAST(SUM(m.dispenses) AS BIGINT) AS dispenses,
+  SUM(m.total_cost) AS total_cost,
+  SUM(m.payer_coverage) AS payer_coverage,
+  SUM(m.total_cost) - SUM(m.payer_coverage) AS patient_paid,
+  CASE WHEN SUM(m.total_cost) > 0
+       THEN CAST(SUM(m.payer_coverage) AS DOUBLE) / CAST(SUM(m.total_cost) AS DOUBLE) END AS coverage_ratio,
+  COUNT(DISTINCT m.payer_key) AS payers
+FROM {marts}.medication_dim AS m
+GROUP BY m.medication_code
+""",
+}
+"""Integer sums are cast to BIGINT, what Athena returns for them, so both engines give one schema. What each
+view answers: demographics by age band and gender; encounters per month and class; the top
+conditions (by patients) by age band and gender; every medication with its cost, payer coverage and rank."""
+
+
+def view_sql(name: str, marts_database: str = MARTS_DATABASE) -> str:
+    """A view's Athena (Trino) SQL against the given marts database."""
+    return BI_VIEWS[name].format(marts=marts_database, top=TOP_CONDITIONS).strip()
+
+
+def local_sql(sql: str) -> str:
+    """Athena SQL as the embedded engine's dialect."""
+    return sqlglot.transpile(sql, read=SOURCE_DIALECT, write=LOCAL_DIALECT, pretty=True)[0]
