@@ -76,12 +76,13 @@ def emr_serverless_settings(code_uri: str) -> dict:
 
 JOB_UPDATE_FIELDS = ("Description", "Role", "ExecutionProperty", "Command", "DefaultArguments",
                      "NonOverridableArguments", "Connections", "MaxRetries", "Timeout", "WorkerType",
-                     "NumberOfWorkers", "GlueVersion", "SecurityConfiguration", "NotificationProperty", "Tags")
+                     "NumberOfWorkers", "GlueVersion", "SecurityConfiguration", "NotificationProperty",
+                     "ExecutionClass", "JobRunQueuingEnabled", "MaintenanceWindow", "JobMode", "LogUri")
 
 
 def code_update(existing: dict, wanted: dict, role_arn: str | None) -> dict:
     """An existing job keeps its settings (workers, concurrency, role: the stack's); only the code moves."""
-    update = {k: v for k, v in existing.items() if k in JOB_UPDATE_FIELDS and k != "Tags"}
+    update = {k: v for k, v in existing.items() if k in JOB_UPDATE_FIELDS}
     update["Command"] = {**existing.get("Command", {}), "ScriptLocation": wanted["Command"]["ScriptLocation"]}
     update["DefaultArguments"] = {**existing.get("DefaultArguments", {}),
                                   "--extra-py-files": wanted["DefaultArguments"]["--extra-py-files"]}

@@ -42,7 +42,9 @@ def lake(instance, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def views(lake):
-    return CatalogResource().view_rows(lake)
+    catalog = CatalogResource()
+    with catalog.open(lake) as engine:
+        return catalog.view_rows(engine)
 
 
 def test_demographics_count_patients_by_gender_and_deaths(views):
@@ -138,7 +140,8 @@ def test_glue_catalog_registration_is_typed_partitioned_and_idempotent(lake, mot
         for path in Path(lake.uri(layer)).rglob("*.parquet"):
             s3.upload_file(str(path), "catalog-lake", f"lake/{path.relative_to(lake.root).as_posix()}")
     catalog, glue = CatalogResource(), boto3.client("glue")
-    first = catalog.register(s3_lake)
+    engine = catalog.open(s3_lake)
+    first = catalog.register(s3_lake, engine)
     assert set(first.values()) == {"created"} and len(first) == len(DEFAULT_TABLES) + len(MARTS) + len(BI_VIEWS)
 
     patients = glue.get_table(DatabaseName="synthea_staging", Name="patients")["Table"]
@@ -163,15 +166,24 @@ def test_glue_catalog_registration_is_typed_partitioned_and_idempotent(lake, mot
                         glue.get_tables(DatabaseName="synthea_staging")["TableList"],
                         glue.get_partitions(DatabaseName="synthea_staging", TableName="patients")["Partitions"])
     before = snapshot()
-    again = catalog.register(s3_lake)
+    again = catalog.register(s3_lake, engine)
     assert set(again.values()) == {"unchanged"}
     assert snapshot() == before
 
 
-def test_every_view_is_valid_athena_sql():
+def test_every_view_is_valid_athena_sql_over_the_marts(lake):
+    """Each view parses as Trino SQL and every column it names exists in the marts it reads."""
+    from sqlglot.optimizer.qualify import qualify
+
+    from synthea_pipeline.transforms.catalog import hive_type, mart_schema
+
+    schema = {"synthea_marts": {m: {f.name: hive_type(f.type) for f in mart_schema(lake, m)} for m in MARTS}}
     for view in BI_VIEWS:
-        parsed = sqlglot.parse_one(view_sql(view), read="trino")
-        assert parsed.find(sqlglot.exp.Select) is not None, view
+        qualify(sqlglot.parse_one(view_sql(view), read="trino"), schema=schema, dialect="trino",
+                validate_qualify_columns=True)
+    with pytest.raises(sqlglot.errors.OptimizeError, match="Unknown column: sex"):
+        qualify(sqlglot.parse_one(view_sql("bi_demographics").replace("p.gender", "p.sex", 1), read="trino"),
+                schema=schema, dialect="trino", validate_qualify_columns=True)
 
 
 def test_dashboard_renders_four_charts_offline_in_chromium(lake, tmp_path):

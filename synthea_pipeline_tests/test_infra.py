@@ -1,6 +1,8 @@
 """The CloudFormation template: the lake bucket is private and encrypted, each role reaches only its own
 prefixes, and the jobs it declares run the scripts `deploy` uploads."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,7 @@ def test_bucket_is_private_encrypted_and_tls_only(resources):
     ("GlueMartsRole", {"code/*", "staging/*", "marts/*", "_pipes/*"}, {"marts/*", "_pipes/*"}),
     ("EmrJobRole", {"code/*", "raw/*", "staging/*", "marts/*", "_pipes/*"}, {"staging/*", "marts/*", "_pipes/*"}),
     ("UploaderPolicy", {"source/*"}, {"source/*"}),
+    ("BiReaderPolicy", {"staging/*", "marts/*", "athena-results/*"}, {"athena-results/*"}),
     ("OrchestratorPolicy", {"source/*", "raw/*", "quarantine/*", "staging/*", "marts/*", "reports/*", "_pipes/*",
                             "athena-results/*"},
      {"source/*", "raw/*", "quarantine/*", "staging/*", "marts/*", "reports/*", "_pipes/*", "athena-results/*"}),
@@ -81,3 +84,10 @@ def test_glue_jobs_run_the_deployed_scripts(resources, job, layer):
     assert properties["Command"]["ScriptLocation"]["Sub"].endswith(f"/code/{entry_script(layer)}")
     assert properties["DefaultArguments"]["--extra-py-files"]["Sub"].endswith(f"/code/{PACKAGE_ZIP}")
     assert properties["Role"] == {"GetAtt": f"Glue{layer.capitalize()}Role.Arn"}
+
+
+def test_template_passes_cfn_lint():
+    """cfn-lint checks every resource's properties against the CloudFormation specification (offline)."""
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    result = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

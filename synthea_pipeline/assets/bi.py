@@ -20,9 +20,10 @@ from dagster import (
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.transforms.bi import BI_VIEWS, view_sql
+from synthea_pipeline.transforms.bi import BI_VIEWS, TOP_CONDITIONS, view_sql
 from synthea_pipeline.transforms.dashboard import render_dashboard
-from synthea_pipeline.transforms.lake import filesystem_for, publish, staging_area
+from synthea_pipeline.assets.marts import MARTS_POOL
+from synthea_pipeline.transforms.lake import write_text
 from synthea_pipeline.transforms.marts import MARTS
 
 PREVIEW_ROWS = 10
@@ -30,9 +31,17 @@ DASHBOARD = AssetKey(["reports", "dashboard"])
 VIEW_DESCRIPTIONS = {
     "bi_demographics": "Patients, deaths, mean age, encounters and claim costs by age band and gender.",
     "bi_encounter_trends": "Encounters, patients, claim costs and payer coverage per month and encounter class.",
-    "bi_diagnosis_breakdown": "The top 25 conditions (by patients) by age band and gender.",
+    "bi_diagnosis_breakdown": f"The top {TOP_CONDITIONS} conditions (by patients) by age band and gender.",
     "bi_medication_insights": "Every medication with prescriptions, dispenses, cost, payer coverage and cost rank.",
 }
+PREVIEW_ORDER = {
+    "bi_demographics": lambda r: (str(r["age_band"]), str(r["gender"])),
+    "bi_encounter_trends": lambda r: (-r["month"].toordinal() if r["month"] else 0, str(r["encounter_class"])),
+    "bi_diagnosis_breakdown": lambda r: (r["condition_rank"], str(r["age_band"]), str(r["gender"])),
+    "bi_medication_insights": lambda r: r["cost_rank"],
+}
+"""Previews show the first rows in each view's natural order: by band, latest months, by rank."""
+RECENT_UPLOADS = 5
 CHARTS = {
     "bi_demographics": (lambda r: f"{r['age_band']} {r['gender']}", "patients"),
     "bi_encounter_trends": (lambda r: r["encounter_class"], "encounters"),
@@ -49,11 +58,13 @@ def _cell(value):
     return value
 
 
-def preview_table(rows: list[dict]) -> MetadataValue:
+def preview_table(rows: list[dict], order) -> MetadataValue:
     columns = list(rows[0]) if rows else []
+    shown = sorted(rows, key=order)[:PREVIEW_ROWS]
+    kinds = {c: next((type(_cell(r[c])).__name__ for r in rows if r[c] is not None), "null") for c in columns}
     return MetadataValue.table(
-        records=[TableRecord({c: _cell(row[c]) for c in columns}) for row in rows[:PREVIEW_ROWS]],
-        schema=TableSchema(columns=[TableColumn(c, type(_cell(rows[0][c])).__name__) for c in columns]),
+        records=[TableRecord({c: _cell(row[c]) for c in columns}) for row in shown],
+        schema=TableSchema(columns=[TableColumn(c, kinds[c]) for c in columns]),
     )
 
 
@@ -70,20 +81,10 @@ def bar_chart(rows: list[dict], label, measure: str, top: int = 10) -> MetadataV
     return MetadataValue.md("\n".join(lines))
 
 
-def write_text(uri: str, text: str) -> None:
-    """Write beside the final place, then swap in, like every other lake output."""
-    folder = uri.rsplit("/", 1)[0]
-    temp = staging_area(folder)
-    fs, temp_path = filesystem_for(temp)
-    fs.create_dir(temp_path)
-    with fs.open_output_stream(f"{temp_path}/{uri.rsplit('/', 1)[1]}") as out:
-        out.write(text.encode("utf-8"))
-    publish(temp, folder)
-
-
 def build_bi_assets():
     @multi_asset(
         name="bi",
+        pool=MARTS_POOL,
         specs=[
             AssetSpec(AssetKey(["bi", view]), group_name="bi", description=VIEW_DESCRIPTIONS[view],
                       deps=[AssetKey(["marts", m]) for m in MARTS])
@@ -96,19 +97,22 @@ def build_bi_assets():
     )
     def bi(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource) -> Iterator:
         """Registers every staging table, mart and BI view in the catalog (Glue for an S3 lake, DuckDB for a
-        local one), computes the views and draws the dashboard from them."""
+        local one), computes the views and draws the dashboard from them. Shares the marts pool, so one run at a
+        time rewrites the catalog."""
         layout = lake.layout()
-        registered = catalog.register(layout)
-        changed = {name: what for name, what in registered.items() if what not in ("unchanged", "registered")}
-        context.log.info(f"catalog: {len(registered)} tables and views, changed: {changed or 'none'}")
-        views = catalog.view_rows(layout)
+        engine = catalog.open(layout)
+        registered = catalog.register(layout, engine)
+        changed = {name: what for name, what in registered.items() if what != "unchanged"}
+        context.log.info(f"catalog: {len(registered)} tables and views, {len(changed)} created, updated or written")
+        views = catalog.view_rows(engine)
+        engine.close()
         marts = catalog.databases().marts
         for view, rows in views.items():
             label, measure = CHARTS[view]
             yield MaterializeResult(asset_key=AssetKey(["bi", view]), metadata={
                 "dagster/row_count": len(rows),
                 "catalog_view": f"{marts}.{view}",
-                "preview": preview_table(rows),
+                "preview": preview_table(rows, PREVIEW_ORDER[view]),
                 "chart": bar_chart(rows, label, measure),
                 "athena_sql": MetadataValue.md(f"```sql\n{view_sql(view, marts)}\n```"),
             })
@@ -117,8 +121,9 @@ def build_bi_assets():
         write_text(location, render_dashboard(views, layout.root, uploads))
         yield MaterializeResult(asset_key=DASHBOARD, metadata={
             "path": MetadataValue.path(location),
-            "open": MetadataValue.url(location if location.startswith("s3://") else f"file://{location}"),
-            "uploads": uploads,
+            "open": MetadataValue.url(location if layout.on_s3 else f"file://{location}"),
+            "uploads": len(uploads),
+            "latest_uploads": uploads[-RECENT_UPLOADS:],
         })
 
     return bi

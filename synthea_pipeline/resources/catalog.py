@@ -35,30 +35,37 @@ class CatalogResource(ConfigurableResource):
 
         return boto3.client(service)
 
-    def register(self, lake: Lake) -> dict[str, str]:
-        """Every staging table (with a partition per upload), mart and BI view; idempotent."""
+    def open(self, lake: Lake):
+        """The embedded engine over the lake, with the BI views: open once, use for registering and rows."""
+        return open_catalog(lake, self.databases())
+
+    def register(self, lake: Lake, engine) -> dict[str, str]:
+        """Every staging table (with a partition per upload), mart and BI view; idempotent. `engine` is
+        `open(lake)`: it gives the BI views' column types for the Glue Data Catalog."""
         databases = self.databases()
-        if lake.root.startswith("s3://"):
-            engine = open_catalog(lake, databases)
+        if lake.on_s3:
             return register_glue(self.aws_client("glue"), lake, databases, view_columns(engine, databases.marts))
         path = os.path.join(lake.root, CATALOG_FILE)
         temp = f"{path}.{os.getpid()}.tmp"
-        if os.path.exists(temp):
-            os.remove(temp)
+        for stale in (temp, f"{temp}.wal"):
+            if os.path.exists(stale):
+                os.remove(stale)
         open_catalog(lake, databases, temp).close()
         os.replace(temp, path)
-        return {f"{databases.marts}.{view}": "registered" for view in BI_VIEWS}
+        if os.path.exists(f"{path}.wal"):
+            os.remove(f"{path}.wal")
+        return {f"{schema}.{name}": "written" for schema, name in engine.execute(
+            "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
 
-    def view_rows(self, lake: Lake) -> dict[str, list[dict]]:
-        """Every BI view's rows, computed by the embedded engine over the lake (local or S3)."""
+    def view_rows(self, engine) -> dict[str, list[dict]]:
+        """Every BI view's rows, computed by the embedded engine."""
         marts = self.databases().marts
-        engine = open_catalog(lake, self.databases())
         return {view: engine.sql(f"SELECT * FROM {marts}.{view}").to_arrow_table().to_pylist() for view in BI_VIEWS}
 
     def query(self, lake: Lake, sql: str) -> tuple[list[str], list[list]]:
         """Runs SQL with the marts database as the default (then staging locally), as Athena would."""
         databases = self.databases()
-        if lake.root.startswith("s3://"):
+        if lake.on_s3:
             return athena_query(self.aws_client("athena"), sql, databases.marts,
                                 self.athena_workgroup or os.environ.get("SYNTHEA_ATHENA_WORKGROUP") or "synthea-pipeline",
                                 self.athena_output or os.environ.get("SYNTHEA_ATHENA_OUTPUT"))
@@ -69,5 +76,6 @@ class CatalogResource(ConfigurableResource):
 
         with duckdb.connect(path, read_only=True) as engine:
             engine.execute(f"SET search_path = '{databases.marts},{databases.staging}'")
+            engine.execute("SET TimeZone = 'UTC'")
             result = engine.sql(sql)
             return list(result.columns), [list(row) for row in result.fetchall()]

@@ -96,19 +96,36 @@ def athena_view_input(name: str, database: str, sql: str, columns: list[tuple[st
     }
 
 
+def _same_descriptor(existing: dict, wanted: dict) -> bool:
+    """Only what this module sets: Glue fills in defaults (Compressed, NumberOfBuckets, ...) on read."""
+    return (existing.get("Columns") == wanted.get("Columns")
+            and existing.get("Location") == wanted.get("Location")
+            and existing.get("InputFormat") == wanted.get("InputFormat")
+            and existing.get("OutputFormat") == wanted.get("OutputFormat")
+            and existing.get("SerdeInfo", {}).get("SerializationLibrary")
+            == wanted.get("SerdeInfo", {}).get("SerializationLibrary"))
+
+
 def _same(existing: dict, wanted: dict) -> bool:
-    return all(existing.get(key) == value for key, value in wanted.items())
+    plain = ("TableType", "PartitionKeys", "ViewOriginalText", "ViewExpandedText", "Description")
+    return (all(existing.get(key) == wanted.get(key) for key in plain if key in wanted)
+            and all(existing.get("Parameters", {}).get(k) == v for k, v in wanted["Parameters"].items())
+            and _same_descriptor(existing.get("StorageDescriptor", {}), wanted["StorageDescriptor"]))
 
 
 def _put_table(glue, database: str, wanted: dict) -> str:
+    """Create, or update only when what this module sets differs (no new table version otherwise)."""
     try:
         existing = glue.get_table(DatabaseName=database, Name=wanted["Name"])["Table"]
     except glue.exceptions.EntityNotFoundException:
-        glue.create_table(DatabaseName=database, TableInput=wanted)
-        return "created"
+        try:
+            glue.create_table(DatabaseName=database, TableInput=wanted)
+            return "created"
+        except glue.exceptions.AlreadyExistsException:
+            existing = glue.get_table(DatabaseName=database, Name=wanted["Name"])["Table"]
     if _same(existing, wanted):
         return "unchanged"
-    glue.update_table(DatabaseName=database, TableInput=wanted)
+    glue.update_table(DatabaseName=database, TableInput=wanted, SkipArchive=True)
     return "updated"
 
 
@@ -152,16 +169,25 @@ def _put_partitions(glue, database: str, table: str, descriptor: dict, lake: Lak
         current = existing.get((upload,))
         if current is None:
             missing.append(wanted)
-        elif current["StorageDescriptor"] != wanted["StorageDescriptor"]:
+        elif not _same_descriptor(current["StorageDescriptor"], wanted["StorageDescriptor"]):
             glue.update_partition(DatabaseName=database, TableName=table, PartitionValueList=[upload],
                                   PartitionInput=wanted)
     for start in range(0, len(missing), 100):
-        glue.batch_create_partition(DatabaseName=database, TableName=table,
-                                    PartitionInputList=missing[start : start + 100])
+        response = glue.batch_create_partition(DatabaseName=database, TableName=table,
+                                               PartitionInputList=missing[start : start + 100])
+        errors = [e for e in response.get("Errors", [])
+                  if e.get("ErrorDetail", {}).get("ErrorCode") != "AlreadyExistsException"]
+        if errors:
+            raise RuntimeError(f"Glue refused partitions of {database}.{table}: {errors}")
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _local_cast(name: str, kind: str) -> str:
+    """Timestamps are UTC instants: shown in UTC whatever the reader's time zone, as Athena shows them."""
+    return f"timezone('UTC', {name})" if kind == "timestamp" else f"CAST({name} AS {kind})"
 
 
 def open_catalog(lake: Lake, databases: Databases = Databases(), path: str = ":memory:"
@@ -171,15 +197,16 @@ def open_catalog(lake: Lake, databases: Databases = Databases(), path: str = ":m
     clients. An S3 lake's marts are read with pyarrow into memory first (DuckDB's own S3 support is an extension
     downloaded at run time); its staging tables are Athena's to query."""
     connection = duckdb.connect(path)
+    connection.execute("SET TimeZone = 'UTC'")
     for schema in (databases.staging, databases.marts):
         connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    local = not lake.root.startswith("s3://")
+    local = not lake.on_s3
     if local:
         for table in DEFAULT_TABLES:
             glob = lake.uri("staging", table, "upload_id=*", "*.parquet")
-            casts = ", ".join(f"CAST({c['Name']} AS {c['Type']}) AS {c['Name']}" for c in staging_columns(table))
+            casts = ", ".join(f"{_local_cast(c['Name'], c['Type'])} AS {c['Name']}" for c in staging_columns(table))
             connection.execute(f"CREATE OR REPLACE VIEW {databases.staging}.{table} AS SELECT {casts}, upload_id "
-                               f"FROM read_parquet({_quote(glob)}, union_by_name = true)")
+                               f"FROM read_parquet({_quote(glob)}, union_by_name = true, hive_partitioning = false)")
     for mart in MARTS:
         if local:
             source = f"read_parquet({_quote(lake.uri('marts', mart, '*.parquet'))})"

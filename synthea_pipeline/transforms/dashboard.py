@@ -84,6 +84,9 @@ def encounter_trends(trends: list[dict], classes: int = 6, max_points: int = 120
         total = sum(by_class[encounter_class].values())
         body.append(f'<polyline class="mark" data-value="{total}" fill="none" stroke="{color}" stroke-width="1.5" '
                     f'points="{points}"><title>{_esc(encounter_class)}: {total} encounters</title></polyline>')
+        if len(months) == 1:
+            x, y = points.split(",")
+            body.append(f'<circle cx="{x}" cy="{y}" r="4" fill="{color}"/>')
         body.append(f'<rect x="{right + 14}" y="{top + index * 20}" width="10" height="10" fill="{color}"/>')
         body.append(_text(right + 30, top + index * 20 + 9, f"{encounter_class} ({total})", "start", 11, "legend"))
     return _svg(f"Encounters per {'year' if by_year else 'month'} by class", height, body)
@@ -122,17 +125,25 @@ def top_diagnoses(breakdown: list[dict], top: int = 12) -> str:
 def medication_costs(insights: list[dict], top: int = 12) -> str:
     ordered = sorted(insights, key=lambda r: int(r["cost_rank"]))[:top]
     return _horizontal_bars("Medication costs", [
-        (row["medication_description"] or row["medication_code"], float(row["total_cost"]), float(row["payer_coverage"]))
+        (row["medication_description"] or row["medication_code"], float(row["total_cost"] or 0),
+         float(row["payer_coverage"] or 0))
         for row in ordered], _money)
 
 
 PAGE_SCRIPT = """
+// Records on the body element how many charts drew visible marks, and any script error: what a browser test reads.
 window.__dashboardErrors = [];
 window.addEventListener('error', function (e) { window.__dashboardErrors.push(String(e.message)); });
 document.addEventListener('DOMContentLoaded', function () {
   var charts = document.querySelectorAll('section.chart-card');
   var drawn = 0;
-  charts.forEach(function (card) { if (card.querySelectorAll('.mark').length > 0) { drawn += 1; } });
+  charts.forEach(function (card) {
+    var visible = Array.prototype.filter.call(card.querySelectorAll('.mark'), function (mark) {
+      var box = mark.getBBox();
+      return box.width > 0 || box.height > 0;
+    });
+    if (visible.length > 0) { drawn += 1; }
+  });
   document.body.setAttribute('data-charts', String(charts.length));
   document.body.setAttribute('data-charts-with-data', String(drawn));
   document.body.setAttribute('data-errors', window.__dashboardErrors.join(' | '));
@@ -178,8 +189,8 @@ def render_dashboard(views: dict[str, list[dict]], lake_root: str, uploads: list
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>Synthea population dashboard</title>", f"<style>{STYLE}</style>",
         f"<script>{PAGE_SCRIPT}</script></head><body>",
-        f"<header><h1>Synthea population dashboard</h1><p>Lake {_esc(lake_root)} · uploads: "
-        f"{_esc(', '.join(uploads))} · generated {generated}</p></header>",
+        f"<header><h1>Synthea population dashboard</h1><p>Lake {_esc(lake_root)} · {len(uploads)} uploads, "
+        f"latest {_esc(', '.join(uploads[-3:]))} · generated {generated}</p></header>",
         '<div class="kpis">' + "".join(f'<div class="kpi"><b>{v}</b><span>{_esc(k)}</span></div>' for k, v in kpis)
         + "</div>",
         "<main>" + "".join(f'<section class="chart-card"><h2>{_esc(t)}</h2><p>{_esc(d)}</p>{svg}</section>'

@@ -54,6 +54,10 @@ class Lake:
 
     root: str
 
+    @property
+    def on_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
     def uri(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
@@ -132,6 +136,20 @@ def link_or_copy(source_uri: str, target_uri: str) -> None:
         except OSError:
             pass
     copy_file(source_uri, target_uri)
+
+
+def write_text(uri: str, text: str) -> None:
+    """Replace one small file at once: a single PUT on S3, a temporary file renamed over it locally."""
+    fs, path = filesystem_for(uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as out:
+            out.write(text.encode("utf-8"))
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(temp, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temp, path)
 
 
 def discard(uri: str) -> None:

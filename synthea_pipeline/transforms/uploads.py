@@ -142,7 +142,8 @@ class ReadyUpload:
 
     @property
     def run_key(self) -> str:
-        return f"{self.upload_id}@{self.checksum[:16]}" + (f".{self.version[:12]}" if self.version else "")
+        version = hashlib.sha256(self.version.encode()).hexdigest()[:12] if self.version else ""
+        return f"{self.upload_id}@{self.checksum[:16]}" + (f".{version}" if version else "")
 
 
 @dataclass
