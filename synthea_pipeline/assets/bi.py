@@ -17,12 +17,12 @@ from dagster import (
     multi_asset,
 )
 
+from synthea_pipeline.assets.marts import MARTS_POOL
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.transforms.bi import BI_VIEWS, TOP_CONDITIONS, view_sql
 from synthea_pipeline.transforms.dashboard import render_dashboard
-from synthea_pipeline.assets.marts import MARTS_POOL
 from synthea_pipeline.transforms.lake import write_text
 from synthea_pipeline.transforms.marts import MARTS
 
