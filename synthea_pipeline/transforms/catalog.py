@@ -11,12 +11,11 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
-from pyarrow import fs as pafs
 
 from synthea_pipeline.tables import DEFAULT_TABLES, TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, MARTS_DATABASE, STAGING_DATABASE, local_sql, view_sql
 from synthea_pipeline.transforms.lake import Lake, filesystem_for
-from synthea_pipeline.transforms.marts import MARTS
+from synthea_pipeline.transforms.marts import MARTS, staged_uploads
 
 PARQUET_FORMAT = {
     "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
@@ -59,13 +58,6 @@ def staging_columns(table: str) -> list[dict]:
 def mart_schema(lake: Lake, mart: str) -> pa.Schema:
     fs, path = filesystem_for(lake.uri("marts", mart))
     return ds.dataset(path, filesystem=fs, format="parquet").schema
-
-
-def staged_uploads(lake: Lake, table: str) -> list[str]:
-    fs, path = filesystem_for(lake.uri("staging", table))
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name.split("=", 1)[1] for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith("upload_id="))
 
 
 def table_input(name: str, location: str, columns: list[dict], partitioned: bool, description: str) -> dict:

@@ -113,29 +113,18 @@ def publish(temp_uri: str, final_uri: str) -> None:
     fs.delete_dir(temp)
 
 
-def copy_file(source_uri: str, target_uri: str) -> None:
-    """Copy one file between any two places (local or s3://), streaming."""
-    fs, source = filesystem_for(source_uri)
-    target_fs, target = filesystem_for(target_uri)
-    if type(fs) is type(target_fs):
-        fs.copy_file(source, target)
-        return
-    with fs.open_input_stream(source) as src, target_fs.open_output_stream(target) as dst:
-        while chunk := src.read(16 * 1024 * 1024):
-            dst.write(chunk)
-
-
 def link_or_copy(source_uri: str, target_uri: str) -> None:
     """Put a lake file at a second place in the lake without rewriting it: a hard link on a local folder, else
     a copy. Only for files the pipeline itself wrote, which are replaced, never rewritten in place."""
     fs, source = filesystem_for(source_uri)
+    target = filesystem_for(target_uri)[1]
     if isinstance(fs, pafs.LocalFileSystem):
         try:
-            os.link(source, filesystem_for(target_uri)[1])
+            os.link(source, target)
             return
         except OSError:
             pass
-    copy_file(source_uri, target_uri)
+    fs.copy_file(source, target)
 
 
 def write_text(uri: str, text: str) -> None:
