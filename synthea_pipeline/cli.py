@@ -101,6 +101,8 @@ def _print_report(report, lake_root: str) -> bool:
     if report.marts:
         print("marts (all uploads): " + ", ".join(f"{name} {rows}" for name, rows in report.marts.items()))
         print(f"mart Parquet: {lake_root}/marts/<table>/")
+    for name, metadata in report.warnings.items():
+        print(f"warning: {name}: {', '.join(f'{k} {v}' for k, v in metadata.items())}")
     if report.dashboard:
         print(f"dashboard: {report.dashboard}")
     if not report.success or report.errors:

@@ -40,6 +40,7 @@ class RunReport:
     tables: list[TableAccount] = field(default_factory=list)
     marts: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
+    warnings: dict[str, dict] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     dashboard: str | None = None
 
@@ -169,7 +170,12 @@ def _report(result: ExecuteInProcessResult, upload_id: str) -> RunReport:
     for check in result.get_asset_check_evaluations():
         name = f"{'/'.join(check.asset_key.path)}:{check.check_name}"
         report.checks[name] = check.passed
-        if not check.passed and check.severity.value == "ERROR":
-            report.errors.append(f"check {name} failed: {check.metadata}")
+        if check.passed:
+            continue
+        metadata = {key: value.value for key, value in check.metadata.items()}
+        if check.severity.value == "ERROR":
+            report.errors.append(f"check {name} failed: {metadata}")
+        else:
+            report.warnings[name] = metadata
     return report
 

@@ -29,6 +29,10 @@ SPARK_TYPES = {
 }
 
 
+UNKNOWN_MEMBER_KEY = "unknown"
+"""The key of the marts' unknown members; an id with this value is not staged (it is reserved)."""
+
+
 def release_index(release: str) -> int:
     return RELEASES.index(release)
 
@@ -36,7 +40,9 @@ def release_index(release: str) -> int:
 @dataclass(frozen=True)
 class Column:
     """One canonical column. `header` is the newest Synthea header name; `old_headers` maps an older header
-    name to the last release that wrote it (e.g. START_YEAR until 3.1)."""
+    name to the last release that wrote it (e.g. START_YEAR until 3.1). An `optional` column is one that some
+    Synthea builds add on request and no release writes by default: staged when present, ignored when
+    detecting the release."""
 
     header: str
     type: str = "string"
@@ -46,6 +52,7 @@ class Column:
     required: bool = False
     null_tokens: tuple[str, ...] = ()
     description: str = ""
+    optional: bool = False
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -62,7 +69,7 @@ class Column:
     def header_at(self, release: str) -> str | None:
         """The header name this column had in `release`, or None when that release did not write it."""
         r = release_index(release)
-        if r < release_index(self.since) or (self.until and r > release_index(self.until)):
+        if self.optional or r < release_index(self.since) or (self.until and r > release_index(self.until)):
             return None
         for old, last in self.old_headers:
             if r <= release_index(last):
@@ -128,7 +135,8 @@ class Table:
 
     def releases_matching(self, header: list[str]) -> set[str]:
         """Releases whose exporter writes exactly these (known) columns; unknown extra names are ignored."""
-        known = {h.upper() for h in header if h.upper() in {x.upper() for c in self.columns for x in c.all_headers()}}
+        by_release = {x.upper() for c in self.columns if not c.optional for x in c.all_headers()}
+        known = {h.upper() for h in header if h.upper() in by_release}
         return {r for r in RELEASES if (cols := self.header_at(r)) and {c.upper() for c in cols} == known}
 
 
@@ -227,6 +235,8 @@ TABLES: dict[str, Table] = {
                 C("SYSTEM", "code_system", since="3.3"),
                 _code(),
                 DESCRIPTION,
+                C("ICD10_CODE", optional=True, description="ICD-10 code, when the Synthea build writes one."),
+                C("ICD10_DESCRIPTION", optional=True, description="Display text of the ICD-10 code."),
             ),
         ),
         Table(
@@ -544,7 +554,7 @@ TABLES: dict[str, Table] = {
 }
 
 DEFAULT_TABLES = tuple(name for name, t in TABLES.items() if t.default)
-"""The 18 tables Synthea writes by default."""
+"""The 18 tables Synthea writes by default; every table in TABLES is staged when an upload has it."""
 
 
 def detect_release(headers: dict[str, list[str]]) -> str:

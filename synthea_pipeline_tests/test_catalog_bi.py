@@ -19,7 +19,7 @@ from dagster import AssetKey
 
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
-from synthea_pipeline.tables import DEFAULT_TABLES, TABLES
+from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, view_sql
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
@@ -136,13 +136,13 @@ def test_glue_catalog_registration_is_typed_partitioned_and_idempotent(lake, mot
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="catalog-lake")
     s3_lake = Lake("s3://catalog-lake/lake")
-    for layer in ("staging", "marts"):
+    for layer in ("staging", "quarantine", "marts"):
         for path in Path(lake.uri(layer)).rglob("*.parquet"):
             s3.upload_file(str(path), "catalog-lake", f"lake/{path.relative_to(lake.root).as_posix()}")
     catalog, glue = CatalogResource(), boto3.client("glue")
     engine = catalog.open(s3_lake)
     first = catalog.register(s3_lake, engine)
-    assert set(first.values()) == {"created"} and len(first) == len(DEFAULT_TABLES) + len(MARTS) + len(BI_VIEWS)
+    assert set(first.values()) == {"created"} and len(first) == len(TABLES) + 1 + len(MARTS) + len(BI_VIEWS)
 
     patients = glue.get_table(DatabaseName="synthea_staging", Name="patients")["Table"]
     columns = {c["Name"]: c["Type"] for c in patients["StorageDescriptor"]["Columns"]}
@@ -152,6 +152,13 @@ def test_glue_catalog_registration_is_typed_partitioned_and_idempotent(lake, mot
     assert partition["Values"] == ["u1"]
     assert partition["StorageDescriptor"]["Location"] == "s3://catalog-lake/lake/staging/patients/upload_id=u1/"
     assert partition["StorageDescriptor"]["Columns"] == patients["StorageDescriptor"]["Columns"]
+    quarantine = glue.get_table(DatabaseName="synthea_staging", Name="quarantine")["Table"]
+    assert [k["Name"] for k in quarantine["PartitionKeys"]] == ["table_name", "upload_id"]
+    assert [c["Name"] for c in quarantine["StorageDescriptor"]["Columns"]] == ["file", "line_number", "reason", "text"]
+    partitions = glue.get_partitions(DatabaseName="synthea_staging", TableName="quarantine")["Partitions"]
+    assert sorted(p["Values"][0] for p in partitions) == sorted(TABLES)
+    assert {p["StorageDescriptor"]["Location"] for p in partitions if p["Values"] == ["encounters", "u1"]} == {
+        "s3://catalog-lake/lake/quarantine/encounters/upload_id=u1/"}
     fact = glue.get_table(DatabaseName="synthea_marts", Name="patient_fact")["Table"]["StorageDescriptor"]["Columns"]
     assert {"Name": "total_claim_cost", "Type": "decimal(18,2)"} in fact and {"Name": "age", "Type": "int"} in fact
 
@@ -164,7 +171,8 @@ def test_glue_catalog_registration_is_typed_partitioned_and_idempotent(lake, mot
 
     snapshot = lambda: (glue.get_tables(DatabaseName="synthea_marts")["TableList"],
                         glue.get_tables(DatabaseName="synthea_staging")["TableList"],
-                        glue.get_partitions(DatabaseName="synthea_staging", TableName="patients")["Partitions"])
+                        glue.get_partitions(DatabaseName="synthea_staging", TableName="patients")["Partitions"],
+                        glue.get_partitions(DatabaseName="synthea_staging", TableName="quarantine")["Partitions"])
     before = snapshot()
     again = catalog.register(s3_lake, engine)
     assert set(again.values()) == {"unchanged"}

@@ -58,9 +58,11 @@ def test_bucket_is_private_encrypted_and_tls_only(resources):
 
 
 @pytest.mark.parametrize("role, reads, writes", [
-    ("GlueStagingRole", {"code/*", "raw/*", "staging/*", "_pipes/*"}, {"staging/*", "_pipes/*"}),
+    ("GlueStagingRole", {"code/*", "raw/*", "quarantine/*", "staging/*", "_pipes/*"},
+     {"quarantine/*", "staging/*", "_pipes/*"}),
     ("GlueMartsRole", {"code/*", "staging/*", "marts/*", "_pipes/*"}, {"marts/*", "_pipes/*"}),
-    ("EmrJobRole", {"code/*", "raw/*", "staging/*", "marts/*", "_pipes/*"}, {"staging/*", "marts/*", "_pipes/*"}),
+    ("EmrJobRole", {"code/*", "raw/*", "quarantine/*", "staging/*", "marts/*", "_pipes/*"},
+     {"quarantine/*", "staging/*", "marts/*", "_pipes/*"}),
     ("UploaderPolicy", {"source/*"}, {"source/*"}),
     ("BiReaderPolicy", {"staging/*", "marts/*", "athena-results/*"}, {"athena-results/*"}),
     ("OrchestratorPolicy", {"source/*", "raw/*", "quarantine/*", "staging/*", "marts/*", "reports/*", "_pipes/*",

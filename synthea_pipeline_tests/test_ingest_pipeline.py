@@ -8,7 +8,7 @@ import pytest
 from dagster import AssetKey
 
 from synthea_pipeline.runs import run_upload
-from synthea_pipeline.tables import DEFAULT_TABLES, TABLES
+from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline_tests.conftest import SAMPLES, read_rows
 
@@ -55,14 +55,14 @@ def test_run_succeeds_and_detects_release(reports, release):
     assert report.success and not report.errors
     assert report.release == release
     staging_and_raw = {k: v for k, v in report.checks.items() if k.startswith(("staging/", "raw/"))}
-    assert all(staging_and_raw.values()) and len(staging_and_raw) == 18 * 4
+    assert all(staging_and_raw.values()) and len(staging_and_raw) == len(TABLES) * 5
 
 
 @pytest.mark.parametrize("release", SAMPLES)
 def test_staging_row_counts_match_the_files(reports, lake, release):
     accounts = {t.table: t for t in reports[release].tables}
-    assert set(accounts) == set(DEFAULT_TABLES)
-    for table in DEFAULT_TABLES:
+    assert set(accounts) == set(TABLES)
+    for table in TABLES:
         expected = expected_rows(SAMPLES[release], table)
         assert staged(lake, release, table).num_rows == accounts[table].rows_out == expected, table
         account = accounts[table]
@@ -77,7 +77,7 @@ def test_known_duplicates_are_dropped(reports):
 
 @pytest.mark.parametrize("release", SAMPLES)
 def test_schema_is_the_contract_for_every_release(reports, lake, release):
-    for table in DEFAULT_TABLES:
+    for table in TABLES:
         schema = staged(lake, release, table).schema
         spec = TABLES[table]
         assert schema.names == spec.column_names + ([] if spec.has_natural_key else ["row_key"]) + ["upload_id"]
@@ -87,7 +87,7 @@ def test_schema_is_the_contract_for_every_release(reports, lake, release):
 
 @pytest.mark.parametrize("release", SAMPLES)
 def test_keys_are_unique(reports, lake, release):
-    for table in DEFAULT_TABLES:
+    for table in TABLES:
         spec = TABLES[table]
         rows = staged(lake, release, table).select(list(spec.key)).to_pylist()
         assert len({tuple(r.values()) for r in rows}) == len(rows), table
@@ -121,10 +121,10 @@ def test_materializations_carry_account_and_schema(reports, instance):
 
 
 def test_rerun_replaces_partitions(reports, instance, lake):
-    before = {t: staged(lake, "3.0", t) for t in DEFAULT_TABLES}
+    before = {t: staged(lake, "3.0", t) for t in TABLES}
     again = run_upload(str(SAMPLES["3.0"]), lake.root, upload_id("3.0"), instance=instance)
     assert again.success
-    for table in DEFAULT_TABLES:
+    for table in TABLES:
         after = staged(lake, "3.0", table)
         assert after.num_rows == before[table].num_rows
         assert after.sort_by([(c, "ascending") for c in after.column_names]).equals(

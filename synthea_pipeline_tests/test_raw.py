@@ -1,4 +1,5 @@
-"""Raw cleaning of bad input, on corrupted copies of the shipped samples (no Spark needed)."""
+"""The raw pass on bad input, on corrupted copies of the shipped samples (no Spark needed): every source line
+ends up as one raw row, with its file and line, split into the header's fields or rejected with a reason."""
 
 import shutil
 
@@ -6,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthea_pipeline.tables import TABLES
+from synthea_pipeline.transforms import raw as raw_module
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, load_manifest
-from synthea_pipeline_tests.conftest import SAMPLES
+from synthea_pipeline.transforms.raw import REPEATED_HEADER, TableError, clean_table, find_source_files, load_manifest
+from synthea_pipeline_tests.conftest import SAMPLES, read_rows
 
 SAMPLE = SAMPLES["3.0"]
 
@@ -24,33 +26,42 @@ def clean(upload, table):
     lake = Lake(str(upload.parent.parent))
     files, _ = find_source_files(str(upload))
     raw_uri = lake.partition("raw", table, "u1")
-    result = clean_table(
-        TABLES[table], str(upload), files.get(table, []), raw_uri, lake.partition("quarantine", table, "u1")
-    )
+    result = clean_table(TABLES[table], str(upload), files.get(table, []), raw_uri)
     assert load_manifest(raw_uri) == result
     return result, lake
 
 
-def raw_text(lake, table, file=None):
-    return (lake.partition("raw", table, "u1") + "/" + (file or f"{table}.csv"))
+def raw_rows(lake, table):
+    """Every raw row of the table, in file and line order."""
+    rows = pq.read_table(lake.partition("raw", table, "u1")).to_pylist()
+    return sorted(rows, key=lambda r: (r["_file"], r["_line"]))
 
 
-def quarantine(lake, table):
-    return pq.read_table(lake.partition("quarantine", table, "u1")).to_pylist()
+def values(rows, header):
+    """The accepted rows' values in header order, as the csv module reads a file."""
+    return [[r[h] for h in header] for r in rows if r["_reason"] is None]
 
 
-def test_clean_file_passes_through_unchanged(upload):
+def rejected(lake, table):
+    return [r for r in raw_rows(lake, table) if r["_reason"] is not None]
+
+
+def test_clean_file_becomes_one_raw_row_per_line(upload):
     result, lake = clean(upload, "encounters")
-    original = (SAMPLE / "encounters.csv").read_bytes()
-    assert open(raw_text(lake, "encounters"), "rb").read() == original
-    assert (result.rows_in, result.rows_out, result.quarantined) == (original.count(b"\n") - 1,) * 2 + (0,)
+    header, rows = read_rows(SAMPLE / "encounters.csv")
+    raw = raw_rows(lake, "encounters")
+    assert values(raw, header) == rows
+    assert [r["_line"] for r in raw] == list(range(2, len(rows) + 2))
+    assert {r["_file"] for r in raw} == {"encounters.csv"}
+    assert (result.rows_in, result.rows_out, result.quarantined) == (len(rows), len(rows), 0)
 
 
 def test_bom_and_crlf_are_removed(upload):
     original = (SAMPLE / "patients.csv").read_bytes()
     (upload / "patients.csv").write_bytes(b"\xef\xbb\xbf" + original.replace(b"\n", b"\r\n"))
     result, lake = clean(upload, "patients")
-    assert open(raw_text(lake, "patients"), "rb").read() == original
+    header, rows = read_rows(SAMPLE / "patients.csv")
+    assert result.header == header and values(raw_rows(lake, "patients"), header) == rows
     assert result.rows_out == 27 and result.quarantined == 0
 
 
@@ -60,10 +71,11 @@ def test_row_with_extra_comma_is_quarantined_with_line_and_reason(upload):
     (upload / "conditions.csv").write_text("".join(lines))
     result, lake = clean(upload, "conditions")
     assert (result.rows_in, result.rows_out, result.quarantined) == (438, 437, 1)
-    [row] = quarantine(lake, "conditions")
-    assert row["line_number"] == 6 and row["file"] == "conditions.csv"
-    assert row["reason"] == "field count: expected 6 fields, found 7"
-    assert row["text"] == lines[5].rstrip("\n")
+    [row] = rejected(lake, "conditions")
+    assert row["_line"] == 6 and row["_file"] == "conditions.csv" and row["START"] is None
+    assert row["_reason"] == "field count: expected 6 fields, found 7"
+    assert row["_text"] == lines[5].rstrip("\n")
+    assert result.quarantine_reasons == {"field count": 1}
 
 
 def test_truncated_last_line_is_quarantined(upload):
@@ -71,8 +83,8 @@ def test_truncated_last_line_is_quarantined(upload):
     (upload / "observations.csv").write_bytes(data[: data.rstrip(b"\n").rfind(b",")])
     result, lake = clean(upload, "observations")
     assert (result.rows_in, result.rows_out, result.quarantined) == (990, 989, 1)
-    [row] = quarantine(lake, "observations")
-    assert row["line_number"] == 991 and row["reason"].startswith("truncated last line")
+    [row] = rejected(lake, "observations")
+    assert row["_line"] == 991 and row["_reason"].startswith("truncated last line")
 
 
 def test_unnamed_index_and_blank_trailing_columns_are_dropped(upload):
@@ -82,7 +94,8 @@ def test_unnamed_index_and_blank_trailing_columns_are_dropped(upload):
     )
     result, lake = clean(upload, "payers")
     assert result.dropped_columns == ["Unnamed: 0", "<blank column 23>"]
-    assert open(raw_text(lake, "payers")).read() == (SAMPLE / "payers.csv").read_text()
+    original_header, original_rows = read_rows(SAMPLE / "payers.csv")
+    assert result.header == original_header and values(raw_rows(lake, "payers"), original_header) == original_rows
 
 
 def test_unknown_column_is_kept_and_reported(upload):
@@ -91,7 +104,7 @@ def test_unknown_column_is_kept_and_reported(upload):
     result, lake = clean(upload, "organizations")
     assert result.unknown_columns == ["NPI2"]
     assert any("NPI2" in w for w in result.warnings)
-    assert open(raw_text(lake, "organizations")).readline().strip().endswith(",NPI2")
+    assert {r["NPI2"] for r in raw_rows(lake, "organizations")} == {"x"}
 
 
 def test_missing_required_column_names_table_file_and_column(upload):
@@ -122,7 +135,8 @@ def test_latin1_file_rows_are_quarantined(upload):
     (upload / "supplies.csv").write_bytes(f"{header}\n{row}\n".encode("latin-1"))
     result, lake = clean(upload, "supplies")
     assert (result.rows_in, result.rows_out, result.quarantined) == (1, 0, 1)
-    assert quarantine(lake, "supplies")[0]["reason"] == "invalid UTF-8: the line is not UTF-8 text"
+    [row] = rejected(lake, "supplies")
+    assert row["_reason"] == "invalid UTF-8: the line is not UTF-8 text" and "Gaze st" in row["_text"]
 
 
 def test_empty_header_only_and_absent_files(upload):
@@ -136,26 +150,40 @@ def test_empty_header_only_and_absent_files(upload):
     assert clean(upload, "allergies")[0].files == []
 
 
-def test_split_files_are_cleaned_together(upload):
+@pytest.mark.parametrize("names", [("claims-1.csv", "claims-2.csv", "claims-10.csv"),
+                                   ("claims-0001.csv", "claims-0002.csv", "claims-0010.csv")])
+def test_split_files_are_cleaned_together_in_part_order(upload, names):
     header, *rows = (SAMPLE / "claims.csv").read_text().splitlines()
     (upload / "claims.csv").unlink()
-    (upload / "claims-1.csv").write_text("\n".join([header] + rows[:600]) + "\n")
-    (upload / "claims-2.csv").write_text("\n".join([header] + rows[600:]) + "\n")
-    result, _ = clean(upload, "claims")
-    assert result.files == ["claims-1.csv", "claims-2.csv"]
+    parts = [rows[:600], rows[600:1000], rows[1000:]]
+    for name, part in zip(reversed(names), reversed(parts)):
+        (upload / name).write_text("\n".join([header] + part) + "\n")
+    result, lake = clean(upload, "claims")
+    assert result.files == list(names)
     assert result.rows_out == len(rows) == 1267
+    lines = {(r["_file"], r["_line"]) for r in raw_rows(lake, "claims")}
+    assert (names[2], len(parts[2]) + 1) in lines and (names[0], 601) in lines
 
 
-def test_rerun_replaces_quarantine(upload):
+def test_rerun_replaces_the_raw_partition(upload):
     lines = (SAMPLE / "conditions.csv").read_text().splitlines(keepends=True)
     (upload / "conditions.csv").write_text("".join(lines[:5] + ["broken\n"] + lines[5:]))
     _, lake = clean(upload, "conditions")
-    assert len(quarantine(lake, "conditions")) == 1
+    assert len(rejected(lake, "conditions")) == 1
     shutil.copy(SAMPLE / "conditions.csv", upload / "conditions.csv")
     result, _ = clean(upload, "conditions")
-    assert result.quarantined == 0
-    with pytest.raises(FileNotFoundError):
-        quarantine(lake, "conditions")
+    assert result.quarantined == 0 and not rejected(lake, "conditions")
+    assert len(raw_rows(lake, "conditions")) == len(lines) - 1
+
+
+def test_repeated_header_lines_are_rejected_not_read_as_data(upload):
+    lines = (SAMPLE / "careplans.csv").read_text().splitlines(keepends=True)
+    (upload / "careplans.csv").write_text("".join(lines + lines).replace("\n", "\r\n"))
+    result, lake = clean(upload, "careplans")
+    assert (result.rows_in, result.rows_out, result.quarantined) == (2 * len(lines) - 1, 2 * (len(lines) - 1), 1)
+    [row] = rejected(lake, "careplans")
+    assert (row["_line"], row["_reason"], row["_text"]) == (len(lines) + 1, REPEATED_HEADER, lines[0].strip())
+    assert result.quarantine_reasons == {"repeated header": 1}
 
 
 def test_blank_lines_before_the_header_and_all_blank_files(upload):
@@ -163,8 +191,10 @@ def test_blank_lines_before_the_header_and_all_blank_files(upload):
     (upload / "careplans.csv").write_text("\n\r\n" + original)
     (upload / "devices.csv").write_text("\n\r\n\n")
     result, lake = clean(upload, "careplans")
-    assert (result.rows_out, result.quarantined) == (49, 0)
-    assert open(raw_text(lake, "careplans")).read() == original
+    assert (result.rows_out, result.quarantined, result.blank_lines) == (49, 0, 0)
+    header, rows = read_rows(SAMPLE / "careplans.csv")
+    raw = raw_rows(lake, "careplans")
+    assert values(raw, header) == rows and raw[0]["_line"] == 4
     assert clean(upload, "devices")[0].rows_in == 0
 
 
@@ -178,6 +208,27 @@ def test_carriage_returns_that_are_not_line_ends(upload):
     (upload / "allergies.csv").write_text("\r\n".join(lines) + "\r\n")
     result, lake = clean(upload, "allergies")
     assert (result.rows_in, result.rows_out, result.quarantined) == (40, 39, 1)
-    [row] = quarantine(lake, "allergies")
-    assert row["line_number"] == 5 and row["reason"].startswith("stray carriage return")
-    assert "\r" not in open(raw_text(lake, "allergies"), newline="").read()
+    [row] = rejected(lake, "allergies")
+    assert row["_line"] == 5 and row["_reason"].startswith("stray carriage return")
+    assert not any("\r" in (v or "") for r in raw_rows(lake, "allergies") if r["_reason"] is None for v in r.values()
+                   if isinstance(v, str))
+
+
+def test_rows_and_line_numbers_do_not_depend_on_block_boundaries(upload, monkeypatch):
+    header, *rows = (SAMPLE / "observations.csv").read_bytes().split(b"\n")[:-1]
+    lines = [header, *rows[:100], b"", rows[100] + b",extra", b"\xef\xbb\xbf" + header, *rows[101:200], b"",
+             rows[200].rsplit(b",", 2)[0]]
+    (upload / "observations.csv").write_bytes(b"\r\n".join(lines))
+    expected = {3 + 100: "field count", 3 + 101: "repeated header", len(lines): "truncated last line"}
+    results = []
+    for block_bytes in (raw_module.BLOCK_BYTES, 97, 4096):
+        monkeypatch.setattr(raw_module, "BLOCK_BYTES", block_bytes)
+        result, lake = clean(upload, "observations")
+        results.append((result.rows_in, result.rows_out, result.quarantined, result.blank_lines,
+                        raw_rows(lake, "observations")))
+    assert results[0] == results[1] == results[2]
+    rows_in, rows_out, quarantined, blank_lines, raw = results[0]
+    assert (rows_in, rows_out, quarantined, blank_lines) == (202, 199, 3, 2)
+    assert {r["_line"]: r["_reason"].split(":")[0] for r in raw if r["_reason"]} == expected
+    accepted = [r["_line"] for r in raw if r["_reason"] is None]
+    assert accepted == [*range(2, 102), *range(105, 204)]

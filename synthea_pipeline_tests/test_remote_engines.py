@@ -9,7 +9,7 @@ import zipfile
 
 import boto3
 import pytest
-from dagster import AssetKey, DagsterEventType, Definitions, instance_for_test
+from dagster import AssetKey, DagsterEventType, Definitions
 from pysail.spark import SparkConnectServer
 
 from synthea_pipeline.definitions import defs
@@ -22,6 +22,7 @@ from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, Local
 
 GLUE_ROLE = "arn:aws:iam::123456789012:role/synthea-glue-job"
 AWS_CLIENTS: dict = {}
+from synthea_pipeline_tests.conftest import fresh_instance
 
 
 class LocalAwsSpark(SparkResource):
@@ -61,7 +62,7 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def local_reference(tmp_path_factory):
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         return run_upload(str(SAMPLE_DIR), str(tmp_path_factory.mktemp("local") / "lake"), "u1", instance=instance)
 
 
@@ -150,7 +151,7 @@ def test_entry_scripts_import_no_dagster():
 
 def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_reference):
     AWS_CLIENTS["glue"] = glue = LocalGlue(runner)
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/lake", "u1", instance=instance,
                             spark=LocalAwsSpark(engine="glue"))
         assert_reports_match(report, local_reference)
@@ -167,7 +168,7 @@ def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_refer
 def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, runner, local_reference):
     AWS_CLIENTS["emr-serverless"] = emr = LocalEMRServerless(runner)
     before = set(runner.runs)
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/emr-lake", "u1", instance=instance,
                             spark=LocalAwsSpark(engine="emr-serverless"))
         assert_reports_match(report, local_reference)
@@ -180,7 +181,7 @@ def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, r
 
 def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
     AWS_CLIENTS["glue"] = LocalGlue(runner)
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         instance.add_dynamic_partitions("uploads", ["ghost"])
         job = Definitions(
             assets=defs.assets, jobs=[ingest_upload_job],
@@ -200,7 +201,7 @@ def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
 
 def test_cancelling_the_run_stops_the_job_run(deployed, runner):
     AWS_CLIENTS["glue"] = glue = LocalGlue(runner, interrupt_at_poll=2)
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/lake", "u1", instance=instance,
                             spark=LocalAwsSpark(engine="glue"))
         assert not report.success

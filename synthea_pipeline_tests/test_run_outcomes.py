@@ -51,21 +51,21 @@ def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_pa
     assert event.asset_materialization.metadata["unparseable_values"].value == {"quantity": 1}
 
 
-def test_rows_sharing_a_key_resolve_to_one_deterministic_row(instance, export, tmp_path):
+def test_rows_sharing_a_key_keep_the_later_one_and_quarantine_the_other(instance, export, tmp_path):
     header, rows = read_rows(export / "encounters.csv")
     variant = list(rows[0])
     variant[header.index("DESCRIPTION")] = "Corrected description"
-    (export / "encounters.csv").write_text("\n".join(",".join(r) for r in [header, variant, *rows]) + "\n")
+    (export / "encounters.csv").write_text("\n".join(",".join(r) for r in [header, rows[0], variant, *rows[1:]]) + "\n")
     lake = Lake(str(tmp_path / "lake"))
-    chosen = []
-    for upload in ("conflict-a", "conflict-b"):
-        report = run_upload(str(export), lake.root, upload, instance=instance)
-        assert report.success and not report.errors, report.errors
-        account = {t.table: t for t in report.tables}["encounters"]
-        assert (account.rows_in, account.duplicates_dropped, account.rows_out) == (428, 1, 427)
-        staged = pq.read_table(lake.staging_path(upload, "encounters")).to_pylist()
-        chosen.append(next(r["description"] for r in staged if r["id"] == rows[0][0]))
-    assert chosen[0] == chosen[1] and chosen[0] in ("Corrected description", rows[0][header.index("DESCRIPTION")])
+    report = run_upload(str(export), lake.root, "conflict", instance=instance)
+    assert report.success and not report.errors, report.errors
+    account = {t.table: t for t in report.tables}["encounters"]
+    assert (account.rows_in, account.quarantined, account.duplicates_dropped, account.rows_out) == (428, 1, 0, 427)
+    staged = pq.read_table(lake.staging_path("conflict", "encounters")).to_pylist()
+    assert next(r["description"] for r in staged if r["id"] == rows[0][0]) == "Corrected description"
+    [row] = pq.read_table(lake.partition("quarantine", "encounters", "conflict")).to_pylist()
+    assert (row["file"], row["line_number"], row["text"]) == ("encounters.csv", 2, ",".join(rows[0]))
+    assert row["reason"] == "key conflict with kept row: the kept row comes later in the upload"
 
 
 def test_release_2_5_encounters_hold_the_organization_in_provider(instance, export, tmp_path):
@@ -92,7 +92,8 @@ def test_missing_required_column_fails_the_run_naming_table_file_and_line(instan
         "table conditions: conditions.csv, line 1: missing required column(s) PATIENT "
         "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)"
     ]
-    assert Path(tmp_path / "lake" / "raw" / "patients" / "upload_id=bad-header" / "patients.csv").exists()
+    assert Path(tmp_path / "lake" / "raw" / "patients" / "upload_id=bad-header" / "patients.parquet").exists()
+    assert not Path(tmp_path / "lake" / "staging").exists()
 
 
 def cli(*args, cwd, env=None):
@@ -143,4 +144,4 @@ def test_definitions_load_without_credentials_or_network(tmp_path):
     code = ("from synthea_pipeline.definitions import defs; g = defs.resolve_asset_graph(); "
             "keys = g.get_all_asset_keys(); print(len(keys), sorted({g.get(k).group_name for k in keys}))")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert result.stdout.split("\n")[0] == "69 ['bi', 'marts', 'raw', 'reports', 'source', 'staging']", result.stderr
+    assert result.stdout.split("\n")[0] == "72 ['bi', 'marts', 'raw', 'reports', 'source', 'staging']", result.stderr

@@ -2,12 +2,12 @@
 
 import boto3
 import pyarrow.dataset as ds
-from dagster import instance_for_test
 
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline.tables import DEFAULT_TABLES
 from synthea_pipeline.transforms.lake import filesystem_for
 from synthea_pipeline.transforms.marts import MARTS
+from synthea_pipeline_tests.conftest import fresh_instance
 
 
 def rows(uri: str) -> list[tuple]:
@@ -18,9 +18,9 @@ def rows(uri: str) -> list[tuple]:
 
 def test_lake_on_s3_matches_the_local_folder_run_and_reruns_replace(bucket, tmp_path):
     local_root, s3_root = str(tmp_path / "lake"), f"s3://{bucket}/lake"
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         local = run_upload(str(SAMPLE_DIR), local_root, "u1", instance=instance)
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         on_s3 = run_upload(str(SAMPLE_DIR), s3_root, "u1", instance=instance)
         assert on_s3.success and not on_s3.errors, on_s3.errors
         assert [(t.table, t.rows_out) for t in on_s3.tables] == [(t.table, t.rows_out) for t in local.tables]

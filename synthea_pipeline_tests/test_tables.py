@@ -67,3 +67,10 @@ def test_keys_match_reality():
 def test_release_detected_from_sample_headers(release, folder):
     headers = {p.stem: read_rows(p)[0] for p in folder.glob("*.csv")}
     assert detect_release(headers) == release
+
+
+def test_optional_columns_are_mapped_and_do_not_change_the_release():
+    header = TABLES["conditions"].header_at("3.3") + ["ICD10_CODE", "ICD10_DESCRIPTION"]
+    match = TABLES["conditions"].match_header(header)
+    assert match.mapping["ICD10_CODE"] == "icd10_code" and not match.unknown
+    assert TABLES["conditions"].releases_matching(header) == {"3.3", "3.4", "4.1"}

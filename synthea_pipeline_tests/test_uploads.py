@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
-from dagster import AssetKey, AssetMaterialization, build_sensor_context, instance_for_test
+from dagster import AssetKey, AssetMaterialization, build_sensor_context
 
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.sensors import QUIET_SECONDS_ENV, upload_sensor
 from synthea_pipeline.transforms.storage import S3Storage, UploadVerificationError, digest_file, storage_for
 from synthea_pipeline.transforms.uploads import UploadWatcher, upload_export
-from synthea_pipeline_tests.conftest import SAMPLES
+from synthea_pipeline_tests.conftest import SAMPLES, fresh_instance
 
 SMALL_TABLES = ("patients.csv", "organizations.csv", "providers.csv", "payers.csv")
 
@@ -169,7 +169,7 @@ def test_upload_refuses_a_different_export_under_a_derived_id(bucket, tmp_path):
 def test_cursor_and_recorded_materializations_survive_a_restart(bucket, small_export):
     lake = f"s3://{bucket}/lake"
     manifest = upload_export(str(small_export), storage_for(f"{lake}/source"), "u1")
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         first = tick(instance, lake)
         assert len(first.run_requests) == 1
         assert tick(instance, lake, first.cursor).run_requests == []

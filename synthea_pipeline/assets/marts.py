@@ -8,18 +8,20 @@ from pydantic import Field
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
-from synthea_pipeline.tables import DEFAULT_TABLES
-from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS
+from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS, STAGING_INPUTS
 
 MARTS_POOL = "marts"
 MART_CHECKS = {
     **{(name, "primary_key"): "The key is unique and never null." for name in MARTS},
-    **{(name, "foreign_keys_resolve"): "Every foreign key finds its row in the referenced mart."
-       for name in FOREIGN_KEYS},
-    **{(name, "rows_reconcile"): "Row count equals the distinct ids in staging across uploads."
+    **{(name, "foreign_keys_resolve"): "Every foreign key finds its row in the referenced mart (references absent "
+       "from the lake point to its unknown member)." for name in FOREIGN_KEYS},
+    **{(name, "rows_reconcile"): "Row count equals the distinct current ids in staging, plus the unknown member."
        for name in ("patient_fact", "encounter_dim", "provider_dim", "organization_dim", "payer_dim")},
 }
-ODDITY_CHECKS = {
+WARNING_CHECKS = {
+    **{(name, "references_known"): "Source data: rows whose reference is absent from the lake and points to the "
+       "unknown member, counted per upload (warning; e.g. a partial export without encounters.csv)."
+       for name in FOREIGN_KEYS},
     ("medication_dim", "stops_before_start"): "Synthea oddity: medications that stop before they start (warning).",
     ("encounter_dim", "observations_without_encounter"): "Synthea oddity: yearly QALY/DALY/QOLS observations have "
     "no encounter (warning).",
@@ -45,7 +47,7 @@ def build_mart_assets():
                 key=AssetKey(["marts", name]),
                 group_name="marts",
                 description=f"Star-schema mart over every upload. Grain: {mart.grain}. Key: `{mart.key}`.",
-                deps=[AssetKey(["staging", t]) for t in DEFAULT_TABLES],
+                deps=[AssetKey(["staging", t]) for t in STAGING_INPUTS],
             )
             for name, mart in MARTS.items()
         ],
@@ -55,7 +57,7 @@ def build_mart_assets():
         ]
         + [
             AssetCheckSpec(check, asset=AssetKey(["marts", mart]), description=description)
-            for (mart, check), description in ODDITY_CHECKS.items()
+            for (mart, check), description in WARNING_CHECKS.items()
         ],
     )
     def marts(context: AssetExecutionContext, config: MartsConfig, lake: LakeResource, spark: SparkResource

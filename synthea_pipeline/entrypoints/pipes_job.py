@@ -20,7 +20,7 @@ from dagster_pipes import (
 )
 from pyspark.sql import SparkSession
 
-from synthea_pipeline.tables import DEFAULT_TABLES
+from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed
 from synthea_pipeline.transforms.staging import configure
 
@@ -61,7 +61,7 @@ def run_standalone(layer: str, argv: list[str]) -> int:
     parser.add_argument("--lake", required=True, help="lake root, s3://bucket/prefix or a folder")
     if layer == "staging":
         parser.add_argument("--upload-id", required=True)
-        parser.add_argument("--tables", default=",".join(DEFAULT_TABLES))
+        parser.add_argument("--tables", default=",".join(TABLES))
     else:
         parser.add_argument("--uploads", required=True, help="upload ids in arrival order, comma-separated")
         parser.add_argument("--include-identifiers", action="store_true")

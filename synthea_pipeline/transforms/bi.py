@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlglot
 
+from synthea_pipeline.transforms.marts import UNKNOWN_KEY
+
 SOURCE_DIALECT = "trino"
 LOCAL_DIALECT = "duckdb"
 MARTS_DATABASE = "synthea_marts"
@@ -22,6 +24,7 @@ SELECT
   CAST(SUM(p.encounter_count) AS BIGINT) AS encounters,
   SUM(p.total_claim_cost) AS total_claim_cost
 FROM {marts}.patient_fact AS p
+WHERE p.patient_key <> '{unknown}'
 GROUP BY p.age_band, p.gender
 """,
     "bi_encounter_trends": """
@@ -29,17 +32,19 @@ SELECT
   CAST(date_trunc('month', e.start_date) AS DATE) AS month,
   e.encounter_class,
   COUNT(*) AS encounters,
-  COUNT(DISTINCT e.patient_key) AS patients,
+  COUNT(DISTINCT NULLIF(e.patient_key, '{unknown}')) AS patients,
   SUM(e.total_claim_cost) AS total_claim_cost,
   SUM(e.payer_coverage) AS payer_coverage
 FROM {marts}.encounter_dim AS e
+WHERE e.encounter_key <> '{unknown}'
 GROUP BY CAST(date_trunc('month', e.start_date) AS DATE), e.encounter_class
 """,
     "bi_diagnosis_breakdown": """
 WITH ranked AS (
   SELECT
     c.condition_code,
-    ROW_NUMBER() OVER (ORDER BY COUNT(DISTINCT c.patient_key) DESC, c.condition_code) AS condition_rank,
+    ROW_NUMBER() OVER (ORDER BY COUNT(DISTINCT NULLIF(c.patient_key, '{unknown}')) DESC, c.condition_code)
+      AS condition_rank,
     MIN(c.condition_description) AS condition_description
   FROM {marts}.condition_dim AS c
   GROUP BY c.condition_code
@@ -50,7 +55,7 @@ SELECT
   r.condition_description,
   p.age_band,
   p.gender,
-  COUNT(DISTINCT c.patient_key) AS patients,
+  COUNT(DISTINCT NULLIF(c.patient_key, '{unknown}')) AS patients,
   COUNT(*) AS diagnoses,
   CAST(SUM(CASE WHEN c.is_active THEN 1 ELSE 0 END) AS BIGINT) AS active
 FROM {marts}.condition_dim AS c
@@ -65,26 +70,27 @@ SELECT
   m.medication_code,
   MIN(m.medication_description) AS medication_description,
   COUNT(*) AS prescriptions,
-  COUNT(DISTINCT m.patient_key) AS patients,
+  COUNT(DISTINCT NULLIF(m.patient_key, '{unknown}')) AS patients,
   CAST(SUM(m.dispenses) AS BIGINT) AS dispenses,
   SUM(m.total_cost) AS total_cost,
   SUM(m.payer_coverage) AS payer_coverage,
   SUM(m.total_cost) - SUM(m.payer_coverage) AS patient_paid,
   CASE WHEN SUM(m.total_cost) > 0
        THEN CAST(SUM(m.payer_coverage) AS DOUBLE) / CAST(SUM(m.total_cost) AS DOUBLE) END AS coverage_ratio,
-  COUNT(DISTINCT m.payer_key) AS payers
+  COUNT(DISTINCT NULLIF(m.payer_key, '{unknown}')) AS payers
 FROM {marts}.medication_dim AS m
 GROUP BY m.medication_code
 """,
 }
-"""Integer sums are cast to BIGINT, what Athena returns for them, so both engines give one schema. What each
+"""Integer sums are cast to BIGINT, what Athena returns for them, so both engines give one schema. Patient and
+payer counts leave out the marts' unknown members. What each
 view answers: demographics by age band and gender; encounters per month and class; the top
 conditions (by patients) by age band and gender; every medication with its cost, payer coverage and rank."""
 
 
 def view_sql(name: str, marts_database: str = MARTS_DATABASE) -> str:
     """A view's Athena (Trino) SQL against the given marts database."""
-    return BI_VIEWS[name].format(marts=marts_database, top=TOP_CONDITIONS).strip()
+    return BI_VIEWS[name].format(marts=marts_database, top=TOP_CONDITIONS, unknown=UNKNOWN_KEY).strip()
 
 
 def local_sql(sql: str) -> str:

@@ -12,16 +12,20 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from synthea_pipeline.tables import DEFAULT_TABLES, TABLES
+from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, MARTS_DATABASE, STAGING_DATABASE, local_sql, view_sql
 from synthea_pipeline.transforms.lake import Lake, filesystem_for
 from synthea_pipeline.transforms.marts import MARTS, staged_uploads
+from synthea_pipeline.transforms.staging import QUARANTINE_SCHEMA
 
 PARQUET_FORMAT = {
     "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
     "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
     "SerdeInfo": {"SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"},
 }
+QUARANTINE = "quarantine"
+"""The staging database's table of every quarantined row, partitioned by table and upload."""
+QUARANTINE_PARTITION_KEYS = ("table_name", "upload_id")
 PRESTO_TYPES = {"string": "varchar", "int": "integer", "bigint": "bigint", "double": "double",
                 "boolean": "boolean", "date": "date", "timestamp": "timestamp(3)"}
 
@@ -55,18 +59,24 @@ def staging_columns(table: str) -> list[dict]:
     return columns
 
 
+def quarantine_columns() -> list[dict]:
+    return [{"Name": f.name, "Type": hive_type(f.type)} for f in QUARANTINE_SCHEMA
+            if f.name not in QUARANTINE_PARTITION_KEYS]
+
+
 def mart_schema(lake: Lake, mart: str) -> pa.Schema:
     fs, path = filesystem_for(lake.uri("marts", mart))
     return ds.dataset(path, filesystem=fs, format="parquet").schema
 
 
-def table_input(name: str, location: str, columns: list[dict], partitioned: bool, description: str) -> dict:
+def table_input(name: str, location: str, columns: list[dict], partition_keys: tuple[str, ...], description: str
+                ) -> dict:
     return {
         "Name": name,
         "Description": description,
         "TableType": "EXTERNAL_TABLE",
         "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE", "parquet.compression": "ZSTD"},
-        "PartitionKeys": [{"Name": "upload_id", "Type": "string"}] if partitioned else [],
+        "PartitionKeys": [{"Name": key, "Type": "string"} for key in partition_keys],
         "StorageDescriptor": {"Columns": columns, "Location": location.rstrip("/") + "/", **PARQUET_FORMAT},
     }
 
@@ -135,14 +145,21 @@ def register_glue(glue, lake: Lake, databases: Databases, view_columns: dict[str
     _ensure_database(glue, databases.staging, "synthea-pipeline staging tables")
     _ensure_database(glue, databases.marts, "synthea-pipeline marts and BI views")
     outcome = {}
-    for table in DEFAULT_TABLES:
+    for table in TABLES:
         location = lake.uri("staging", table)
-        wanted = table_input(table, location, staging_columns(table), True, TABLES[table].grain)
+        wanted = table_input(table, location, staging_columns(table), ("upload_id",), TABLES[table].grain)
         outcome[f"{databases.staging}.{table}"] = _put_table(glue, databases.staging, wanted)
-        _put_partitions(glue, databases.staging, table, wanted["StorageDescriptor"], lake, staged_uploads(lake, table))
+        _put_partitions(glue, databases.staging, table, wanted["StorageDescriptor"], {
+            (upload,): lake.partition("staging", table, upload) for upload in staged_uploads(lake, table)})
+    wanted = table_input(QUARANTINE, lake.uri(QUARANTINE), quarantine_columns(), QUARANTINE_PARTITION_KEYS,
+                         "Rows not staged, with the reason, file and line (every table and upload)")
+    outcome[f"{databases.staging}.{QUARANTINE}"] = _put_table(glue, databases.staging, wanted)
+    _put_partitions(glue, databases.staging, QUARANTINE, wanted["StorageDescriptor"], {
+        (table, upload): lake.partition(QUARANTINE, table, upload)
+        for table in TABLES for upload in staged_uploads(lake, table, QUARANTINE)})
     for mart in MARTS:
         columns = [{"Name": f.name, "Type": hive_type(f.type)} for f in mart_schema(lake, mart)]
-        wanted = table_input(mart, lake.uri("marts", mart), columns, False, MARTS[mart].grain)
+        wanted = table_input(mart, lake.uri("marts", mart), columns, (), MARTS[mart].grain)
         outcome[f"{databases.marts}.{mart}"] = _put_table(glue, databases.marts, wanted)
     for view, columns in view_columns.items():
         wanted = athena_view_input(view, databases.marts, view_sql(view, databases.marts), columns)
@@ -150,19 +167,19 @@ def register_glue(glue, lake: Lake, databases: Databases, view_columns: dict[str
     return outcome
 
 
-def _put_partitions(glue, database: str, table: str, descriptor: dict, lake: Lake, uploads: list[str]) -> None:
-    """One partition per upload, located at its staging folder, with the table's pinned columns."""
+def _put_partitions(glue, database: str, table: str, descriptor: dict, locations: dict[tuple[str, ...], str]
+                    ) -> None:
+    """One partition per key (e.g. upload), located at its folder, with the table's pinned columns."""
     existing = {tuple(p["Values"]): p for page in glue.get_paginator("get_partitions").paginate(
         DatabaseName=database, TableName=table) for p in page["Partitions"]}
     missing = []
-    for upload in uploads:
-        wanted = {"Values": [upload], "StorageDescriptor": {
-            **descriptor, "Location": lake.partition("staging", table, upload).rstrip("/") + "/"}}
-        current = existing.get((upload,))
+    for values, location in locations.items():
+        wanted = {"Values": list(values), "StorageDescriptor": {**descriptor, "Location": location.rstrip("/") + "/"}}
+        current = existing.get(values)
         if current is None:
             missing.append(wanted)
         elif not _same_descriptor(current["StorageDescriptor"], wanted["StorageDescriptor"]):
-            glue.update_partition(DatabaseName=database, TableName=table, PartitionValueList=[upload],
+            glue.update_partition(DatabaseName=database, TableName=table, PartitionValueList=list(values),
                                   PartitionInput=wanted)
     for start in range(0, len(missing), 100):
         response = glue.batch_create_partition(DatabaseName=database, TableName=table,
@@ -182,6 +199,17 @@ def _local_cast(name: str, kind: str) -> str:
     return f"timezone('UTC', {name})" if kind == "timestamp" else f"CAST({name} AS {kind})"
 
 
+def _local_view(connection, name: str, columns: list[tuple[str, str]], glob: str, has_files: bool) -> None:
+    """A view over Parquet files with the contract's types, or an empty one of the same shape before any."""
+    if has_files:
+        selected = [f"{_local_cast(column, kind)} AS {column}" for column, kind in columns]
+        source = f"read_parquet({_quote(glob)}, union_by_name = true, hive_partitioning = false)"
+    else:
+        selected = [f"CAST(NULL AS {kind}) AS {column}" for column, kind in columns]
+        source = "(SELECT 1) WHERE false"
+    connection.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {', '.join(selected)} FROM {source}")
+
+
 def open_catalog(lake: Lake, databases: Databases = Databases(), path: str = ":memory:"
                  ) -> duckdb.DuckDBPyConnection:
     """A DuckDB catalog of the lake: `<marts>.<mart>` views and the BI views, and for a local lake also the
@@ -194,11 +222,15 @@ def open_catalog(lake: Lake, databases: Databases = Databases(), path: str = ":m
         connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     local = not lake.on_s3
     if local:
-        for table in DEFAULT_TABLES:
+        for table in TABLES:
+            columns = [(c["Name"], c["Type"]) for c in staging_columns(table)] + [("upload_id", "string")]
             glob = lake.uri("staging", table, "upload_id=*", "*.parquet")
-            casts = ", ".join(f"{_local_cast(c['Name'], c['Type'])} AS {c['Name']}" for c in staging_columns(table))
-            connection.execute(f"CREATE OR REPLACE VIEW {databases.staging}.{table} AS SELECT {casts}, upload_id "
-                               f"FROM read_parquet({_quote(glob)}, union_by_name = true, hive_partitioning = false)")
+            _local_view(connection, f"{databases.staging}.{table}", columns, glob,
+                        bool(staged_uploads(lake, table)))
+        columns = [(f.name, hive_type(f.type)) for f in QUARANTINE_SCHEMA]
+        glob = lake.uri(QUARANTINE, "*", "upload_id=*", "*.parquet")
+        has_rows = any(staged_uploads(lake, table, QUARANTINE) for table in TABLES)
+        _local_view(connection, f"{databases.staging}.{QUARANTINE}", columns, glob, has_rows)
     for mart in MARTS:
         if local:
             source = f"read_parquet({_quote(lake.uri('marts', mart, '*.parquet'))})"

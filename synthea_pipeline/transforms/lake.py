@@ -113,20 +113,6 @@ def publish(temp_uri: str, final_uri: str) -> None:
     fs.delete_dir(temp)
 
 
-def link_or_copy(source_uri: str, target_uri: str) -> None:
-    """Put a lake file at a second place in the lake without rewriting it: a hard link on a local folder, else
-    a copy. Only for files the pipeline itself wrote, which are replaced, never rewritten in place."""
-    fs, source = filesystem_for(source_uri)
-    target = filesystem_for(target_uri)[1]
-    if isinstance(fs, pafs.LocalFileSystem):
-        try:
-            os.link(source, target)
-            return
-        except OSError:
-            pass
-    fs.copy_file(source, target)
-
-
 def write_text(uri: str, text: str) -> None:
     """Replace one small file at once: a single PUT on S3, a temporary file renamed over it locally."""
     fs, path = filesystem_for(uri)

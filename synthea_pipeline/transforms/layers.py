@@ -15,7 +15,7 @@ from synthea_pipeline.tables import TABLES, Table
 from synthea_pipeline.transforms.lake import Lake, discard, publish
 from synthea_pipeline.transforms.marts import (
     COLUMN_DESCRIPTIONS,
-    build_marts,
+    MARTS,
     check_marts,
     discard_marts,
     publish_marts,
@@ -115,38 +115,44 @@ def frame_schema(frame) -> dict:
 
 def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, tables: list[str]) -> list[Report]:
     """Types every given table of the upload, two at a time so the many small Spark queries overlap, checks
-    each written partition and publishes it only when its blocking checks pass."""
+    each written partition and publishes it, with its quarantine, only when its blocking checks pass."""
     lake = Lake(lake_root)
 
     def stage(table: Table):
         raw_uri = lake.partition("raw", table.name, upload_id)
         raw = load_manifest(raw_uri)
-        return raw, *stage_table(spark, table, raw, raw_uri, lake.staging_path(upload_id, table.name), upload_id)
+        return raw, *stage_table(spark, table, raw, raw_uri, lake.staging_path(upload_id, table.name),
+                                 lake.partition("quarantine", table.name, upload_id), upload_id)
 
     selected = [TABLES[name] for name in tables]
     with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
         outcomes = list(pool.map(stage, selected))
     reports: list[Report] = []
-    for table, (raw, result, facts, temp) in zip(selected, outcomes):
+    for table, (raw, result, facts, temp, quarantine_temp) in zip(selected, outcomes):
         staging_uri = lake.staging_path(upload_id, table.name)
         checks = staging_checks(table, raw, result, facts)
         published = all(passed for passed, _ in checks.values())
         if published:
             publish(temp, staging_uri)
+            publish(quarantine_temp, lake.partition("quarantine", table.name, upload_id))
         else:
             discard(temp)
+            discard(quarantine_temp)
             log.error(f"{table.name}: staging partition not published, a blocking check failed")
         if result.unparseable_values:
             log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
+        if result.quarantined:
+            log.warning(f"{table.name}: {result.quarantined} rows quarantined: {result.quarantine_reasons}")
         key = f"staging/{table.name}"
         reports.append(AssetReport(key, external_metadata({
             "dagster/row_count": int(result.rows_out),
             SCHEMA_KEY: table_schema(table),
             "rows_in": raw.rows_in,
-            "rows_read_by_spark": int(result.rows_read),
-            "rows_out": int(result.rows_out),
-            "quarantined": raw.quarantined,
-            "duplicates_dropped": int(result.duplicates_dropped),
+            "rows_read_by_spark": result.rows_read,
+            "rows_out": result.rows_out,
+            "quarantined": result.quarantined,
+            "quarantine_reasons": result.quarantine_reasons,
+            "duplicates_dropped": result.duplicates_dropped,
             "unparseable_values": result.unparseable_values,
             "synthea_release": raw.upload_release,
             "source_present": bool(raw.files),
@@ -155,6 +161,9 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, t
         })))
         reports += [CheckReport(key, name, passed, metadata=external_metadata(metadata))
                     for name, (passed, metadata) in checks.items()]
+        reports.append(CheckReport(key, "no_quarantined_rows", result.quarantined == 0, "WARN", external_metadata({
+            "quarantined": result.quarantined, "reasons": result.quarantine_reasons,
+            "location": lake.partition("quarantine", table.name, upload_id)})))
     return reports
 
 
@@ -163,8 +172,7 @@ def run_marts(spark: SparkSession, log: Log, lake_root: str, upload_order: list[
     """Rebuilds every mart from all staged uploads (the latest registered upload wins) and publishes them only
     when every blocking check passes, so readers never see a mart that failed one."""
     lake = Lake(lake_root)
-    frames = build_marts(spark, lake, upload_order, include_identifiers)
-    written = write_marts(frames, lake)
+    written = write_marts(spark, lake, upload_order, include_identifiers)
     checks = check_marts(spark, lake, written, upload_order)
     failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
     if failed:
@@ -176,12 +184,12 @@ def run_marts(spark: SparkSession, log: Log, lake_root: str, upload_order: list[
     reports: list[Report] = [
         AssetReport(f"marts/{name}", external_metadata({
             "dagster/row_count": int(rows[name]),
-            SCHEMA_KEY: frame_schema(frame),
+            SCHEMA_KEY: frame_schema(spark.read.parquet(lake.uri("marts", name))),
             "location": lake.uri("marts", name),
             "uploads": list(upload_order),
             "includes_identifiers": include_identifiers,
         }))
-        for name, frame in frames.items()
+        for name in MARTS
     ]
     reports += [CheckReport(f"marts/{c.mart}", c.name, c.passed, "ERROR" if c.blocking else "WARN",
                             external_metadata(c.metadata)) for c in checks]

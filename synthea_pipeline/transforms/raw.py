@@ -1,10 +1,13 @@
-"""Raw layer: minor cleaning of Synthea CSV files, streamed in bounded memory.
+"""Raw layer: every line of an upload's Synthea CSV files as text columns in Parquet, with its file and line.
 
 Synthea never quotes and turns commas inside text into spaces, so a well-formed line has exactly as many commas
-as its header. Each file is read in blocks; the comma count of every line is checked with numpy, and a block
-with nothing to repair is written through unchanged. The output is CSV again: UTF-8, LF, no BOM, trimmed header
-names, no unnamed columns, one line per row with the header's field count. Rows that cannot be kept go to a
-quarantine Parquet file with their line number, reason and original text.
+as its header. Each file is streamed in blocks: a block with nothing to repair is parsed by pyarrow's CSV reader
+as it is; a block that needs repair (blank lines, stray carriage returns, a repeated header, a wrong field count,
+bytes that are not UTF-8) is split line by line with numpy first. Every data line becomes one row of
+`raw/<table>/upload_id=<id>/<file>.parquet`: the header's columns as text (unnamed columns dropped) plus
+`_file` and `_line`, or, for a line that cannot be split into the header's fields, `_reason` and `_text` (the
+line itself) instead of values. Staging reads these files, so each source CSV is read once, and it quarantines
+the rejected lines together with its own.
 """
 
 from __future__ import annotations
@@ -16,21 +19,22 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
 from synthea_pipeline.tables import TABLES, Table, detect_release
-from synthea_pipeline.transforms.lake import files_in, filesystem_for, link_or_copy, publish, staging_area
+from synthea_pipeline.transforms.lake import files_in, filesystem_for, publish, staging_area
 
 BLOCK_BYTES = 32 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
-NEWLINE, COMMA = 10, 44
+NEWLINE, COMMA, CARRIAGE_RETURN = 10, 44, 13
 SOURCE_FILE = re.compile(r"^(?P<table>[A-Za-z_]+?)(?:-(?P<part>\d+))?\.csv$")
 UNNAMED = re.compile(r"^(Unnamed: \d+.*)?$")
 MANIFEST = "_manifest.json"
-QUARANTINE_SCHEMA = pa.schema(
-    [("file", pa.string()), ("line_number", pa.int64()), ("reason", pa.string()), ("text", pa.string())]
-)
+LINEAGE = (("_file", pa.string()), ("_line", pa.int64()), ("_reason", pa.string()), ("_text", pa.string()))
+"""Columns every raw row carries besides the header's: where it came from, and why and what it was when it
+could not be split into fields."""
+REPEATED_HEADER = "repeated header: the file's header line again (concatenated files?)"
 
 
 class TableError(Exception):
@@ -44,11 +48,14 @@ class TableError(Exception):
 
 @dataclass
 class RawResult:
-    """What the raw pass did to one table of one upload; saved beside the raw files for the staging step."""
+    """What the raw pass did to one table of one upload; saved beside the raw files for the staging step.
+    `columns` maps header names to canonical columns; `raw_columns` are the Parquet names of the kept header
+    columns, in order (the header names, made unique)."""
 
     table: str
     files: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
+    raw_columns: list[str] = field(default_factory=list)
     columns: dict[str, str] = field(default_factory=dict)
     unknown_columns: list[str] = field(default_factory=list)
     dropped_columns: list[str] = field(default_factory=list)
@@ -70,9 +77,18 @@ class RawResult:
         return cls(**json.loads(text))
 
 
+def raw_file_name(source_file: str) -> str:
+    return source_file[: -len(".csv")] + ".parquet"
+
+
+def reason_category(reason: str) -> str:
+    """The part of a reason before its details: `field count`, `unparseable START`, ..."""
+    return reason.split(":", 1)[0]
+
+
 def find_source_files(source_uri: str) -> tuple[dict[str, list[str]], list[str]]:
-    """Group an upload's CSV files by table (`name.csv` or 3.4+ parts `name-N.csv`); also list what is not
-    a known table."""
+    """Group an upload's CSV files by table (`name.csv`, or the parts Synthea writes with max_lines_per_file:
+    `name-1.csv` or zero-padded `name-0001.csv`); also list what is not a known table."""
     by_table: dict[str, list[tuple[int, str]]] = {}
     other: list[str] = []
     for name in files_in(source_uri):
@@ -91,7 +107,7 @@ def read_header(source_uri: str, file: str, table: str) -> tuple[list[str], int,
     fs, path = filesystem_for(f"{source_uri}/{file}")
     with fs.open_input_stream(path) as stream:
         head = stream.read(1024 * 1024)
-    body = head[len(BOM) :] if head.startswith(BOM) else head
+    body = head.removeprefix(BOM)
     stripped = body.lstrip(b"\r\n")
     if not stripped.strip():
         return [], 0, 0
@@ -125,11 +141,18 @@ def upload_release(source_uri: str) -> str:
     return detect_release(headers)
 
 
-def clean_table(
-    table: Table, source_uri: str, files: list[str], raw_uri: str, quarantine_uri: str, release: str = "unknown"
-) -> RawResult:
-    """Write the cleaned files of one table to `raw_uri` and its rejected rows to `quarantine_uri`, replacing
-    what an earlier run wrote there."""
+def unique_names(names: list[str]) -> list[str]:
+    """Header names as Parquet column names: a name that repeats gets `__2`, `__3`, ..."""
+    seen: Counter = Counter()
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(name if seen[name] == 1 else f"{name}__{seen[name]}")
+    return unique
+
+
+def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, release: str = "unknown") -> RawResult:
+    """Write the raw Parquet of one table to `raw_uri`, replacing what an earlier run wrote there."""
     result = RawResult(table=table.name, upload_release=release)
     headers = [(file, *read_header(source_uri, file, table.name)) for file in files]
     kept_header: list[str] | None = None
@@ -137,8 +160,7 @@ def clean_table(
         if not names:
             result.warnings.append(f"{file} is empty (no header): read as a table with no rows")
             continue
-        keep = [i for i, n in enumerate(names) if not UNNAMED.match(n)]
-        header = [names[i] for i in keep]
+        header = [n for n in names if not UNNAMED.match(n)]
         if kept_header is None:
             kept_header = header
             match = table.match_header(header)
@@ -148,44 +170,38 @@ def clean_table(
                     table.name, file, number, f"missing required column(s) {', '.join(match.missing_required)} ({known})"
                 )
             result.header, result.columns, result.unknown_columns = header, match.mapping, match.unknown
-            result.dropped_columns = [names[i] or f"<blank column {i + 1}>" for i in range(len(names)) if i not in keep]
+            result.raw_columns = unique_names(header)
+            result.dropped_columns = [n or f"<blank column {i + 1}>" for i, n in enumerate(names) if UNNAMED.match(n)]
             result.releases = sorted(table.releases_matching(header))
             if match.unknown:
                 result.warnings.append(f"unknown column(s) kept in raw, not staged: {', '.join(match.unknown)}")
         elif header != kept_header:
             raise TableError(table.name, file, number, f"header differs from {headers[0][0]}: {','.join(names)}")
 
-    temp_raw, temp_quarantine = staging_area(raw_uri), staging_area(quarantine_uri)
+    temp_raw = staging_area(raw_uri)
     fs, raw_root = filesystem_for(temp_raw)
     fs.create_dir(raw_root)
-    rejected: list[dict] = []
+    reasons: Counter = Counter()
     for file, names, header_bytes, header_line_number in headers:
         if not names:
             continue
-        keep = [i for i, n in enumerate(names) if not UNNAMED.match(n)]
-        header_line = (",".join(kept_header) + "\n").encode()
-        source = f"{source_uri}/{file}"
-        cleaner = _FileCleaner(len(names), keep if len(keep) < len(names) else None, file, rejected)
-        if header_bytes == len(header_line) and cleaner.scan(source, header_bytes, header_line):
-            link_or_copy(source, f"{temp_raw}/{file}")
-        else:
-            cleaner = _FileCleaner(len(names), cleaner.keep, file, rejected, header_line_number)
-            source_fs, source_path = filesystem_for(source)
-            with source_fs.open_input_stream(source_path) as stream, fs.open_output_stream(f"{raw_root}/{file}") as out:
-                out.write(header_line)
-                stream.read(header_bytes)
-                cleaner.run(stream, out)
+        source_fs, source_path = filesystem_for(f"{source_uri}/{file}")
+        with source_fs.open_input_stream(source_path) as stream, \
+                fs.open_output_stream(f"{raw_root}/{raw_file_name(file)}") as out:
+            header_line = stream.read(header_bytes)
+            writer = _FileWriter(file, names, result.raw_columns, header_line, header_line_number, out)
+            writer.run(stream)
         result.files.append(file)
-        result.bytes_in += header_bytes + cleaner.bytes_in
-        result.rows_in += cleaner.rows_in
-        result.rows_out += cleaner.rows_out
-        result.blank_lines += cleaner.blank_lines
-    result.quarantined = len(rejected)
-    result.quarantine_reasons = dict(Counter(r["reason"].split(":")[0] for r in rejected))
+        result.bytes_in += header_bytes + writer.bytes_in
+        result.rows_in += writer.rows_in
+        result.rows_out += writer.rows_out
+        result.quarantined += writer.rejected
+        result.blank_lines += writer.blank_lines
+        reasons.update(writer.reasons)
+    result.quarantine_reasons = dict(reasons)
     with fs.open_output_stream(f"{raw_root}/{MANIFEST}") as out:
         out.write(result.to_json().encode())
     publish(temp_raw, raw_uri)
-    _write_quarantine(rejected, temp_quarantine, quarantine_uri)
     return result
 
 
@@ -195,122 +211,133 @@ def load_manifest(raw_uri: str) -> RawResult:
         return RawResult.from_json(stream.read().decode())
 
 
-def _write_quarantine(rejected: list[dict], temp_uri: str, final_uri: str) -> None:
-    fs, final = filesystem_for(final_uri)
-    if not rejected:
-        if fs.get_file_info(final).type != pafs.FileType.NotFound:
-            fs.delete_dir(final)
-        return
-    _, temp = filesystem_for(temp_uri)
-    fs.create_dir(temp)
-    with fs.open_output_stream(f"{temp}/quarantine.parquet") as out:
-        pq.write_table(pa.Table.from_pylist(rejected, schema=QUARANTINE_SCHEMA), out, compression="zstd")
-    publish(temp_uri, final_uri)
+class _FileWriter:
+    """Streams the data lines of one file into one Parquet file: well-formed rows as text columns, the others
+    with their reason and text. Counts what it saw."""
 
-
-class _NeedsRewrite(Exception):
-    pass
-
-
-class _FileCleaner:
-    """Streams the data lines of one file, keeping well-formed rows and collecting rejected ones. `scan` only
-    checks whether the file can go to raw unchanged, stopping at the first thing to repair."""
-
-    def __init__(self, fields: int, keep: list[int] | None, file: str, rejected: list[dict], header_line: int = 1):
-        self.commas = fields - 1
-        self.fields = fields
-        self.keep = keep
+    def __init__(self, file: str, names: list[str], columns: list[str], header_line: bytes, header_number: int,
+                 out):
         self.file = file
-        self.rejected = rejected
-        self.line_number = header_line
-        self.bytes_in = self.rows_in = self.rows_out = self.blank_lines = 0
+        self.fields = len(names)
+        self.positional = [f"f{i}" for i in range(len(names))]
+        self.kept = [self.positional[i] for i, n in enumerate(names) if not UNNAMED.match(n)]
+        self.columns = columns
+        self.header = header_line.removeprefix(BOM).lstrip(b"\r\n").rstrip(b"\r\n")
+        self.schema = pa.schema([(c, pa.string()) for c in columns] + list(LINEAGE))
+        self.writer = pq.ParquetWriter(out, self.schema, compression="zstd", use_dictionary=["_file"],
+                                       write_statistics=False)
+        self.line_number = header_number
+        self.bytes_in = self.rows_in = self.rows_out = self.rejected = self.blank_lines = 0
+        self.reasons: Counter = Counter()
 
-    def scan(self, source_uri: str, header_bytes: int, header_line: bytes) -> bool:
-        fs, path = filesystem_for(source_uri)
-        with fs.open_input_stream(path) as stream:
-            if stream.read(header_bytes) != header_line:
-                return False
-            try:
-                self.run(stream, None)
-            except _NeedsRewrite:
-                return False
-        return True
-
-    def run(self, stream, out) -> None:
+    def run(self, stream) -> None:
         pending = b""
-        while True:
-            chunk = stream.read(BLOCK_BYTES)
+        while chunk := stream.read(BLOCK_BYTES):
             self.bytes_in += len(chunk)
-            if not chunk:
-                break
-            data = pending + chunk
-            cut = data.rfind(b"\n") + 1
-            pending = data[cut:]
-            if cut:
-                self._block(data[:cut], out)
+            cut = chunk.rfind(b"\n") + 1
+            if not cut:
+                pending += chunk
+                continue
+            self._block(b"".join((pending, memoryview(chunk)[:cut])) if pending or cut < len(chunk) else chunk)
+            pending = chunk[cut:]
         if pending.strip(b"\r"):
-            if out is None:
-                raise _NeedsRewrite
-            self._block(pending + b"\n", out, last_line_unterminated=True)
+            self._block(pending + b"\n", last_line_unterminated=True)
+        self.writer.close()
 
-    def _block(self, block: bytes, out, last_line_unterminated: bool = False) -> None:
+    def _parse(self, lines: bytes, count: int) -> pa.Table:
+        table = pacsv.read_csv(
+            pa.py_buffer(lines),
+            read_options=pacsv.ReadOptions(column_names=self.positional),
+            parse_options=pacsv.ParseOptions(quote_char=False, newlines_in_values=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in self.positional},
+                                                 include_columns=self.kept, strings_can_be_null=False),
+        )
+        if table.num_rows != count:
+            raise ValueError(f"{self.file}: parsed {table.num_rows} rows from {count} lines")
+        return table.rename_columns(self.columns)
+
+    def _write_rows(self, table: pa.Table, line_numbers: np.ndarray) -> None:
+        count = table.num_rows
+        lineage = [pa.array([self.file]).take(pa.array(np.zeros(count, dtype=np.int32))), pa.array(line_numbers),
+                   pa.nulls(count, pa.string()), pa.nulls(count, pa.string())]
+        self.writer.write_table(pa.Table.from_arrays([*table.columns, *lineage], schema=self.schema))
+        self.rows_out += count
+
+    def _has_header_line(self, block: bytes) -> bool:
+        """Whether a line of the block is the header again, with or without a BOM (what `cat` of two files
+        gives)."""
+        return any(block.startswith(line) or block.find(b"\n" + line) >= 0
+                   for line in (self.header + b"\n", BOM + self.header + b"\n"))
+
+    def _block(self, block: bytes, last_line_unterminated: bool = False) -> None:
         if b"\r" in block:
-            if out is None:
-                raise _NeedsRewrite
             block = block.replace(b"\r\n", b"\n")
-        stray_cr = b"\r" in block
+        clean = not (last_line_unterminated or b"\r" in block or block.startswith(b"\n") or b"\n\n" in block
+                     or self._has_header_line(block))
+        if clean:
+            count = block.count(b"\n")
+            try:
+                table = self._parse(block, count)
+            except pa.ArrowInvalid:
+                pass
+            else:
+                first = self.line_number + 1
+                self.line_number += count
+                self.rows_in += count
+                self._write_rows(table, np.arange(first, first + count, dtype=np.int64))
+                return
+        self._repair(block, last_line_unterminated)
+
+    def _repair(self, block: bytes, last_line_unterminated: bool) -> None:
+        """Line by line: skip blank lines, keep well-formed ones, reject the rest with a reason."""
         arr = np.frombuffer(block, dtype=np.uint8)
         ends = np.flatnonzero(arr == NEWLINE)
         starts = np.concatenate(([0], ends[:-1] + 1))
         commas = np.add.reduceat((arr == COMMA).view(np.uint8), starts, dtype=np.int32)
         blank = ends == starts
-        bad = (commas != self.commas) & ~blank
-        ascii_only = not len(arr) or int(arr.max()) < 128
-        clean = not bad.any() and not blank.any() and not stray_cr and self.keep is None
-        if clean and (ascii_only or _is_utf8(block)):
-            if out is not None:
-                out.write(block)
-            lines = len(ends)
-            self.rows_in += lines
-            self.rows_out += lines
-            self.line_number += lines
-            return
-        if out is None:
-            raise _NeedsRewrite
-        kept = []
-        for start, end, count, is_blank in zip(starts.tolist(), ends.tolist(), commas.tolist(), blank.tolist()):
-            self.line_number += 1
-            if is_blank:
-                self.blank_lines += 1
-                continue
-            self.rows_in += 1
-            line = block[start:end]
-            reason = None
-            if count != self.commas:
-                reason = f"field count: expected {self.fields} fields, found {count + 1}"
-                if last_line_unterminated:
-                    reason = f"truncated last line: no line break at end of file, {reason}"
-            elif not ascii_only and not _is_utf8(line):
-                reason = "invalid UTF-8: the line is not UTF-8 text"
-            elif stray_cr and b"\r" in line:
-                reason = "stray carriage return: a CR inside the line would split it for CSV readers"
-            if reason:
-                self.rejected.append(
-                    {
-                        "file": self.file,
-                        "line_number": self.line_number,
-                        "reason": reason,
-                        "text": line.decode("utf-8", errors="replace"),
-                    }
-                )
-                continue
-            if self.keep is not None:
-                values = line.split(b",")
-                line = b",".join(values[i] for i in self.keep)
-            kept.append(line)
-        if kept:
-            out.write(b"\n".join(kept) + b"\n")
-        self.rows_out += len(kept)
+        numbers = self.line_number + 1 + np.arange(len(ends), dtype=np.int64)
+        self.line_number += len(ends)
+        reasons: dict[int, str] = {}
+        for i in np.flatnonzero((commas != self.fields - 1) & ~blank).tolist():
+            reason = f"field count: expected {self.fields} fields, found {commas[i] + 1}"
+            if last_line_unterminated:
+                reason = f"truncated last line: no line break at end of file, {reason}"
+            reasons[i] = reason
+        for i in _lines_where(arr == CARRIAGE_RETURN, ends):
+            reasons.setdefault(i, "stray carriage return: a CR inside the line would split it for CSV readers")
+        if int(arr.max(initial=0)) >= 128:
+            for i in _lines_where(arr >= 128, ends):
+                if not _is_utf8(block[starts[i] : ends[i]]):
+                    reasons.setdefault(i, "invalid UTF-8: the line is not UTF-8 text")
+        lengths = ends - starts
+        for i in np.flatnonzero(((lengths == len(self.header)) | (lengths == len(BOM + self.header))) & ~blank):
+            if block[starts[i] : ends[i]].removeprefix(BOM) == self.header:
+                reasons[int(i)] = REPEATED_HEADER
+        keep = ~blank
+        keep[list(reasons)] = False
+        self.blank_lines += int(blank.sum())
+        self.rows_in += int((~blank).sum())
+        if keep.any():
+            lines = arr[np.repeat(keep, ends - starts + 1)].tobytes()
+            self._write_rows(self._parse(lines, int(keep.sum())), numbers[keep])
+        if reasons:
+            self._write_rejects(block, starts, ends, numbers, reasons)
+
+    def _write_rejects(self, block: bytes, starts, ends, numbers, reasons: dict[int, str]) -> None:
+        order = sorted(reasons)
+        count = len(order)
+        texts = [block[starts[i] : ends[i]].decode("utf-8", errors="replace") for i in order]
+        columns = [pa.nulls(count, pa.string()) for _ in self.columns]
+        lineage = [pa.array([self.file] * count), pa.array(numbers[order]), pa.array([reasons[i] for i in order]),
+                   pa.array(texts)]
+        self.writer.write_table(pa.Table.from_arrays([*columns, *lineage], schema=self.schema))
+        self.rejected += count
+        self.reasons.update(reason_category(reasons[i]) for i in order)
+
+
+def _lines_where(byte_mask: np.ndarray, ends: np.ndarray) -> list[int]:
+    """Indexes of the lines (ending at `ends`) that hold a byte selected by `byte_mask`."""
+    return np.unique(np.searchsorted(ends, np.flatnonzero(byte_mask))).tolist()
 
 
 def _is_utf8(data: bytes) -> bool:

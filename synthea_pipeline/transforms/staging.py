@@ -1,9 +1,14 @@
 """Staging layer: typed, trimmed, deduplicated Parquet in the canonical schema of `tables.py`.
 
-Plain PySpark DataFrame code (runs on Sail, JVM Spark, Glue or EMR). Parsing never fails a job: a value that does
-not parse as its column's type becomes null and is counted per column (`unparseable_values`). Exact duplicate rows
-are dropped; rows that share a natural key but differ keep the one with the smallest content hash, so the choice
-does not depend on file order. Tables without a natural key get that hash as their key, `row_key`.
+Plain PySpark DataFrame code (runs on Sail, JVM Spark, Glue or EMR), reading the raw Parquet. Every raw row ends in
+exactly one place: staged, quarantined with a reason, or dropped as an exact duplicate of a staged row.
+- A value that does not parse in an optional column becomes null and is counted per column (`unparseable_values`).
+- A row whose required value is missing or does not parse is quarantined (`unparseable START: '2020-13-45'`), as
+  are the lines the raw pass could not split into fields.
+- Rows that share a natural key but differ keep one row, the most complete (most non-null values); among equally
+  complete rows the one written last in the upload (files in order, then lines), as a corrected line appended to
+  an export comes after the line it corrects. The others are quarantined as key conflicts.
+Tables without a natural key get the row's content hash as their key, `row_key`.
 """
 
 from __future__ import annotations
@@ -11,16 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import reduce
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from synthea_pipeline.tables import SPARK_TYPES, Table
+from synthea_pipeline.tables import SPARK_TYPES, UNKNOWN_MEMBER_KEY, Table
 from synthea_pipeline.transforms.lake import discard, filesystem_for, staging_area
-from synthea_pipeline.transforms.raw import RawResult
+from synthea_pipeline.transforms.raw import RawResult, raw_file_name
 
 SPARK_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -47,16 +52,25 @@ KEY_SEPARATOR = "\x1f"
 NULL_MARK = "\x00"
 
 
+KEY_CONFLICT = "key conflict with kept row"
+QUARANTINE_SCHEMA = pa.schema([("table_name", pa.string()), ("upload_id", pa.string()), ("file", pa.string()),
+                               ("line_number", pa.int64()), ("reason", pa.string()), ("text", pa.string())])
+"""One quarantined row: where it was (table, upload, file, line), why it was not staged and its text."""
+LINE_SPAN = 10**12
+"""Positions in an upload are file index x LINE_SPAN + line number: one number orders every row."""
+
+
 @dataclass
 class StagingResult:
+    """The row account of one staged table: rows_read = rows_out + quarantined + duplicates_dropped."""
+
     table: str
     rows_read: int
     rows_out: int
+    quarantined: int = 0
+    duplicates_dropped: int = 0
     unparseable_values: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def duplicates_dropped(self) -> int:
-        return self.rows_read - self.rows_out
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +104,8 @@ def _typed(value: Column, column_type: str, sql_name: str) -> Column:
         return mapped.otherwise(value)
     if column_type == "date":
         return F.to_date(value, "yyyy-MM-dd")
+    if column_type == "double":
+        return F.expr(f"try_cast({sql_name} as double)") + F.lit(0.0)
     if column_type == "timestamp":
         return F.coalesce(F.to_timestamp(value, TIMESTAMP_FORMAT), F.to_timestamp(value, "yyyy-MM-dd"))
     if column_type == "year_or_timestamp":
@@ -99,88 +115,186 @@ def _typed(value: Column, column_type: str, sql_name: str) -> Column:
     return F.expr(f"try_cast({sql_name} as {SPARK_TYPES[column_type]})")
 
 
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
 def read_raw(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str) -> DataFrame:
-    """The raw CSV of one table with every canonical column as normalized text (missing ones as null)."""
+    """Every raw row of one table: each canonical column as normalized text (missing ones as null), with its
+    `_file`, `_line`, `_position` in the upload, the raw pass's `_reason` when it rejected the line, and
+    `_text`, the row as a line of text."""
     if raw.files:
-        schema = T.StructType([T.StructField(f"_c{i}", T.StringType()) for i in range(len(raw.header))])
-        frame = spark.read.csv([f"{raw_uri}/{f}" for f in raw.files], schema=schema, header=True, quote="\u0000")
-        by_name = {canonical: f"_c{raw.header.index(header)}" for header, canonical in raw.columns.items()}
+        frame = spark.read.parquet(*[f"{raw_uri}/{raw_file_name(f)}" for f in raw.files])
+        by_name = {canonical: raw.raw_columns[raw.header.index(header)] for header, canonical in raw.columns.items()}
         for column, holder in table.moved_when_absent:
             if column not in by_name and holder in by_name:
                 by_name[column] = by_name.pop(holder)
+        fields = [F.coalesce(F.col(_quoted(c)), F.lit("")) for c in raw.raw_columns]
+        text = F.coalesce(F.col("_text"), F.concat_ws(",", *fields))
+        file_index = F.element_at(F.create_map(*[F.lit(v) for i, f in enumerate(raw.files) for v in (f, i)]),
+                                  F.col("_file"))
     else:
-        frame = spark.createDataFrame([], T.StructType([T.StructField("_c0", T.StringType())]))
-        by_name = {}
+        frame = spark.createDataFrame([], "_file string, _line bigint, _reason string, _text string")
+        by_name, text, file_index = {}, F.col("_text"), F.lit(0)
     return frame.select(
-        [
-            (_normalized(F.col(by_name[name]), table, name) if name in by_name else F.lit(None).cast("string")).alias(
-                name
-            )
+        *[
+            (_normalized(F.col(_quoted(by_name[name])), table, name) if name in by_name
+             else F.lit(None).cast("string")).alias(name)
             for name in table.column_names
-        ]
+        ],
+        "_file",
+        "_line",
+        (file_index.cast("bigint") * LINE_SPAN + F.col("_line")).alias("_position"),
+        "_reason",
+        text.alias("_text"),
     )
 
 
+def rejection(table: Table) -> Column:
+    """Why a row that the raw pass accepted cannot be staged: its first required value that is missing or does
+    not parse as its type, or an id that names the marts' unknown member; null when it can be staged."""
+    problems = [
+        F.when(F.col(c.name).isNull(), F.lit(f"missing required {c.header}")).when(
+            _typed(F.col(c.name), c.type, f"`{c.name}`").isNull(),
+            F.concat(F.lit(f"unparseable {c.header}: '"), F.col(c.name), F.lit("'")),
+        )
+        for c in table.required_columns
+    ]
+    if "id" in table.key:
+        problems.append(F.when(F.col("id") == UNKNOWN_MEMBER_KEY, F.lit(
+            f"reserved id: '{UNKNOWN_MEMBER_KEY}' is the key of the marts' unknown members")))
+    return F.coalesce(*problems) if problems else F.lit(None).cast("string")
+
+
 def row_key(table: Table) -> Column:
-    """Hash of a row's values as text: the key of tables that have no natural key, and the tie-break between
-    rows sharing a natural key (there computed on typed columns, hence the cast)."""
+    """Hash of a row's values as text: the key of tables that have no natural key, and how key conflicts tell
+    one version of a row from another (there computed on typed columns, hence the cast)."""
     values = [F.coalesce(F.col(n).cast("string"), F.lit(NULL_MARK)) for n in table.column_names]
     return F.md5(F.concat_ws(KEY_SEPARATOR, *values))
 
 
-def type_columns(table: Table, text: DataFrame) -> DataFrame:
-    """Typed canonical columns, plus `row_key` for tables without a natural key."""
+def staging_schema(table: Table) -> str:
+    """The columns of a staging partition (DDL): the contract's, `row_key` when the table has no natural key,
+    and `upload_id`."""
+    columns = [f"`{c.name}` {c.spark_type}" for c in table.columns]
+    columns += [] if table.has_natural_key else ["row_key string"]
+    return ", ".join([*columns, "upload_id string"])
+
+
+def type_columns(table: Table, text: DataFrame, *carried: str) -> DataFrame:
+    """Typed canonical columns, plus `row_key` for tables without a natural key, plus the `carried` columns."""
     typed = [_typed(F.col(c.name), c.type, f"`{c.name}`").cast(c.spark_type).alias(c.name) for c in table.columns]
-    return text.select(*typed, *([] if table.has_natural_key else [row_key(table).alias("row_key")]))
+    return text.select(*typed, *([] if table.has_natural_key else [row_key(table).alias("row_key")]), *carried)
 
 
-def resolve_key_conflicts(table: Table, frame: DataFrame) -> DataFrame:
-    """Keep, per natural key, the row whose content hash is smallest."""
-    window = Window.partitionBy(*table.key).orderBy(row_key(table))
-    return frame.withColumn("_rank", F.row_number().over(window)).where("_rank = 1").drop("_rank")
-
-
-def read_stats(table: Table, text: DataFrame) -> tuple[int, dict[str, int]]:
-    """Rows Spark read, and per typed column how many non-null values did not parse."""
-    checked = [c for c in table.columns if c.type not in ("string", "code_system")]
-    sums = [F.count(F.lit(1)).alias("_rows")] + [
-        F.sum(
-            F.when(F.col(c.name).isNotNull() & _typed(F.col(c.name), c.type, f"`{c.name}`").isNull(), 1).otherwise(0)
-        ).alias(c.name)
+def read_stats(table: Table, lines: DataFrame) -> tuple[int, int, int, dict[str, int]]:
+    """Rows read, rows the raw pass rejected, rows rejected here (`_problem`), and per typed optional column how
+    many values of stageable rows did not parse."""
+    stageable = F.col("_reason").isNull() & F.col("_problem").isNull()
+    checked = [c for c in table.columns if c.type not in ("string", "code_system") and not c.required]
+    sums = [
+        F.count(F.lit(1)).alias("_rows"),
+        F.sum(F.col("_reason").isNotNull().cast("int")).alias("_raw_rejected"),
+        F.sum((F.col("_reason").isNull() & F.col("_problem").isNotNull()).cast("int")).alias("_rejected"),
+    ] + [
+        F.sum((stageable & F.col(c.name).isNotNull() & _typed(F.col(c.name), c.type, f"`{c.name}`").isNull())
+              .cast("int")).alias(c.name)
         for c in checked
     ]
-    row = text.agg(*sums).collect()[0]
-    return row["_rows"], {c.name: int(row[c.name]) for c in checked if row[c.name]}
+    row = lines.agg(*sums).collect()[0]
+    return (int(row["_rows"]), int(row["_raw_rejected"] or 0), int(row["_rejected"] or 0),
+            {c.name: int(row[c.name]) for c in checked if row[c.name]})
+
+
+def quarantine_rows(lines: DataFrame, reason: Column, table: str, upload_id: str) -> DataFrame:
+    return lines.select(F.lit(table).alias("table_name"), F.lit(upload_id).alias("upload_id"),
+                        F.col("_file").alias("file"), F.col("_line").alias("line_number"), reason.alias("reason"),
+                        F.col("_text").alias("text"))
+
+
+def key_conflict_losers(table: Table, staged: DataFrame, rows: DataFrame) -> DataFrame:
+    """Every line of the row versions that lose a key conflict, with its `_content` (the version's hash) and a
+    `_reason` naming the rule that decided. `staged` holds the distinct rows, `rows` every stageable row typed,
+    with `_file`, `_line`, `_position` and `_text`."""
+    renamed = [f"_key{i}" for i in range(len(table.key))]
+    conflicted = staged.groupBy(*table.key).count().where(F.col("count") > 1).select(
+        *[F.col(k).alias(r) for k, r in zip(table.key, renamed)])
+    matches = reduce(lambda a, b: a & b, [F.col(k).eqNullSafe(F.col(r)) for k, r in zip(table.key, renamed)])
+    filled = reduce(lambda a, b: a + b, [F.col(n).isNotNull().cast("int") for n in table.column_names])
+    candidates = rows.join(conflicted, matches, "left_semi").select(
+        "*", row_key(table).alias("_content"), filled.alias("_filled"))
+    versions = candidates.groupBy(*table.key, "_content", "_filled").agg(F.max("_position").alias("_last"))
+    by_key = Window.partitionBy(*table.key)
+    ranked = versions.select(
+        "_content", "_filled",
+        F.row_number().over(by_key.orderBy(F.col("_filled").desc(), F.col("_last").desc())).alias("_rank"),
+        F.max("_filled").over(by_key).alias("_kept_filled"),
+    )
+    losers = ranked.where(F.col("_rank") > 1).select(
+        "_content",
+        F.when(F.col("_filled") < F.col("_kept_filled"), F.lit(f"{KEY_CONFLICT}: the kept row is more complete"))
+        .otherwise(F.lit(f"{KEY_CONFLICT}: the kept row comes later in the upload")).alias("_reason"),
+    )
+    return candidates.join(losers, "_content")
 
 
 def stage_table(
-    spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, staging_uri: str, upload_id: str
-) -> tuple[StagingResult, StagingProfile, str]:
-    """Write one table's staging partition for one upload beside its final place and profile it; returns the
-    temporary location for the caller to `publish` once the profile passes its checks, or to `discard`.
+    spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, staging_uri: str, quarantine_uri: str,
+    upload_id: str,
+) -> tuple[StagingResult, StagingProfile, str, str]:
+    """Write one table's staging and quarantine partitions for one upload beside their final places and profile
+    them; returns the account, the profile and the two temporary locations for the caller to `publish` once the
+    profile passes its checks, or to `discard`.
 
-    Exact duplicates go in one `distinct`; rows that share a natural key but differ are rare, so the costlier
-    window that resolves them runs only when the written partition shows any."""
-    text = read_raw(spark, table, raw, raw_uri)
-    rows_read, unparseable = read_stats(table, text)
-    staged = type_columns(table, text).distinct().withColumn("upload_id", F.lit(upload_id))
+    Exact duplicates (rows equal once typed) go in one `distinct`; rows that share a natural key but differ are
+    rare, so the costlier window that resolves them runs only when the written partition shows any. The
+    quarantined count is read back from the written quarantine, so `rows_reconcile` fails if it lost a row."""
+    lines = read_raw(spark, table, raw, raw_uri).withColumn("_problem", rejection(table))
+    rows_read, raw_rejected, rejected, unparseable = read_stats(table, lines)
+    stageable = lines.where(F.col("_reason").isNull() & F.col("_problem").isNull())
+    staged = type_columns(table, stageable).distinct().withColumn("upload_id", F.lit(upload_id))
     temp = write_parquet(staged, staging_area(staging_uri))
     facts = profile(spark, table, temp)
+    quarantine = []
+    if raw_rejected or rejected:
+        quarantine.append(quarantine_rows(lines.where(F.col("_reason").isNotNull() | F.col("_problem").isNotNull()),
+                                          F.coalesce("_reason", "_problem"), table.name, upload_id))
+    superseded, losing_lines = None, 0
     if facts.key_duplicates and table.has_natural_key:
-        resolved = write_parquet(resolve_key_conflicts(table, spark.read.parquet(temp)), staging_area(staging_uri))
-        discard(temp)
-        temp, facts = resolved, profile(spark, table, resolved)
-    return StagingResult(table.name, rows_read, facts.rows, unparseable), facts, temp
+        rows = type_columns(table, stageable, "_file", "_line", "_position", "_text")
+        losers = key_conflict_losers(table, spark.read.parquet(temp), rows)
+        losing_lines = int(losers.count())
+        kept = spark.read.parquet(temp).withColumn("_content", row_key(table)).join(
+            losers.select("_content"), "_content", "left_anti").drop("_content")
+        superseded, temp = temp, write_parquet(kept, staging_area(staging_uri))
+        facts = profile(spark, table, temp)
+        quarantine.append(quarantine_rows(losers, F.col("_reason"), table.name, upload_id))
+    duplicates = rows_read - raw_rejected - rejected - losing_lines - facts.rows
+    quarantine_temp = staging_area(quarantine_uri)
+    reasons: dict[str, int] = {}
+    if quarantine:
+        write_parquet(reduce(lambda a, b: a.unionByName(b), quarantine), quarantine_temp)
+        categories = spark.read.parquet(quarantine_temp).groupBy(
+            F.split(F.col("reason"), ":").getItem(0).alias("category")).count().collect()
+        reasons = {row["category"]: int(row["count"]) for row in categories}
+    else:
+        write_empty_parquet(quarantine_temp, QUARANTINE_SCHEMA)
+    if superseded:
+        discard(superseded)
+    result = StagingResult(table.name, rows_read, facts.rows, sum(reasons.values()), duplicates, unparseable, reasons)
+    return result, facts, temp, quarantine_temp
 
 
 def staging_checks(table: Table, raw: RawResult, result: StagingResult, facts: StagingProfile
                    ) -> dict[str, tuple[bool, dict]]:
-    """The blocking checks of a staging partition: (passed, metadata) by check name."""
-    accounted = facts.rows + raw.quarantined + result.duplicates_dropped
+    """The blocking checks of a staging partition, (passed, metadata) by check name. Source-data problems are
+    quarantined before these run, so a failure means a bug in the pipeline, not in the upload."""
+    accounted = facts.rows + result.quarantined + result.duplicates_dropped
     return {
-        "rows_reconcile": (raw.rows_in == accounted, {
-            "rows_in": raw.rows_in, "rows_out": facts.rows, "quarantined": raw.quarantined,
-            "duplicates_dropped": result.duplicates_dropped, "unaccounted": raw.rows_in - accounted}),
+        "rows_reconcile": (raw.rows_in == accounted == result.rows_read, {
+            "rows_in": raw.rows_in, "rows_read_by_spark": result.rows_read, "rows_out": facts.rows,
+            "quarantined": result.quarantined, "duplicates_dropped": result.duplicates_dropped,
+            "unaccounted": raw.rows_in - accounted}),
         "key_unique": (facts.key_duplicates == 0, {"key": list(table.key), "duplicate_keys": facts.key_duplicates}),
         "required_not_null": (not any(facts.null_required.values()), {"null_counts": facts.null_required}),
     }
@@ -189,6 +303,11 @@ def staging_checks(table: Table, raw: RawResult, result: StagingResult, facts: S
 def write_parquet(frame: DataFrame, uri: str) -> str:
     frame.write.mode("overwrite").option("compression", "zstd").parquet(uri)
     _ensure_parquet(uri, to_arrow_schema(frame.schema))
+    return uri
+
+
+def write_empty_parquet(uri: str, schema: pa.Schema) -> str:
+    _ensure_parquet(uri, schema)
     return uri
 
 
