@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 
 from synthea_pipeline.resources.lake import DEFAULT_LAKE, LAKE_ENV
@@ -36,6 +37,21 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help='e.g. "SELECT * FROM bi_demographics" (default database: the marts)')
     query.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
     query.add_argument("--format", choices=("table", "csv"), default="table")
+    query.add_argument("--as-of", type=_timestamp, metavar="TIMESTAMP",
+                       help="read the marts as they were then (Iceberg time travel), e.g. 2026-11-27T09:30:00Z; "
+                       "UTC when no offset is given")
+    remove = commands.add_parser("remove", help="take an upload out of the lake, then rebuild the marts")
+    remove.add_argument("upload_id")
+    remove.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    remove.add_argument("--purge-source", action="store_true", help="also delete source/<upload_id>/")
+    remove.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
+    maintain = commands.add_parser("maintain", help="expire old Iceberg snapshots and delete files no one needs")
+    maintain.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    maintain.add_argument("--older-than", type=_duration, default=_duration("7d"), metavar="AGE",
+                          help="keep snapshots (time travel) and unreferenced files this recent, e.g. 7d or 12h "
+                          "(default: 7d; keep it longer than the longest run: files of runs still writing are "
+                          "younger than that)")
+    maintain.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
     deploy = commands.add_parser("deploy", help="upload the Spark job code and create or update the Glue jobs")
     deploy.add_argument("--bucket", required=True, help="bucket for the job code")
     deploy.add_argument("--prefix", default="code", help="key prefix for the job code (default: code)")
@@ -47,6 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _timestamp(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a timestamp: {text!r} (e.g. 2026-11-27T09:30:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _duration(text: str) -> dt.timedelta:
+    number, unit = text[:-1], text[-1:]
+    try:
+        return dt.timedelta(seconds=float(number) * DURATION_UNITS[unit])
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m, 0s)") from None
+
+
 def query_command(args: argparse.Namespace) -> int:
     import csv
 
@@ -54,7 +89,7 @@ def query_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.resources.lake import LakeResource
 
     try:
-        columns, rows = CatalogResource().query(LakeResource(root=args.lake).layout(), args.sql)
+        columns, rows = CatalogResource().query(LakeResource(root=args.lake).layout(), args.sql, args.as_of)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -97,10 +132,10 @@ def _print_report(report, lake_root: str) -> bool:
     print(f"{'table':<22}{'rows in':>10}{'quarantined':>13}{'duplicates':>12}{'rows out':>10}")
     for t in report.tables:
         print(f"{t.table:<22}{t.rows_in:>10}{t.quarantined:>13}{t.duplicates_dropped:>12}{t.rows_out:>10}")
-    print(f"staging Parquet: {lake_root}/staging/<table>/upload_id={report.upload_id}/")
+    print(f"staging (Iceberg): {lake_root}/staging/<table>/, load {report.run_id} of upload {report.upload_id}")
     if report.marts:
         print("marts (all uploads): " + ", ".join(f"{name} {rows}" for name, rows in report.marts.items()))
-        print(f"mart Parquet: {lake_root}/marts/<table>/")
+        print(f"marts (Iceberg): {lake_root}/marts/<table>/")
     for name, metadata in report.warnings.items():
         print(f"warning: {name}: {', '.join(f'{k} {v}' for k, v in metadata.items())}")
     if report.dashboard:
@@ -176,12 +211,44 @@ def backfill_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def remove_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.resources.lake import LakeResource
+    from synthea_pipeline.runs import remove
+
+    lake_root = LakeResource(root=args.lake).layout().root
+    try:
+        report = remove(validate_upload_id(args.upload_id), lake_root, engine=args.engine,
+                        purge_source=args.purge_source)
+    except (InvalidUploadId, KeyError, ValueError) as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    print(f"removed upload {args.upload_id} from {lake_root}" + (", and its source" if args.purge_source else ""))
+    return 0 if _print_report(report, lake_root) else 1
+
+
+def maintain_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.resources.lake import LakeResource
+    from synthea_pipeline.runs import maintain
+
+    lake_root = LakeResource(root=args.lake).layout().root
+    try:
+        summary = maintain(lake_root, args.older_than.total_seconds() / 86400, engine=args.engine)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"lake {lake_root}: deleted {summary['stale_loads']} stale loads and {summary['stale_builds']} stale "
+          f"builds; expired {summary['snapshots_expired']} snapshots older than {args.older_than}; deleted "
+          f"{summary['files_deleted']} files ({summary['bytes_deleted'] / 1e6:.1f} MB) in {summary['tables']} tables")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     args = _parser().parse_args(argv)
     commands = {"run": run_command, "upload": upload_command, "backfill": backfill_command,
-                "query": query_command, "deploy": deploy_command}
+                "query": query_command, "deploy": deploy_command, "remove": remove_command,
+                "maintain": maintain_command}
     try:
         return commands[args.command](args)
     except (BotoCoreError, ClientError) as error:

@@ -12,11 +12,17 @@ from pathlib import Path
 
 import dagster_pipes
 
+from synthea_pipeline.transforms.iceberg import GLUE_CATALOG
+
 SPARK_LAYERS = ("staging", "marts")
 PACKAGE_ZIP = "synthea_pipeline.zip"
 GLUE_VERSION = "5.0"
 EMR_RELEASE = "emr-7.5.0"
 PACKAGED = ("__init__.py", "tables.py", "transforms/*.py", "entrypoints/*.py")
+EMR_ICEBERG_JAR = "/usr/share/aws/iceberg/lib/iceberg-spark3-runtime.jar"
+"""Where EMR 7 ships Iceberg; EMR Serverless leaves it off the classpath unless `spark.jars` names it."""
+CODE_ARGUMENTS = ("--extra-py-files", "--datalake-formats", "--conf")
+"""The Glue job arguments the code needs, which `code_update` sets on an existing job too."""
 
 
 def entry_script(layer: str) -> str:
@@ -26,6 +32,30 @@ def entry_script(layer: str) -> str:
 
 def glue_job_name(prefix: str, layer: str) -> str:
     return f"{prefix}-{layer}"
+
+
+def iceberg_confs(bucket: str) -> list[str]:
+    """The Spark settings (key=value) the jobs need for the lake's Iceberg tables: Iceberg's SQL extensions
+    (DELETE, MERGE) and the catalog `glue` the layers name tables through (`transforms.iceberg`), Iceberg's
+    GlueCatalog with S3FileIO, as `resources.spark.jvm_iceberg_conf` sets up locally."""
+    catalog = f"spark.sql.catalog.{GLUE_CATALOG}"
+    return [
+        "spark.sql.extensions=org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
+        f"{catalog}=org.apache.iceberg.spark.SparkCatalog",
+        f"{catalog}.catalog-impl=org.apache.iceberg.aws.glue.GlueCatalog",
+        f"{catalog}.io-impl=org.apache.iceberg.aws.s3.S3FileIO",
+        f"{catalog}.warehouse=s3://{bucket}/",
+    ]
+
+
+def glue_conf_argument(bucket: str) -> str:
+    """Glue accepts a single `--conf` job argument: its value chains the other settings with ` --conf `."""
+    return " --conf ".join(iceberg_confs(bucket))
+
+
+def emr_iceberg_parameters(bucket: str) -> str:
+    """The `sparkSubmitParameters` an EMR Serverless run needs for the Iceberg tables: the jar, then the settings."""
+    return " ".join(f"--conf {conf}" for conf in (f"spark.jars={EMR_ICEBERG_JAR}", *iceberg_confs(bucket)))
 
 
 def build_package() -> bytes:
@@ -43,7 +73,7 @@ def build_package() -> bytes:
     return buffer.getvalue()
 
 
-def glue_job_definition(name: str, layer: str, code_uri: str, role_arn: str, workers: int) -> dict:
+def glue_job_definition(name: str, layer: str, code_uri: str, bucket: str, role_arn: str, workers: int) -> dict:
     return {
         "Name": name,
         "Description": f"synthea-pipeline {layer} layer (Dagster Pipes entry script)",
@@ -56,6 +86,8 @@ def glue_job_definition(name: str, layer: str, code_uri: str, role_arn: str, wor
         "Command": {"Name": "glueetl", "ScriptLocation": f"{code_uri}/{entry_script(layer)}", "PythonVersion": "3"},
         "DefaultArguments": {
             "--extra-py-files": f"{code_uri}/{PACKAGE_ZIP}",
+            "--datalake-formats": "iceberg",
+            "--conf": glue_conf_argument(bucket),
             "--job-language": "python",
             "--enable-metrics": "true",
             "--enable-continuous-cloudwatch-log": "true",
@@ -63,11 +95,13 @@ def glue_job_definition(name: str, layer: str, code_uri: str, role_arn: str, wor
     }
 
 
-def emr_serverless_settings(code_uri: str) -> dict:
+def emr_serverless_settings(code_uri: str, bucket: str) -> dict:
+    """What an EMR Serverless run of a layer needs; the engine passes the same `sparkSubmitParameters` itself."""
+    iceberg = emr_iceberg_parameters(bucket)
     return {
         "application": {"releaseLabel": EMR_RELEASE, "type": "SPARK", "name": "synthea-pipeline"},
         "entryPoints": {layer: f"{code_uri}/{entry_script(layer)}" for layer in SPARK_LAYERS},
-        "sparkSubmitParameters": f"--conf spark.submit.pyFiles={code_uri}/{PACKAGE_ZIP}",
+        "sparkSubmitParameters": f"--conf spark.submit.pyFiles={code_uri}/{PACKAGE_ZIP} {iceberg}",
         "environment": {"SYNTHEA_SPARK_ENGINE": "emr-serverless", "SYNTHEA_CODE_URI": code_uri,
                         "SYNTHEA_EMR_APPLICATION_ID": "<application id>",
                         "SYNTHEA_EMR_EXECUTION_ROLE_ARN": "<job role arn>"},
@@ -81,11 +115,12 @@ JOB_UPDATE_FIELDS = ("Description", "Role", "ExecutionProperty", "Command", "Def
 
 
 def code_update(existing: dict, wanted: dict, role_arn: str | None) -> dict:
-    """An existing job keeps its settings (workers, concurrency, role: the stack's); only the code moves."""
+    """An existing job keeps its settings (workers, concurrency, role: the stack's); only the code moves, with
+    the arguments it needs."""
     update = {k: v for k, v in existing.items() if k in JOB_UPDATE_FIELDS}
     update["Command"] = {**existing.get("Command", {}), "ScriptLocation": wanted["Command"]["ScriptLocation"]}
     update["DefaultArguments"] = {**existing.get("DefaultArguments", {}),
-                                  "--extra-py-files": wanted["DefaultArguments"]["--extra-py-files"]}
+                                  **{k: wanted["DefaultArguments"][k] for k in CODE_ARGUMENTS}}
     if role_arn:
         update["Role"] = role_arn
     return update
@@ -121,9 +156,9 @@ def deploy(bucket: str, prefix: str = "code", job_prefix: str = "synthea-pipelin
     scripts = {entry_script(layer): (Path(str(resources.files("synthea_pipeline"))) / "entrypoints"
                                      / entry_script(layer)).read_bytes() for layer in SPARK_LAYERS}
     plan = DeployPlan(code_uri, uploads={PACKAGE_ZIP: len(package), **{n: len(b) for n, b in scripts.items()}},
-                      emr_serverless=emr_serverless_settings(code_uri))
+                      emr_serverless=emr_serverless_settings(code_uri, bucket))
     plan.glue_jobs = {glue_job_name(job_prefix, layer): glue_job_definition(
-        glue_job_name(job_prefix, layer), layer, code_uri, role_arn or "<the job's role>", workers)
+        glue_job_name(job_prefix, layer), layer, code_uri, bucket, role_arn or "<the job's role>", workers)
         for layer in SPARK_LAYERS}
     if dry_run:
         return plan

@@ -1,13 +1,34 @@
-"""The job every upload runs: all layers for one partition, then the marts over every upload."""
+"""The jobs: every upload's run, the marts rebuild, and the lake's upkeep."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, define_asset_job, in_process_executor, job
 
+from synthea_pipeline.ops import clean_lake, remove_upload_from_lake
 from synthea_pipeline.partitions import uploads_partitions
 
 ingest_upload_job = define_asset_job(
     "ingest_upload",
     selection=AssetSelection.all(),
     partitions_def=uploads_partitions,
+    executor_def=in_process_executor,
     description="Carries one upload through every layer, then rebuilds the marts over all uploads, registers the "
-    "catalog and redraws the dashboard.",
+    "catalog and redraws the dashboard. Its steps run one after another in one process, which starts one Spark "
+    "session for the run (a process per step would start one per step).",
 )
+
+rebuild_marts_job = define_asset_job(
+    "rebuild_marts",
+    selection=AssetSelection.groups("marts", "bi", "reports"),
+    executor_def=in_process_executor,
+    description="Rebuilds the marts over every upload in the lake, registers the catalog and redraws the "
+    "dashboard; started after an upload is removed.",
+)
+
+
+@job(name="remove_upload", partitions_def=uploads_partitions, description="Takes one upload (partition) out of the lake; the marts are rebuilt by the run it triggers.")
+def remove_upload_job():
+    remove_upload_from_lake()
+
+
+@job(name="maintain_lake", description="The lake's upkeep: stale loads and builds, old snapshots and unreachable files.")
+def maintain_lake_job():
+    clean_lake()

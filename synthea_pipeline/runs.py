@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -10,10 +11,13 @@ from pathlib import Path
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from synthea_pipeline.definitions import defs
-from synthea_pipeline.jobs import ingest_upload_job
+from synthea_pipeline.jobs import ingest_upload_job, maintain_lake_job, rebuild_marts_job, remove_upload_job
+from synthea_pipeline.launcher import HOST_TAG, mark_dead_runs
 from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import REMOTE_ENGINES, SparkResource
+from synthea_pipeline.transforms.catalog import defined_views
 from synthea_pipeline.transforms.uploads import upload_export
 
 SAMPLE_DIR = Path(str(resources.files("synthea_pipeline") / "samples" / "v3.3_au_11p"))
@@ -46,14 +50,17 @@ class RunReport:
 
 
 def dagster_instance() -> DagsterInstance:
-    """The instance in DAGSTER_HOME, else the local one in ./.dagster; created on first use."""
+    """The instance in DAGSTER_HOME, else the local one in ./.dagster; created on first use. Runs of this host
+    left STARTED by a process that died are marked failed first."""
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).absolute()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+    instance = DagsterInstance.get()
+    mark_dead_runs(instance)
+    return instance
 
 
 def run_upload(
@@ -81,10 +88,20 @@ def run_upload(
 def check_engine(spark: SparkResource, lake_root: str) -> None:
     """Refuse engine and lake combinations that cannot work, before anything is written."""
     engine = spark.resolved_engine()
-    if lake_root.startswith("s3://") and engine == "local-jvm":
-        raise ValueError("the local-jvm engine cannot read s3:// (no hadoop-aws jars): use --engine sail")
     if not lake_root.startswith("s3://") and engine in REMOTE_ENGINES:
         raise ValueError(f"the {engine} engine needs the lake on S3: --lake s3://bucket/prefix")
+
+
+def lake_uploads(lake_root: str) -> list[str]:
+    """The uploads in the lake (its uploads log), in the order they entered it; the lake, not the Dagster
+    instance, is the source of truth."""
+    catalog = CatalogResource()
+    databases = catalog.databases()
+    with catalog.open(LakeResource(root=lake_root).layout()) as engine:
+        if (databases.staging, "uploads") not in defined_views(engine, databases):
+            return []
+        return [row[0] for row in engine.execute(
+            f"SELECT upload_id FROM {databases.staging}.uploads ORDER BY registered_at, upload_id").fetchall()]
 
 
 def backfill(
@@ -94,17 +111,19 @@ def backfill(
     instance: DagsterInstance | None = None,
     include_identifiers: bool = False,
 ) -> list[RunReport]:
-    """Recompute the partitions of the given uploads (all registered uploads when None) from their source
-    folders, in registration order, then the marts, catalog and dashboard once: the marts end up as if the
-    uploads had arrived in that order. Stops at the first failed upload, leaving the marts as they were."""
+    """Recompute the given uploads (every upload in the lake when None) from their source folders, in the order
+    they entered the lake, then the marts, catalog and dashboard once: the marts end up as if the uploads had
+    arrived in that order. Stops at the first failed upload, leaving the marts as they were. Uploads missing
+    from the Dagster instance (a new instance, another folder) are registered again."""
     instance = instance or dagster_instance()
-    registered = instance.get_dynamic_partitions(uploads_partitions.name)
-    unknown = sorted(set(upload_ids or []) - set(registered))
+    in_lake = lake_uploads(lake_root)
+    unknown = sorted(set(upload_ids or []) - set(in_lake))
     if unknown:
-        raise KeyError(f"not registered uploads: {', '.join(unknown)} (registered: {', '.join(registered) or 'none'})")
-    selected = [u for u in registered if upload_ids is None or u in upload_ids]
+        raise KeyError(f"uploads not in the lake: {', '.join(unknown)} (in the lake: {', '.join(in_lake) or 'none'})")
+    selected = [u for u in in_lake if upload_ids is None or u in upload_ids]
     if not selected:
-        raise KeyError("no uploads are registered in this Dagster instance: run or upload one first")
+        raise KeyError(f"the lake {lake_root} holds no uploads: run or upload one first")
+    instance.add_dynamic_partitions(uploads_partitions.name, selected)
     lake_resource = LakeResource(root=lake_root)
     spark = SparkResource(engine=engine)
     check_engine(spark, lake_root)
@@ -117,22 +136,59 @@ def backfill(
     return reports
 
 
+def remove(upload_id: str, lake_root: str, engine: str | None = None, instance: DagsterInstance | None = None,
+           purge_source: bool = False) -> RunReport:
+    """Take an upload out of the lake (and its Dagster partition), then rebuild the marts, catalog and
+    dashboard, in this process. KeyError when neither the lake nor the instance knows the upload."""
+    instance = instance or dagster_instance()
+    in_lake = lake_uploads(lake_root)
+    if upload_id not in in_lake and not instance.has_dynamic_partition(uploads_partitions.name, upload_id):
+        raise KeyError(f"upload {upload_id} is not in the lake (in the lake: {', '.join(in_lake) or 'none'})")
+    instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
+    lake_resource = LakeResource(root=lake_root)
+    spark = SparkResource(engine=engine)
+    removal = _run_job(remove_upload_job, lake_resource, spark, instance, partition_key=upload_id,
+                       ops={"remove_upload_from_lake": {"config": {"purge_source": purge_source}}})
+    if not removal.success:
+        return _report(removal, upload_id)
+    return _report(_run_job(rebuild_marts_job, lake_resource, spark, instance), upload_id)
+
+
+def maintain(lake_root: str, older_than_days: float, engine: str | None = None,
+             instance: DagsterInstance | None = None) -> dict:
+    """The lake's upkeep in this process; returns what was deleted and expired."""
+    result = _run_job(maintain_lake_job, LakeResource(root=lake_root), SparkResource(engine=engine),
+                      instance or dagster_instance(), ops={"clean_lake": {"config": {"older_than_days": older_than_days}}})
+    if not result.success:
+        raise RuntimeError("; ".join(_report(result, "").errors))
+    return result.output_for_node("clean_lake")
+
+
+def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: DagsterInstance,
+             partition_key: str | None = None, asset_selection=None, ops: dict | None = None
+             ) -> ExecuteInProcessResult:
+    """One job of the project's definitions, in this process, on this lake and engine; tagged with this host,
+    so a later start finds it if this process dies (`launcher.mark_dead_runs`)."""
+    job = Definitions(
+        assets=defs.assets, jobs=defs.jobs, resources={**defs.resources, "lake": lake, "spark": spark}
+    ).resolve_job_def(job_def.name)
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        asset_selection=asset_selection(job) if asset_selection else None,
+        raise_on_error=False,
+        tags={HOST_TAG: socket.gethostname()},
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **({"ops": ops} if ops else {})},
+    )
+
+
 def _execute(upload_id: str, lake: LakeResource, spark: SparkResource, instance: DagsterInstance,
              include_identifiers: bool, with_marts: bool = True) -> RunReport:
-    job = Definitions(
-        assets=defs.assets, jobs=[ingest_upload_job], resources={**defs.resources, "lake": lake, "spark": spark}
-    ).resolve_job_def(ingest_upload_job.name)
-    selection = None if with_marts else [key for key in job.asset_layer.executable_asset_keys
-                                         if key.path[0] in PARTITIONED_LAYERS]
-    result = job.execute_in_process(
-        instance=instance,
-        partition_key=upload_id,
-        asset_selection=selection,
-        raise_on_error=False,
-        run_config={
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            **({"ops": {"marts": {"config": {"include_identifiers": include_identifiers}}}} if with_marts else {}),
-        },
+    result = _run_job(
+        ingest_upload_job, lake, spark, instance, partition_key=upload_id,
+        asset_selection=None if with_marts else lambda job: [
+            key for key in job.asset_layer.executable_asset_keys if key.path[0] in PARTITIONED_LAYERS],
+        ops={"marts": {"config": {"include_identifiers": include_identifiers}}} if with_marts else None,
     )
     return _report(result, upload_id)
 

@@ -1,5 +1,6 @@
 """The upload sensor (the original design's Lambda trigger): each complete, new upload under `source/` becomes a
-dynamic partition and one run of `ingest_upload`."""
+dynamic partition and one run of `ingest_upload`. And the sensor that rebuilds the marts once an upload is
+removed."""
 
 import os
 import time
@@ -7,15 +8,18 @@ import time
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunStatusSensorContext,
     SensorEvaluationContext,
     SensorResult,
+    run_status_sensor,
     sensor,
 )
 
 from synthea_pipeline.assets.ingest import CHECKSUM_TAG
-from synthea_pipeline.jobs import ingest_upload_job
+from synthea_pipeline.jobs import ingest_upload_job, rebuild_marts_job, remove_upload_job
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.transforms.uploads import ReadyUpload, UploadWatcher
@@ -27,7 +31,10 @@ UPLOAD_MARKER_ASSET = AssetKey(["source", "patients"])
 
 def processed_checksum(context: SensorEvaluationContext, upload_id: str) -> str | None:
     """The content checksum the latest materialization of this upload recorded, whoever started it (this
-    sensor, `synthea-pipeline run`, a backfill)."""
+    sensor, `synthea-pipeline run`, a backfill); none once the upload was removed (its partition is gone), so
+    the same content uploaded again runs again."""
+    if not context.instance.has_dynamic_partition(uploads_partitions.name, upload_id):
+        return None
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=UPLOAD_MARKER_ASSET, asset_partitions=[upload_id]), limit=1
     ).records
@@ -72,3 +79,15 @@ def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> Senso
         cursor=outcome.cursor,
         skip_reason=None if launch else summary + "".join(f"; {u}: {why}" for u, why in outcome.skipped.items()),
     )
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    monitored_jobs=[remove_upload_job],
+    request_job=rebuild_marts_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Rebuilds the marts, catalog and dashboard after an upload is removed from the lake.",
+)
+def rebuild_marts_after_removal(context: RunStatusSensorContext) -> RunRequest:
+    return RunRequest(run_key=context.dagster_run.run_id,
+                      tags={"synthea/removed_upload": context.dagster_run.tags.get("dagster/partition", "")})

@@ -129,6 +129,7 @@ class LocalEMRServerless:
         self.moto = boto3.client("emr-serverless")
         self.runner = runner
         self.cancelled: list[str] = []
+        self.submitted: list[dict] = []
 
     def __getattr__(self, name):
         return getattr(self.moto, name)
@@ -138,6 +139,7 @@ class LocalEMRServerless:
         submit = jobDriver["sparkSubmit"]
         confs = dict(part.split("=", 1) for flag, part in zip(*[iter(shlex.split(submit["sparkSubmitParameters"]))] * 2)
                      if flag == "--conf")
+        self.submitted.append(confs)
         env = {k[len("spark.emr-serverless.driverEnv."):]: v for k, v in confs.items()
                if k.startswith("spark.emr-serverless.driverEnv.")}
         run_id = self.runner.start(submit["entryPoint"], confs["spark.submit.pyFiles"],

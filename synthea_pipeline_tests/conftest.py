@@ -6,10 +6,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from dagster import instance_for_test
 
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.runs import SAMPLE_DIR
+from synthea_pipeline.transforms.catalog import iceberg_sources
+from synthea_pipeline.transforms.lake import Lake
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = {
@@ -90,6 +94,39 @@ def instance():
         yield instance
 
 
+_CATALOGS: dict[tuple, object] = {}
+
+
+def catalog_rows(lake: Lake, sql: str) -> pa.Table:
+    """What a reader of the catalog gets for `sql`: the committed rows, through the catalog views. The views
+    read the tables' current state at each query, so one embedded catalog per lake (and set of tables) serves
+    every test of a module."""
+    catalog = CatalogResource()
+    databases = catalog.databases()
+    sources = iceberg_sources(databases.iceberg_lake(lake.root, "path"))
+    key = (lake.root, tuple(sorted(sources)))
+    if key not in _CATALOGS:
+        _CATALOGS[key] = catalog.open(lake)
+    return _CATALOGS[key].sql(sql).to_arrow_table()
+
+
+def staged(lake: Lake, upload_id: str, table: str) -> pa.Table:
+    """An upload's committed staging rows of one table (without the load id)."""
+    return catalog_rows(lake, f"SELECT * EXCLUDE (load_id) FROM synthea_staging.{table} WHERE upload_id = '{upload_id}'")
+
+
+def quarantined(lake: Lake, upload_id: str, table: str) -> list[dict]:
+    return catalog_rows(lake, f"SELECT * FROM synthea_staging.quarantine WHERE upload_id = '{upload_id}' "
+                              f"AND table_name = '{table}' ORDER BY line_number").to_pylist()
+
+
+def mart(lake: Lake, name: str) -> pa.Table:
+    """The committed build of one mart, sorted by its key."""
+    from synthea_pipeline.transforms.marts import MARTS
+
+    return catalog_rows(lake, f"SELECT * FROM synthea_marts.{name} ORDER BY {MARTS[name].key}")
+
+
 def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and data rows of a Synthea CSV, read with the csv module (independent of the pipeline)."""
     with open(path, newline="", encoding="utf-8") as handle:
@@ -100,8 +137,12 @@ def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
 @pytest.fixture(scope="module")
 def moto_endpoint():
     """A moto server on a free port, with the environment pointing boto3, pyarrow and Sail at it for the
-    module's tests (dummy credentials, plain HTTP)."""
+    module's tests (dummy credentials, plain HTTP). moto keeps its state per process, not per server: it is
+    reset, so no module sees another's buckets or Glue tables."""
+    from moto.moto_api import _internal
     from moto.server import ThreadedMotoServer
+
+    _internal.models.moto_api_backend.reset()
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

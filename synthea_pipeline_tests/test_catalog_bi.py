@@ -1,9 +1,7 @@
 """Catalog, BI views and dashboard: the views' numbers against counts made straight from the sample CSVs, the
-same Athena SQL on a second engine (Spark SQL on Sail), Glue Data Catalog registration on a moto server, the
-`query` command, and the dashboard in a real headless Chromium without network."""
+same Athena SQL on a second engine (Spark SQL on Sail), every catalog view validated as Athena SQL, the `query`
+command, and the dashboard in a real headless Chromium without network. The Glue side is in test_s3_lake."""
 
-import base64
-import json
 import re
 import shutil
 import subprocess
@@ -12,7 +10,6 @@ from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
 
-import boto3
 import pytest
 import sqlglot
 from dagster import AssetKey
@@ -21,9 +18,11 @@ from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, view_sql
+from synthea_pipeline.transforms.catalog import Databases, catalog_views
+from synthea_pipeline.transforms.iceberg import LOCKS_FOLDER
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
-from synthea_pipeline_tests.conftest import read_rows
+from synthea_pipeline_tests.conftest import catalog_rows, read_rows
 
 
 def csv_rows(name: str) -> list[dict]:
@@ -91,14 +90,18 @@ def test_medication_insights_total_costs_and_coverage(views):
 
 
 def test_views_give_identical_results_on_spark_sql(lake, views):
-    """The same Athena SQL, transpiled to Spark SQL and run on Sail over the mart Parquet."""
+    """The same Athena SQL, transpiled to Spark SQL and run on Sail over the committed build of the mart tables."""
+    from pyspark.sql import functions as F
+
     from synthea_pipeline.resources.spark import SparkResource
 
+    [build] = catalog_rows(lake, "SELECT build_id FROM synthea_marts.current_build").column("build_id").to_pylist()
     spark_resource = SparkResource(engine="sail")
-    spark = spark_resource.get_session()
+    spark = spark_resource.get_session(lake.root)
     try:
-        for mart in MARTS:
-            spark.read.parquet(lake.uri("marts", mart)).createOrReplaceTempView(mart)
+        for name in MARTS:
+            table = spark.read.format("iceberg").load(lake.uri("marts", name))
+            table.where(F.col("build_id") == build).drop("build_id").createOrReplaceTempView(name)
         for view in BI_VIEWS:
             sql = sqlglot.transpile(view_sql(view).replace("synthea_marts.", ""), read="trino", write="spark")[0]
             on_spark = [tuple(row) for row in spark.sql(sql).collect()]
@@ -132,63 +135,24 @@ def test_query_command_reads_the_local_catalog(lake):
     assert bad.returncode == 1 and "nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_glue_catalog_registration_is_typed_partitioned_and_idempotent(lake, moto_endpoint):
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="catalog-lake")
-    s3_lake = Lake("s3://catalog-lake/lake")
-    for layer in ("staging", "quarantine", "marts"):
-        for path in Path(lake.uri(layer)).rglob("*.parquet"):
-            s3.upload_file(str(path), "catalog-lake", f"lake/{path.relative_to(lake.root).as_posix()}")
-    catalog, glue = CatalogResource(), boto3.client("glue")
-    engine = catalog.open(s3_lake)
-    first = catalog.register(s3_lake, engine)
-    assert set(first.values()) == {"created"} and len(first) == len(TABLES) + 1 + len(MARTS) + len(BI_VIEWS)
-
-    patients = glue.get_table(DatabaseName="synthea_staging", Name="patients")["Table"]
-    columns = {c["Name"]: c["Type"] for c in patients["StorageDescriptor"]["Columns"]}
-    assert columns == {c.name: c.spark_type for c in TABLES["patients"].columns}
-    assert patients["PartitionKeys"] == [{"Name": "upload_id", "Type": "string"}]
-    [partition] = glue.get_partitions(DatabaseName="synthea_staging", TableName="patients")["Partitions"]
-    assert partition["Values"] == ["u1"]
-    assert partition["StorageDescriptor"]["Location"] == "s3://catalog-lake/lake/staging/patients/upload_id=u1/"
-    assert partition["StorageDescriptor"]["Columns"] == patients["StorageDescriptor"]["Columns"]
-    quarantine = glue.get_table(DatabaseName="synthea_staging", Name="quarantine")["Table"]
-    assert [k["Name"] for k in quarantine["PartitionKeys"]] == ["table_name", "upload_id"]
-    assert [c["Name"] for c in quarantine["StorageDescriptor"]["Columns"]] == ["file", "line_number", "reason", "text"]
-    partitions = glue.get_partitions(DatabaseName="synthea_staging", TableName="quarantine")["Partitions"]
-    assert sorted(p["Values"][0] for p in partitions) == sorted(TABLES)
-    assert {p["StorageDescriptor"]["Location"] for p in partitions if p["Values"] == ["encounters", "u1"]} == {
-        "s3://catalog-lake/lake/quarantine/encounters/upload_id=u1/"}
-    fact = glue.get_table(DatabaseName="synthea_marts", Name="patient_fact")["Table"]["StorageDescriptor"]["Columns"]
-    assert {"Name": "total_claim_cost", "Type": "decimal(18,2)"} in fact and {"Name": "age", "Type": "int"} in fact
-
-    view = glue.get_table(DatabaseName="synthea_marts", Name="bi_medication_insights")["Table"]
-    assert view["TableType"] == "VIRTUAL_VIEW"
-    encoded = re.fullmatch(r"/\* Presto View: (.+) \*/", view["ViewOriginalText"]).group(1)
-    presto = json.loads(base64.b64decode(encoded))
-    assert sqlglot.parse_one(presto["originalSql"], read="trino").find(sqlglot.exp.Table).name == "medication_dim"
-    assert {"name": "total_cost", "type": "decimal(38,2)"} in presto["columns"]
-
-    snapshot = lambda: (glue.get_tables(DatabaseName="synthea_marts")["TableList"],
-                        glue.get_tables(DatabaseName="synthea_staging")["TableList"],
-                        glue.get_partitions(DatabaseName="synthea_staging", TableName="patients")["Partitions"],
-                        glue.get_partitions(DatabaseName="synthea_staging", TableName="quarantine")["Partitions"])
-    before = snapshot()
-    again = catalog.register(s3_lake, engine)
-    assert set(again.values()) == {"unchanged"}
-    assert snapshot() == before
-
-
-def test_every_view_is_valid_athena_sql_over_the_marts(lake):
-    """Each view parses as Trino SQL and every column it names exists in the marts it reads."""
+def test_every_view_is_valid_athena_sql_over_the_tables_it_reads(lake):
+    """Each catalog view (staging, marts, BI) parses as Trino SQL and every column it names exists in what it
+    reads: the Iceberg tables' columns as the embedded engine sees them, and the views before it."""
     from sqlglot.optimizer.qualify import qualify
 
-    from synthea_pipeline.transforms.catalog import hive_type, mart_schema
-
-    schema = {"synthea_marts": {m: {f.name: hive_type(f.type) for f in mart_schema(lake, m)} for m in MARTS}}
-    for view in BI_VIEWS:
-        qualify(sqlglot.parse_one(view_sql(view), read="trino"), schema=schema, dialect="trino",
-                validate_qualify_columns=True)
+    databases = Databases()
+    with CatalogResource().open(lake) as engine:
+        schema = {}
+        for database in (databases.staging_iceberg, databases.marts_iceberg, databases.staging, databases.marts):
+            for (name,) in engine.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = ?",
+                                          [database]).fetchall():
+                schema.setdefault(database, {})[name] = {
+                    column: "varchar" for column, *_ in engine.execute(f"DESCRIBE {database}.{name}").fetchall()}
+        mart_columns = {m: list(schema[databases.marts_iceberg][m]) for m in MARTS}
+    views = catalog_views(databases, mart_columns, includes_identifiers=False)
+    assert len(views) == 1 + len(TABLES) + 1 + 1 + len(MARTS) + len(BI_VIEWS)
+    for sql in views.values():
+        qualify(sqlglot.parse_one(sql, read="trino"), schema=schema, dialect="trino", validate_qualify_columns=True)
     with pytest.raises(sqlglot.errors.OptimizeError, match="Unknown column: sex"):
         qualify(sqlglot.parse_one(view_sql("bi_demographics").replace("p.gender", "p.sex", 1), read="trino"),
                 schema=schema, dialect="trino", validate_qualify_columns=True)
@@ -221,6 +185,7 @@ def test_orchestrator_policy_covers_every_folder_a_run_writes(lake):
 
     policy = yaml.load(TEMPLATE.read_text(), Loader=CloudFormationLoader)["Resources"]["OrchestratorPolicy"]
     granted = object_prefixes(policy, {"s3:PutObject"})
-    written = {f"{path.name}/*" for path in Path(lake.root).iterdir() if path.is_dir()}
+    written = {f"{path.name}/*" for path in Path(lake.root).iterdir()
+               if path.is_dir() and path.name != LOCKS_FOLDER}  # commit locks: local lakes only
     assert written >= {"source/*", "raw/*", "staging/*", "marts/*", "reports/*"}
     assert written <= granted

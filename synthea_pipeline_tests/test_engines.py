@@ -1,14 +1,13 @@
 """The same transforms on Sail and on JVM Spark give the same staging tables, quarantine and marts, row for row,
 on an export with row-level defects (key conflicts, bad required values, a repeated header, split files)."""
 
-import pyarrow.parquet as pq
 import pytest
 
 from synthea_pipeline.runs import run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
-from synthea_pipeline_tests.conftest import SAMPLES, defective_export
+from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, defective_export, mart, staged
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +24,13 @@ def lakes(instance, tmp_path_factory):
 
 
 def sorted_rows(lake: Lake, table: str, layer: str = "staging"):
-    path = lake.uri(layer, table) if layer == "marts" else lake.partition(layer, table, "engines")
-    frame = pq.read_table(path)
+    if layer == "marts":
+        frame = mart(lake, table)
+    elif layer == "staging":
+        frame = staged(lake, "engines", table)
+    else:
+        frame = catalog_rows(lake, "SELECT * EXCLUDE (load_id) FROM synthea_staging.quarantine "
+                                   f"WHERE table_name = '{table}'")
     return frame.schema, frame.sort_by([(c, "ascending") for c in frame.column_names]).to_pylist()
 
 

@@ -3,14 +3,13 @@
 import datetime as dt
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey
 
 from synthea_pipeline.runs import run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline_tests.conftest import SAMPLES, read_rows
+from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, read_rows, staged
 
 ARROW_TYPES = {"string": "string", "date": "date32[day]", "timestamp": "timestamp[us, tz=UTC]",
                "decimal(18,2)": "decimal128(18, 2)", "double": "double", "int": "int32"}
@@ -31,8 +30,8 @@ def reports(instance, lake):
             for release, folder in SAMPLES.items()}
 
 
-def staged(lake, release, table):
-    return pq.read_table(lake.staging_path(upload_id(release), table))
+def staged_sample(lake, release, table):
+    return staged(lake, upload_id(release), table)
 
 
 def expected_rows(folder: Path, table: str) -> int:
@@ -64,7 +63,7 @@ def test_staging_row_counts_match_the_files(reports, lake, release):
     assert set(accounts) == set(TABLES)
     for table in TABLES:
         expected = expected_rows(SAMPLES[release], table)
-        assert staged(lake, release, table).num_rows == accounts[table].rows_out == expected, table
+        assert staged_sample(lake, release, table).num_rows == accounts[table].rows_out == expected, table
         account = accounts[table]
         assert account.rows_in == account.rows_out + account.quarantined + account.duplicates_dropped
 
@@ -78,7 +77,7 @@ def test_known_duplicates_are_dropped(reports):
 @pytest.mark.parametrize("release", SAMPLES)
 def test_schema_is_the_contract_for_every_release(reports, lake, release):
     for table in TABLES:
-        schema = staged(lake, release, table).schema
+        schema = staged_sample(lake, release, table).schema
         spec = TABLES[table]
         assert schema.names == spec.column_names + ([] if spec.has_natural_key else ["row_key"]) + ["upload_id"]
         for column in spec.columns:
@@ -89,25 +88,25 @@ def test_schema_is_the_contract_for_every_release(reports, lake, release):
 def test_keys_are_unique(reports, lake, release):
     for table in TABLES:
         spec = TABLES[table]
-        rows = staged(lake, release, table).select(list(spec.key)).to_pylist()
+        rows = staged_sample(lake, release, table).select(list(spec.key)).to_pylist()
         assert len({tuple(r.values()) for r in rows}) == len(rows), table
 
 
 def test_harmonized_columns(reports, lake):
-    procedures = staged(lake, "2.7", "procedures")
+    procedures = staged_sample(lake, "2.7", "procedures")
     assert procedures.column("start").null_count == 0 and procedures.column("stop").null_count == procedures.num_rows
-    transitions = staged(lake, "2.7", "payer_transitions").to_pylist()
+    transitions = staged_sample(lake, "2.7", "payer_transitions").to_pylist()
     _, source = read_rows(SAMPLES["2.7"] / "payer_transitions.csv")
     assert sorted(t["start_date"] for t in transitions) == sorted(
         dt.datetime(int(r[1]), 1, 1, tzinfo=dt.timezone.utc) for r in source)
-    v30 = staged(lake, "3.0", "payer_transitions")
+    v30 = staged_sample(lake, "3.0", "payer_transitions")
     assert v30.column("start_date").null_count == 0 and v30.column("owner_name").null_count < v30.num_rows
-    assert staged(lake, "2.7", "patients").column("middle").null_count == 10
-    claims = staged(lake, "3.0", "claims").column("primarypatientinsuranceid").to_pylist()
+    assert staged_sample(lake, "2.7", "patients").column("middle").null_count == 10
+    claims = staged_sample(lake, "3.0", "claims").column("primarypatientinsuranceid").to_pylist()
     assert "0" not in claims and None in claims
-    conditions = staged(lake, "3.3-3.4", "conditions").column("system").to_pylist()
+    conditions = staged_sample(lake, "3.3-3.4", "conditions").column("system").to_pylist()
     assert set(conditions) == {"SNOMED-CT"}
-    payers = staged(lake, "3.0", "payers").column("qols_avg").to_pylist()
+    payers = staged_sample(lake, "3.0", "payers").column("qols_avg").to_pylist()
     assert None in payers and all(p is None or p == p for p in payers)
 
 
@@ -120,14 +119,21 @@ def test_materializations_carry_account_and_schema(reports, instance):
     assert [c.name for c in metadata["dagster/column_schema"].value.columns][:3] == ["date", "patient", "encounter"]
 
 
-def test_rerun_replaces_partitions(reports, instance, lake):
-    before = {t: staged(lake, "3.0", t) for t in TABLES}
+def test_rerun_replaces_an_upload_with_a_new_load(reports, instance, lake):
+    before = {t: staged_sample(lake, "3.0", t) for t in TABLES}
+    loads = lambda: catalog_rows(lake, "SELECT upload_id, load_id FROM synthea_staging.uploads ORDER BY 1").to_pylist()
+    first = loads()
     again = run_upload(str(SAMPLES["3.0"]), lake.root, upload_id("3.0"), instance=instance)
     assert again.success
     for table in TABLES:
-        after = staged(lake, "3.0", table)
+        after = staged_sample(lake, "3.0", table)
         assert after.num_rows == before[table].num_rows
         assert after.sort_by([(c, "ascending") for c in after.column_names]).equals(
             before[table].sort_by([(c, "ascending") for c in after.column_names]))
-    partitions = sorted(p.name for p in Path(lake.root, "staging", "patients").iterdir())
-    assert partitions == sorted(f"upload_id={upload_id(r)}" for r in SAMPLES)
+    second = loads()
+    assert [u["upload_id"] for u in second] == sorted(upload_id(r) for r in SAMPLES)
+    changed = [(a["load_id"], b["load_id"]) for a, b in zip(first, second) if a != b]
+    assert changed == [(next(u["load_id"] for u in first if u["upload_id"] == upload_id("3.0")), again.run_id)]
+    kept = catalog_rows(lake, "SELECT DISTINCT load_id FROM synthea_staging_iceberg.patients "
+                              f"WHERE upload_id = '{upload_id('3.0')}'").column("load_id").to_pylist()
+    assert sorted(kept) == sorted(changed[0])

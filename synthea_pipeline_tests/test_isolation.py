@@ -8,20 +8,18 @@ import io
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, AssetRecordsFilter
 
 from synthea_pipeline.cli import main
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
-from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS, UNKNOWN_KEY
-from synthea_pipeline_tests.conftest import BAD_START, SAMPLES, defective_export, read_rows
+from synthea_pipeline_tests.conftest import BAD_START, SAMPLES, catalog_rows, defective_export, mart, read_rows
 
 
 def mart_tables(lake):
-    return {name: pq.read_table(lake.uri("marts", name)) for name in MARTS}
+    return {name: mart(lake, name) for name in MARTS}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +70,8 @@ def test_every_usable_upload_succeeds_after_an_unusable_one(built):
 
 def test_an_unusable_upload_is_not_staged_and_leaves_the_marts_alone(built):
     lake = built["lake"]
-    assert not [t for t in TABLES if Path(lake.staging_path("foreign", t)).exists()]
+    assert catalog_rows(lake, "SELECT * FROM synthea_staging.uploads WHERE upload_id = 'foreign'").num_rows == 0
+    assert catalog_rows(lake, "SELECT * FROM synthea_staging_iceberg.patients WHERE upload_id = 'foreign'").num_rows == 0
     for name in MARTS:
         assert built["marts_after_foreign"][name].equals(built["marts_before"][name]), name
 
@@ -102,7 +101,7 @@ def test_marts_hold_every_patient_of_every_upload(built, capsys):
     for release in ("2.7", "3.0"):
         expected |= {row[0] for row in read_rows(SAMPLES[release] / "patients.csv")[1]}
     expected |= {row[0] for row in built["defects"]["patients"]}
-    keys = set(pq.read_table(lake.uri("marts", "patient_fact")).column("patient_key").to_pylist())
+    keys = set(mart(lake, "patient_fact").column("patient_key").to_pylist())
     assert keys == expected | {UNKNOWN_KEY}
     [[patients]] = query(capsys, lake, f"SELECT count(*) FROM patient_fact WHERE patient_key <> '{UNKNOWN_KEY}'")
     assert int(patients) == len(expected)

@@ -25,7 +25,7 @@ def upload(tmp_path):
 def clean(upload, table):
     lake = Lake(str(upload.parent.parent))
     files, _ = find_source_files(str(upload))
-    raw_uri = lake.partition("raw", table, "u1")
+    raw_uri = lake.raw(table, "u1", "l1")
     result = clean_table(TABLES[table], str(upload), files.get(table, []), raw_uri)
     assert load_manifest(raw_uri) == result
     return result, lake
@@ -33,7 +33,7 @@ def clean(upload, table):
 
 def raw_rows(lake, table):
     """Every raw row of the table, in file and line order."""
-    rows = pq.read_table(lake.partition("raw", table, "u1")).to_pylist()
+    rows = pq.read_table(lake.raw(table, "u1", "l1")).to_pylist()
     return sorted(rows, key=lambda r: (r["_file"], r["_line"]))
 
 

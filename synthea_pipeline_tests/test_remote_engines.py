@@ -9,20 +9,27 @@ import zipfile
 
 import boto3
 import pytest
-from dagster import AssetKey, DagsterEventType, Definitions
-from pysail.spark import SparkConnectServer
+from dagster import DagsterEventType, Definitions
 
 from synthea_pipeline.definitions import defs
-from synthea_pipeline.deploy import PACKAGE_ZIP, deploy
+from synthea_pipeline.deploy import (
+    EMR_ICEBERG_JAR,
+    PACKAGE_ZIP,
+    code_update,
+    deploy,
+    glue_conf_argument,
+    glue_job_definition,
+    iceberg_confs,
+)
 from synthea_pipeline.jobs import ingest_upload_job
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.resources.spark import SparkResource, start_sail
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, LocalJobRunner
+from synthea_pipeline_tests.conftest import fresh_instance
 
 GLUE_ROLE = "arn:aws:iam::123456789012:role/synthea-glue-job"
 AWS_CLIENTS: dict = {}
-from synthea_pipeline_tests.conftest import fresh_instance
 
 
 class LocalAwsSpark(SparkResource):
@@ -34,10 +41,10 @@ class LocalAwsSpark(SparkResource):
 
 @pytest.fixture(scope="module")
 def runner(moto_endpoint, monkeypatch_module):
+    """The jobs' Spark: a Sail server whose catalog `glue` is moto's Glue Data Catalog, as a Glue 5 job's is."""
     monkeypatch_module.setenv("RUST_LOG", "error")
-    server = SparkConnectServer(ip="127.0.0.1", port=0)
-    server.start(background=True)
-    yield LocalJobRunner(spark_remote=f"sc://127.0.0.1:{server.listening_address[1]}")
+    server, address = start_sail(glue_catalog=True)
+    yield LocalJobRunner(spark_remote=address)
     server.stop()
 
 
@@ -100,6 +107,8 @@ def test_deploy_uploads_a_package_without_dagster_and_creates_then_updates_jobs(
     job = glue.get_job(JobName="synthea-pipeline-staging")["Job"]
     assert job["Command"]["ScriptLocation"] == "s3://synthea-jobs/code/staging_job.py"
     assert job["DefaultArguments"]["--extra-py-files"] == f"s3://synthea-jobs/code/{PACKAGE_ZIP}"
+    assert job["DefaultArguments"]["--datalake-formats"] == "iceberg"
+    assert job["DefaultArguments"]["--conf"] == glue_conf_argument("synthea-jobs")
     assert deployed["plan"].glue_actions == {"synthea-pipeline-staging": "created", "synthea-pipeline-marts": "created"}
 
     class RecordsUpdates:
@@ -121,6 +130,34 @@ def test_deploy_uploads_a_package_without_dagster_and_creates_then_updates_jobs(
     assert update["NumberOfWorkers"] == 2 and update["ExecutionProperty"] == {"MaxConcurrentRuns": 1}
     assert update["Role"] == GLUE_ROLE and "Name" not in update
     assert update["Command"]["ScriptLocation"] == "s3://synthea-jobs/code/marts_job.py"
+    assert update["DefaultArguments"]["--conf"] == glue_conf_argument("synthea-jobs")
+
+
+def test_iceberg_settings_are_the_catalog_glue_over_the_bucket():
+    """One list of settings: Glue chains it in its single `--conf` argument, EMR Serverless gets it as `--conf`s
+    after the Iceberg jar EMR 7 ships."""
+    confs = dict(conf.split("=", 1) for conf in iceberg_confs("my-lake"))
+    assert confs["spark.sql.extensions"] == "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+    assert confs["spark.sql.catalog.glue.catalog-impl"] == "org.apache.iceberg.aws.glue.GlueCatalog"
+    assert confs["spark.sql.catalog.glue.warehouse"] == "s3://my-lake/"
+    assert ["--conf", *glue_conf_argument("my-lake").split()][1::2] == iceberg_confs("my-lake")
+    plan = deploy("my-lake", dry_run=True)
+    submit = plan.emr_serverless["sparkSubmitParameters"].split()
+    assert submit[1::2] == ["spark.submit.pyFiles=s3://my-lake/code/synthea_pipeline.zip",
+                            f"spark.jars={EMR_ICEBERG_JAR}", *iceberg_confs("my-lake")]
+    assert set(submit[::2]) == {"--conf"}
+    assert "SYNTHEA_EMR_SPARK_SUBMIT_PARAMETERS" not in plan.emr_serverless["environment"]
+
+
+def test_code_update_gives_an_existing_job_the_arguments_the_code_needs():
+    wanted = glue_job_definition("synthea-pipeline-staging", "staging", "s3://my-lake/code", "my-lake", "role", 2)
+    existing = {"Name": "synthea-pipeline-staging", "NumberOfWorkers": 10, "Command": {"Name": "glueetl"},
+                "DefaultArguments": {"--extra-py-files": "s3://old/code.zip", "--TempDir": "s3://tmp/"}}
+    update = code_update(existing, wanted, None)
+    assert update["DefaultArguments"] == {
+        "--extra-py-files": f"s3://my-lake/code/{PACKAGE_ZIP}", "--TempDir": "s3://tmp/",
+        "--datalake-formats": "iceberg", "--conf": glue_conf_argument("my-lake")}
+    assert update["NumberOfWorkers"] == 10 and "Role" not in update and "Name" not in update
 
 
 def test_deploy_dry_run_needs_no_aws(tmp_path):
@@ -130,6 +167,7 @@ def test_deploy_dry_run_needs_no_aws(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Glue job synthea-pipeline-staging: would create or update" in result.stdout
     assert "s3://my-lake/code/marts_job.py" in result.stdout
+    assert f"spark.jars={EMR_ICEBERG_JAR}" in result.stdout
 
 
 def test_entry_scripts_import_no_dagster():
@@ -177,6 +215,8 @@ def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, r
         marts = materializations(instance, report.run_id, "marts")
         assert marts["marts/patient_fact"]["AWS EMR Serverless Job Run ID"].value in runner.runs
         assert not emr.cancelled
+        assert len(emr.submitted) == 2 and all(
+            c["spark.sql.catalog.glue.catalog-impl"] == "org.apache.iceberg.aws.glue.GlueCatalog" for c in emr.submitted)
 
 
 def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
@@ -188,15 +228,16 @@ def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
             resources={**defs.resources, "lake": LakeResource(root="s3://synthea-jobs/lake"),
                        "spark": LocalAwsSpark(engine="glue")},
         ).resolve_job_def(ingest_upload_job.name)
+        staging = [key for key in job.asset_layer.executable_asset_keys if key.path[0] == "staging"]
         result = job.execute_in_process(instance=instance, partition_key="ghost", raise_on_error=False,
-                                        asset_selection=[AssetKey(["staging", "patients"])])
+                                        asset_selection=staging)
         assert not result.success
         [failure] = [e for e in result.all_events if e.is_step_failure]
         error, message = failure.step_failure_data.error, ""
         while error is not None:
             message, error = message + error.message, error.cause
         assert "completed with status FAILED" in message
-        assert "raw/patients/upload_id=ghost/_manifest.json" in message
+        assert "upload ghost has no raw pass of" in message and "materialize its raw assets first" in message
 
 
 def test_cancelling_the_run_stops_the_job_run(deployed, runner):

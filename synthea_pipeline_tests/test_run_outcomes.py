@@ -6,14 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from synthea_pipeline.runs import run_upload
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.storage import LocalStorage
 from synthea_pipeline.transforms.uploads import upload_export
-from synthea_pipeline_tests.conftest import SAMPLES, read_rows
+from synthea_pipeline_tests.conftest import SAMPLES, quarantined, read_rows, staged
 
 SAMPLE = SAMPLES["2.7"]
 
@@ -35,7 +34,7 @@ def test_quarantined_row_is_accounted_and_checks_pass(instance, export, tmp_path
     assert (account.rows_in, account.quarantined, account.rows_out) == (427, 1, 426)
     assert report.checks["staging/encounters:rows_reconcile"] is True
     assert report.checks["raw/encounters:no_quarantined_rows"] is False
-    [row] = pq.read_table(Lake(str(tmp_path / "lake")).partition("quarantine", "encounters", "bad-row")).to_pylist()
+    [row] = quarantined(Lake(str(tmp_path / "lake")), "bad-row", "encounters")
     assert row["line_number"] == 11
 
 
@@ -45,7 +44,7 @@ def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_pa
     (export / "supplies.csv").write_text("\n".join([header, *rows]) + "\n")
     report = run_upload(str(export), str(tmp_path / "lake"), "bad-value", instance=instance)
     assert report.success
-    supplies = pq.read_table(Lake(str(tmp_path / "lake")).staging_path("bad-value", "supplies"))
+    supplies = staged(Lake(str(tmp_path / "lake")), "bad-value", "supplies")
     assert supplies.column("quantity").null_count == 1
     event = instance.get_latest_materialization_event(__import__("dagster").AssetKey(["staging", "supplies"]))
     assert event.asset_materialization.metadata["unparseable_values"].value == {"quantity": 1}
@@ -61,9 +60,9 @@ def test_rows_sharing_a_key_keep_the_later_one_and_quarantine_the_other(instance
     assert report.success and not report.errors, report.errors
     account = {t.table: t for t in report.tables}["encounters"]
     assert (account.rows_in, account.quarantined, account.duplicates_dropped, account.rows_out) == (428, 1, 0, 427)
-    staged = pq.read_table(lake.staging_path("conflict", "encounters")).to_pylist()
-    assert next(r["description"] for r in staged if r["id"] == rows[0][0]) == "Corrected description"
-    [row] = pq.read_table(lake.partition("quarantine", "encounters", "conflict")).to_pylist()
+    kept = staged(lake, "conflict", "encounters").to_pylist()
+    assert next(r["description"] for r in kept if r["id"] == rows[0][0]) == "Corrected description"
+    [row] = quarantined(lake, "conflict", "encounters")
     assert (row["file"], row["line_number"], row["text"]) == ("encounters.csv", 2, ",".join(rows[0]))
     assert row["reason"] == "key conflict with kept row: the kept row comes later in the upload"
 
@@ -78,9 +77,9 @@ def test_release_2_5_encounters_hold_the_organization_in_provider(instance, expo
     (export / "encounters.csv").write_text("\n".join(",".join(r) for r in [old_header, *old]) + "\n")
     report = run_upload(str(export), str(tmp_path / "lake"), "release-2.5", instance=instance)
     assert report.success and not report.errors, report.errors
-    staged = pq.read_table(Lake(str(tmp_path / "lake")).staging_path("release-2.5", "encounters"))
-    assert sorted(staged.column("organization").to_pylist()) == sorted(r[organization] for r in rows)
-    assert staged.column("provider").null_count == len(rows)
+    encounters = staged(Lake(str(tmp_path / "lake")), "release-2.5", "encounters")
+    assert sorted(encounters.column("organization").to_pylist()) == sorted(r[organization] for r in rows)
+    assert encounters.column("provider").null_count == len(rows)
 
 
 def test_missing_required_column_fails_the_run_naming_table_file_and_line(instance, export, tmp_path):
@@ -92,7 +91,7 @@ def test_missing_required_column_fails_the_run_naming_table_file_and_line(instan
         "table conditions: conditions.csv, line 1: missing required column(s) PATIENT "
         "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)"
     ]
-    assert Path(tmp_path / "lake" / "raw" / "patients" / "upload_id=bad-header" / "patients.parquet").exists()
+    assert Path(Lake(str(tmp_path / "lake")).raw("patients", "bad-header", report.run_id), "patients.parquet").exists()
     assert not Path(tmp_path / "lake" / "staging").exists()
 
 
@@ -107,7 +106,7 @@ def test_cli_runs_the_shipped_sample_into_the_default_lake(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "upload v3.3_au_11p (Synthea 3.3-3.4)" in result.stdout
     assert any(line.split() == ["observations", "4272", "0", "14", "4258"] for line in result.stdout.splitlines())
-    assert (tmp_path / "lake" / "staging" / "patients" / "upload_id=v3.3_au_11p").is_dir()
+    assert (tmp_path / "lake" / "staging" / "patients" / "metadata" / "version-hint.text").is_file()
     assert (tmp_path / "dagster" / "history" / "runs.db").exists()
 
 

@@ -18,7 +18,6 @@ from dagster import (
 )
 
 from synthea_pipeline.assets.marts import MARTS_POOL
-from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.transforms.bi import BI_VIEWS, TOP_CONDITIONS, view_sql
@@ -96,17 +95,18 @@ def build_bi_assets():
         ],
     )
     def bi(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource) -> Iterator:
-        """Registers every staging table, mart and BI view in the catalog (Glue for an S3 lake, DuckDB for a
-        local one), computes the views and draws the dashboard from them. Shares the marts pool, so one run at a
-        time rewrites the catalog."""
+        """Registers the catalog views over the lake's Iceberg tables (Athena views in Glue for an S3 lake, a
+        DuckDB file for a local one), computes the BI views and draws the dashboard from them. Shares the marts
+        pool, so one run at a time rewrites the catalog."""
         layout = lake.layout()
-        engine = catalog.open(layout)
-        registered = catalog.register(layout, engine)
+        databases = catalog.databases()
+        with catalog.registered(layout) as (engine, registered):
+            views = catalog.view_rows(engine)
+            uploads = [row[0] for row in engine.execute(
+                f"SELECT upload_id FROM {databases.staging}.uploads ORDER BY registered_at, upload_id").fetchall()]
         changed = {name: what for name, what in registered.items() if what != "unchanged"}
-        context.log.info(f"catalog: {len(registered)} tables and views, {len(changed)} created, updated or written")
-        views = catalog.view_rows(engine)
-        engine.close()
-        marts = catalog.databases().marts
+        context.log.info(f"catalog: {len(registered)} views, {len(changed)} created, updated or written")
+        marts = databases.marts
         for view, rows in views.items():
             label, measure = CHARTS[view]
             yield MaterializeResult(asset_key=AssetKey(["bi", view]), metadata={
@@ -116,7 +116,6 @@ def build_bi_assets():
                 "chart": bar_chart(rows, label, measure),
                 "athena_sql": MetadataValue.md(f"```sql\n{view_sql(view, marts)}\n```"),
             })
-        uploads = context.instance.get_dynamic_partitions(uploads_partitions.name)
         location = layout.uri("reports", "dashboard.html")
         write_text(location, render_dashboard(views, layout.root, uploads))
         yield MaterializeResult(asset_key=DASHBOARD, metadata={

@@ -18,6 +18,7 @@ from dagster import (
 from dagster._core.definitions.metadata.external_metadata import metadata_value_from_external
 
 from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.tables import TABLES, Table
@@ -121,11 +122,11 @@ def build_raw_assets(tables: Sequence[str] = tuple(TABLES)):
             for t in tables
         ],
         partitions_def=uploads_partitions,
-        can_subset=True,
     )
     def raw_tables(context: AssetExecutionContext, lake: LakeResource) -> Iterator:
-        """Cleans every table of the upload, two files at a time (numpy and I/O release the GIL); a table that
-        cannot be read at all fails the step after the others are done, naming table, file, line and reason."""
+        """Reads every table of the upload into raw Parquet of this run's own, two files at a time (pyarrow and
+        I/O release the GIL); a table that cannot be read at all fails the step after the others are done,
+        naming table, file, line and reason."""
         layout = lake.layout()
         upload = context.partition_key
         files, _ = find_source_files(layout.source(upload))
@@ -134,17 +135,12 @@ def build_raw_assets(tables: Sequence[str] = tuple(TABLES)):
 
         def clean(table: Table):
             try:
-                return clean_table(
-                    table,
-                    layout.source(upload),
-                    files.get(table.name, []),
-                    layout.partition("raw", table.name, upload),
-                    release,
-                )
+                return clean_table(table, layout.source(upload), files.get(table.name, []),
+                                   layout.raw(table.name, upload, context.run_id), release)
             except TableError as error:
                 return error
 
-        selected = _selected_tables(context)
+        selected = list(TABLES.values())
         with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
             outcomes = list(pool.map(clean, selected))
         for table, result in zip(selected, outcomes):
@@ -168,7 +164,7 @@ def build_raw_assets(tables: Sequence[str] = tuple(TABLES)):
                     "unknown_columns": result.unknown_columns,
                     "dropped_columns": result.dropped_columns,
                     "releases_matching_header": result.releases,
-                    "location": MetadataValue.path(layout.partition("raw", table.name, upload)),
+                    "location": MetadataValue.path(layout.raw(table.name, upload, context.run_id)),
                 },
             )
             yield AssetCheckResult(
@@ -205,15 +201,21 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
             for name, description in STAGING_WARNINGS.items()
         ],
         partitions_def=uploads_partitions,
-        can_subset=True,
     )
-    def staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> Iterator:
-        """Types, deduplicates, checks and publishes every selected table of the upload in one Spark layer run
-        (in this process, or one Glue / EMR Serverless job run)."""
+    def staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource,
+                       catalog: CatalogResource) -> Iterator:
+        """Types, deduplicates and checks every table of the upload in one Spark layer run (in this process, or
+        one Glue / EMR Serverless job run) under this run's load, and commits the load for the whole upload at
+        once: readers see every table of the upload as before or every table as after."""
+        databases = catalog.databases()
+        manifest = read_manifest(lake.source_storage(), context.partition_key)
         yield from spark.run_layer(context, "staging", {
             "lake_root": lake.layout().root,
             "upload_id": context.partition_key,
-            "tables": [table.name for table in _selected_tables(context)],
+            "load_id": context.run_id,
+            "upload_checksum": manifest["checksum"] if manifest else context.run.tags.get(CHECKSUM_TAG),
+            "staging_database": databases.staging,
+            "marts_database": databases.marts,
         })
 
     return staging_tables

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetSpec, Config, multi_asset
 from pydantic import Field
 
-from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS, STAGING_INPUTS
@@ -31,10 +31,11 @@ WARNING_CHECKS = {
 
 
 class MartsConfig(Config):
-    include_identifiers: bool = Field(
-        default=False,
+    include_identifiers: bool | None = Field(
+        default=None,
         description="Also write direct identifiers (patient SSN, licence, passport, names, address; provider names"
-        " and addresses). Off by default: marts are for analysis.",
+        " and addresses). Unset: as the committed build, which has none unless a run asked (marts are for"
+        " analysis).",
     )
 
 
@@ -60,16 +61,20 @@ def build_mart_assets():
             for (mart, check), description in WARNING_CHECKS.items()
         ],
     )
-    def marts(context: AssetExecutionContext, config: MartsConfig, lake: LakeResource, spark: SparkResource
-              ) -> Iterator:
-        """Rebuilds every mart from all staged uploads (the latest registered upload wins) and publishes them
-        only when every blocking check passes, so readers never see a mart that failed one. The `marts` pool
-        (limit 1 in dagster.yaml) runs one rebuild at a time when many uploads arrive together: the last one to
-        run sees every staged upload."""
+    def marts(context: AssetExecutionContext, config: MartsConfig, lake: LakeResource, spark: SparkResource,
+              catalog: CatalogResource) -> Iterator:
+        """Rebuilds every mart from the committed loads of every upload in the lake (the latest upload wins)
+        under this run's build, and commits the build for all marts at once only when every blocking check
+        passes, so readers never see a mart that failed one nor a mix of two builds. The `marts` pool (limit 1
+        in dagster.yaml) runs one rebuild at a time when many uploads arrive together: the last one to run sees
+        every committed upload."""
+        databases = catalog.databases()
         yield from spark.run_layer(context, "marts", {
             "lake_root": lake.layout().root,
-            "upload_order": context.instance.get_dynamic_partitions(uploads_partitions.name),
+            "build_id": context.run_id,
             "include_identifiers": config.include_identifiers,
+            "staging_database": databases.staging,
+            "marts_database": databases.marts,
         })
 
     return marts

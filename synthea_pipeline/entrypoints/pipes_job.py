@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import uuid
 from dataclasses import asdict
 
 from dagster_pipes import (
@@ -20,7 +21,7 @@ from dagster_pipes import (
 )
 from pyspark.sql import SparkSession
 
-from synthea_pipeline.tables import TABLES
+from synthea_pipeline.transforms.iceberg import CATALOGS
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed
 from synthea_pipeline.transforms.staging import configure
 
@@ -50,7 +51,13 @@ def run_with_pipes(layer: str) -> int:
     with open_dagster_pipes(params_loader=params_loader, context_loader=PipesS3ContextLoader(s3),
                             message_writer=PipesS3MessageWriter(s3, interval=2)) as pipes:
         pipes.log.info(f"{layer} layer starting: {json.dumps(pipes.extras)}")
-        for item in LAYERS[layer](spark_session(), pipes.log, **pipes.extras):
+        try:
+            reports = LAYERS[layer](spark_session(), pipes.log, **pipes.extras)
+        except LayerFailed as failure:
+            for item in failure.reports:
+                report(pipes, item)
+            raise
+        for item in reports:
             report(pipes, item)
     return 0
 
@@ -59,22 +66,25 @@ def run_standalone(layer: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{layer}_job.py --standalone")
     parser.add_argument("--standalone", action="store_true")
     parser.add_argument("--lake", required=True, help="lake root, s3://bucket/prefix or a folder")
+    parser.add_argument("--catalog", choices=CATALOGS, default="glue",
+                        help="how the session names the Iceberg tables (default: glue, the Glue Data Catalog)")
     if layer == "staging":
         parser.add_argument("--upload-id", required=True)
-        parser.add_argument("--tables", default=",".join(TABLES))
+        parser.add_argument("--load-id", default=f"standalone-{uuid.uuid4().hex[:12]}")
     else:
-        parser.add_argument("--uploads", required=True, help="upload ids in arrival order, comma-separated")
+        parser.add_argument("--build-id", default=f"standalone-{uuid.uuid4().hex[:12]}")
         parser.add_argument("--include-identifiers", action="store_true")
     args = parser.parse_args(argv)
     if layer == "staging":
-        params = {"lake_root": args.lake, "upload_id": args.upload_id, "tables": args.tables.split(",")}
+        params = {"lake_root": args.lake, "upload_id": args.upload_id, "load_id": args.load_id}
     else:
-        params = {"lake_root": args.lake, "upload_order": args.uploads.split(","),
-                  "include_identifiers": args.include_identifiers}
+        params = {"lake_root": args.lake, "build_id": args.build_id, "include_identifiers": args.include_identifiers}
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        reports = LAYERS[layer](spark_session(), logging.getLogger(layer), **params)
+        reports = LAYERS[layer](spark_session(), logging.getLogger(layer), catalog=args.catalog, **params)
     except LayerFailed as failure:
+        for item in failure.reports:
+            print(json.dumps({"kind": type(item).__name__, **asdict(item)}))
         print(f"error: {failure}", file=sys.stderr)
         return 1
     for item in reports:

@@ -1,28 +1,43 @@
-"""The catalog resource: registers the lake's tables and BI views and answers SQL. A local lake gets an embedded
-DuckDB catalog file (`<lake>/catalog.duckdb`); a lake on S3 the Glue Data Catalog, queried with Athena. Which
-one is decided by the lake root at run time."""
+"""The catalog resource: registers the catalog views over the lake's Iceberg tables and answers SQL. A local lake
+gets an embedded DuckDB catalog file (`<lake>/catalog.duckdb`); a lake on S3 the Glue Data Catalog, queried with
+Athena. Which one is decided by the lake root at run time."""
 
+import datetime as dt
 import os
-from typing import Optional
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import duckdb
 from dagster import ConfigurableResource
 
 from synthea_pipeline.transforms.bi import BI_VIEWS, MARTS_DATABASE, STAGING_DATABASE
-from synthea_pipeline.transforms.catalog import Databases, athena_query, open_catalog, register_glue, view_columns
+from synthea_pipeline.transforms.catalog import (
+    Databases,
+    as_of_query,
+    athena_query,
+    connect,
+    defined_views,
+    iceberg_sources,
+    open_catalog,
+    register_glue,
+)
 from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline.transforms.marts import MARTS
+from synthea_pipeline.transforms.upkeep import GlueMetadata, LocalMetadata, TableUpkeep, expire_and_clean
 
 CATALOG_FILE = "catalog.duckdb"
 
 
 class CatalogResource(ConfigurableResource):
     """Database names default to SYNTHEA_STAGING_DATABASE / SYNTHEA_MARTS_DATABASE, else `synthea_staging` and
-    `synthea_marts`; Athena runs in SYNTHEA_ATHENA_WORKGROUP (default `synthea-pipeline`), results to
-    SYNTHEA_ATHENA_OUTPUT when the workgroup does not set a location."""
+    `synthea_marts` (the Iceberg tables are in the same names suffixed `_iceberg`); Athena runs in
+    SYNTHEA_ATHENA_WORKGROUP (default `synthea-pipeline`), results to SYNTHEA_ATHENA_OUTPUT when the workgroup
+    does not set a location."""
 
-    staging_database: Optional[str] = None
-    marts_database: Optional[str] = None
-    athena_workgroup: Optional[str] = None
-    athena_output: Optional[str] = None
+    staging_database: str | None = None
+    marts_database: str | None = None
+    athena_workgroup: str | None = None
+    athena_output: str | None = None
 
     def databases(self) -> Databases:
         return Databases(
@@ -35,47 +50,69 @@ class CatalogResource(ConfigurableResource):
 
         return boto3.client(service)
 
-    def open(self, lake: Lake):
-        """The embedded engine over the lake, with the BI views: open once, use for registering and rows."""
-        return open_catalog(lake, self.databases())
+    def open(self, lake: Lake, as_of: dt.datetime | None = None) -> duckdb.DuckDBPyConnection:
+        """The embedded engine over the lake's Iceberg tables with every catalog view (as at `as_of`)."""
+        databases = self.databases()
+        iceberg = databases.iceberg_lake(lake.root, "glue" if lake.on_s3 else "path")
+        sources = iceberg_sources(iceberg, self.aws_client("glue") if lake.on_s3 else None)
+        return open_catalog(iceberg, databases, sources, as_of=as_of)
 
-    def register(self, lake: Lake, engine) -> dict[str, str]:
-        """Every staging table (with a partition per upload), mart and BI view; idempotent. `engine` is
-        `open(lake)`: it gives the BI views' column types for the Glue Data Catalog."""
+    @contextmanager
+    def registered(self, lake: Lake) -> Iterator[tuple[duckdb.DuckDBPyConnection, dict[str, str]]]:
+        """Registers every catalog view where readers look, idempotently, and yields the embedded engine over
+        them with what was registered. Locally the engine is the catalog file itself, written under a temporary
+        name and swapped in when the block ends; on S3 the views become Athena views, typed by the columns the
+        embedded engine computes."""
         databases = self.databases()
         if lake.on_s3:
-            return register_glue(self.aws_client("glue"), lake, databases, view_columns(engine, databases.marts))
+            with self.open(lake) as engine:
+                yield engine, register_glue(self.aws_client("glue"), engine, databases)
+            return
         path = os.path.join(lake.root, CATALOG_FILE)
         temp = f"{path}.{os.getpid()}.tmp"
         for stale in (temp, f"{temp}.wal"):
             if os.path.exists(stale):
                 os.remove(stale)
-        open_catalog(lake, databases, temp).close()
+        iceberg = databases.iceberg_lake(lake.root, "path")
+        with open_catalog(iceberg, databases, iceberg_sources(iceberg), temp) as engine:
+            yield engine, {f"{schema}.{name}": "written" for schema, name in defined_views(engine, databases)}
         os.replace(temp, path)
         if os.path.exists(f"{path}.wal"):
             os.remove(f"{path}.wal")
-        return {f"{schema}.{name}": "written" for schema, name in engine.execute(
-            "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
 
-    def view_rows(self, engine) -> dict[str, list[dict]]:
+    def expire_and_clean(self, lake: Lake, cutoff: dt.datetime) -> list[TableUpkeep]:
+        """Expires the snapshots of every Iceberg table older than `cutoff` and deletes the files none of the
+        kept ones needs (see `transforms.upkeep`): committed through the Glue Data Catalog for a lake on S3."""
+        databases = self.databases()
+        iceberg = databases.iceberg_lake(lake.root, "glue" if lake.on_s3 else "path")
+        metadata = GlueMetadata(iceberg, self.aws_client("glue")) if lake.on_s3 else LocalMetadata(iceberg)
+        with connect(s3=lake.on_s3) as engine:
+            return expire_and_clean(iceberg, metadata, cutoff, engine)
+
+    def view_rows(self, engine: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
         """Every BI view's rows, computed by the embedded engine."""
         marts = self.databases().marts
         return {view: engine.sql(f"SELECT * FROM {marts}.{view}").to_arrow_table().to_pylist() for view in BI_VIEWS}
 
-    def query(self, lake: Lake, sql: str) -> tuple[list[str], list[list]]:
-        """Runs SQL with the marts database as the default (then staging locally), as Athena would."""
+    def query(self, lake: Lake, sql: str, as_of: dt.datetime | None = None) -> tuple[list[str], list[list]]:
+        """Runs SQL with the marts database as the default (then staging locally), as Athena would; with `as_of`
+        over the marts and BI views as they were then (Iceberg time travel)."""
         databases = self.databases()
         if lake.on_s3:
+            if as_of:
+                with self.open(lake) as engine:
+                    columns = {m: [r[0] for r in engine.execute(f"DESCRIBE {databases.marts_iceberg}.{m}").fetchall()]
+                               for m in MARTS}
+                    identifiers = engine.execute(f"SELECT includes_identifiers FROM {databases.marts}.current_build"
+                                                 ).fetchall()
+                sql = as_of_query(sql, databases, as_of, columns, bool(identifiers and identifiers[0][0]))
             return athena_query(self.aws_client("athena"), sql, databases.marts,
                                 self.athena_workgroup or os.environ.get("SYNTHEA_ATHENA_WORKGROUP") or "synthea-pipeline",
                                 self.athena_output or os.environ.get("SYNTHEA_ATHENA_OUTPUT"))
         path = os.path.join(lake.root, CATALOG_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no catalog at {path}: run the pipeline on this lake first")
-        import duckdb
-
-        with duckdb.connect(path, read_only=True) as engine:
+        with (self.open(lake, as_of) if as_of else connect(path, read_only=True)) as engine:
             engine.execute(f"SET search_path = '{databases.marts},{databases.staging}'")
-            engine.execute("SET TimeZone = 'UTC'")
             result = engine.sql(sql)
             return list(result.columns), [list(row) for row in result.fetchall()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from dagster import ConfigurableResource
 
@@ -19,7 +18,7 @@ class LakeResource(ConfigurableResource):
     SYNTHEA_LAKE_ROOT at run time, defaulting to the folder `./lake`. Assets see only paths and `Storage`, never
     which of the two it is."""
 
-    root: Optional[str] = None
+    root: str | None = None
 
     def layout(self) -> Lake:
         root = self.root or os.environ.get(LAKE_ENV) or DEFAULT_LAKE

@@ -18,7 +18,7 @@ from dagster_aws.pipes import (
     PipesS3MessageReader,
 )
 
-from synthea_pipeline.deploy import PACKAGE_ZIP, entry_script, glue_job_name
+from synthea_pipeline.deploy import PACKAGE_ZIP, emr_iceberg_parameters, entry_script, glue_job_name
 
 GLUE_JOB_PREFIX_ENV = "SYNTHEA_GLUE_JOB_PREFIX"
 PIPES_URI_ENV = "SYNTHEA_PIPES_URI"
@@ -62,6 +62,10 @@ class RemoteSparkSettings:
             )
         bucket, _, prefix = uri[len("s3://") :].partition("/")
         return bucket, f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+
+
+def lake_bucket(lake_root: str) -> str:
+    return lake_root[len("s3://"):].split("/", 1)[0]
 
 
 class PrefixedS3MessageReader(PipesS3MessageReader):
@@ -156,6 +160,7 @@ def run_on_emr_serverless(context: AssetExecutionContext, layer: str, params: di
             "jobDriver": {"sparkSubmit": {
                 "entryPoint": f"{code}/{entry_script(layer)}",
                 "sparkSubmitParameters": f"--conf spark.submit.pyFiles={code}/{PACKAGE_ZIP} "
+                                         f"{emr_iceberg_parameters(lake_bucket(params['lake_root']))} "
                                          f"{settings.emr_spark_submit_parameters}".strip(),
             }},
         },

@@ -8,7 +8,7 @@ what the layer reported.
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -24,7 +24,7 @@ from dagster._core.definitions.metadata.external_metadata import metadata_map_fr
 from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
 
-from synthea_pipeline.resources.remote_spark import RemoteSparkSettings, run_on_emr_serverless, run_on_glue
+from synthea_pipeline.transforms.iceberg import GLUE_CATALOG, HADOOP_CATALOG
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed, Report
 from synthea_pipeline.transforms.staging import SPARK_CONF, configure
 
@@ -49,13 +49,114 @@ def dagster_result(report: Report) -> MaterializeResult | AssetCheckResult:
     )
 
 
+JVM_PACKAGES = ("org.apache.iceberg:iceberg-spark-runtime-3.5_2.12:1.7.1", "org.apache.iceberg:iceberg-aws-bundle:1.7.1",
+                "org.apache.hadoop:hadoop-aws:3.3.4")
+"""What Glue 5.0 ships: Spark 3.5.4 with Iceberg 1.7.1 (and its AWS bundle: the Glue catalog, S3FileIO).
+hadoop-aws is pinned to the Hadoop that pyspark 3.5 bundles (3.3.4; Glue 5.0 runs 3.4.1), which it must match.
+JVM Spark loads them from Maven Central on first use; all of them always, since a JVM takes its jars once."""
+
+
+def start_sail(glue_catalog: bool) -> tuple[object, str]:
+    """A Sail Spark Connect server in this process and its address. For a lake on S3 its catalog `glue` is the
+    Glue Data Catalog (region and endpoint from the usual AWS environment); its default catalog stays the
+    session's own, where path-based tables are registered."""
+    os.environ.setdefault("RUST_LOG", "error")
+    if glue_catalog:
+        import boto3
+
+        region = boto3.Session().region_name or "us-east-1"
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
+        glue = f'{{type="glue", name="{GLUE_CATALOG}", region="{region}"' + (
+            f', endpoint_url="{endpoint}"}}' if endpoint else "}")
+        os.environ["SAIL_CATALOG__LIST"] = f'[{{name="sail", type="memory", initial_database=["default"]}}, {glue}]'
+        os.environ["SAIL_CATALOG__DEFAULT_CATALOG"] = "sail"
+    from pysail.spark import SparkConnectServer
+
+    server = SparkConnectServer(ip="127.0.0.1", port=0)
+    server.start(background=True)
+    return server, f"sc://127.0.0.1:{server.listening_address[1]}"
+
+
+def jvm_iceberg_conf(lake_root: str) -> dict[str, str]:
+    """JVM Spark settings for the lake's Iceberg tables: the jars, Iceberg's SQL extensions (DELETE, MERGE), and
+    the catalog the layers name tables through (`transforms.iceberg`). A local lake: the Hadoop catalog `lake`
+    whose warehouse is its root. A lake on S3: the catalog `glue`, Iceberg's GlueCatalog with S3FileIO, as on
+    Glue 5 and EMR, and `s3://` read through hadoop-aws (the raw Parquet); both go to AWS_ENDPOINT_URL when set.
+    Iceberg's vectorized (Arrow) Parquet reader is off: with pyspark 3.5's jars it corrupted the JVM's memory
+    here (SIGSEGV in the symbol table)."""
+    conf = {
+        "spark.jars.packages": ",".join(JVM_PACKAGES),
+        "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
+        "spark.sql.iceberg.vectorization.enabled": "false",
+    }
+    if not lake_root.startswith("s3://"):
+        return {**conf,
+                f"spark.sql.catalog.{HADOOP_CATALOG}": "org.apache.iceberg.spark.SparkCatalog",
+                f"spark.sql.catalog.{HADOOP_CATALOG}.type": "hadoop",
+                f"spark.sql.catalog.{HADOOP_CATALOG}.warehouse": os.path.abspath(lake_root)}
+    import boto3
+
+    glue = f"spark.sql.catalog.{GLUE_CATALOG}"
+    conf.update({
+        glue: "org.apache.iceberg.spark.SparkCatalog",
+        f"{glue}.catalog-impl": "org.apache.iceberg.aws.glue.GlueCatalog",
+        f"{glue}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
+        f"{glue}.warehouse": lake_root,
+        f"{glue}.client.region": boto3.Session().region_name or "us-east-1",
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+    })
+    conf.update({f"spark.hadoop.fs.s3a.{key}": value for key, value in aws_credentials().items()})
+    glue_endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
+    s3_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if glue_endpoint:
+        conf[f"{glue}.glue.endpoint"] = glue_endpoint
+    if s3_endpoint:
+        conf.update({
+            f"{glue}.s3.endpoint": s3_endpoint,
+            f"{glue}.s3.path-style-access": "true",
+            "spark.hadoop.fs.s3a.endpoint": s3_endpoint,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": str(s3_endpoint.startswith("https")).lower(),
+        })
+    return conf
+
+
+def aws_credentials() -> dict[str, str]:
+    """This process's AWS credentials (any source boto3 reads: environment, profile, SSO, role) in hadoop-aws's
+    terms. The JVM cannot be relied on to find them itself: it keeps the environment it was started with."""
+    import boto3
+
+    credentials = boto3.Session().get_credentials()
+    if credentials is None:
+        return {}
+    frozen = credentials.get_frozen_credentials()
+    found = {"access.key": frozen.access_key, "secret.key": frozen.secret_key}
+    if frozen.token:
+        found.update({"session.token": frozen.token,
+                      "aws.credentials.provider": "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"})
+    return found
+
+
+def share_aws_credentials(session: SparkSession) -> None:
+    """Hands this process's AWS credentials to the JVM's AWS SDK v2 clients (Iceberg's Glue catalog and S3FileIO)
+    as the system properties their default credentials chain reads first."""
+    credentials = aws_credentials()
+    system = session._jvm.java.lang.System
+    for key, value in (("aws.accessKeyId", "access.key"), ("aws.secretAccessKey", "secret.key"),
+                       ("aws.sessionToken", "session.token")):
+        if value in credentials:
+            system.setProperty(key, credentials[value])
+        else:
+            system.clearProperty(key)
+
+
 class SparkResource(ConfigurableResource):
     """`engine` is `sail`, `local-jvm`, `glue` or `emr-serverless`; when unset it is read from
     SYNTHEA_SPARK_ENGINE at run time, defaulting to `sail`. The AWS engines read their settings (job names,
     application, buckets) from the environment at run time too, see `RemoteSparkSettings`."""
 
-    engine: Optional[str] = None
-    _session: Optional[SparkSession] = PrivateAttr(default=None)
+    engine: str | None = None
+    _session: SparkSession | None = PrivateAttr(default=None)
     _server: object = PrivateAttr(default=None)
 
     def resolved_engine(self) -> str:
@@ -64,9 +165,23 @@ class SparkResource(ConfigurableResource):
             raise ValueError(f"unknown Spark engine {engine!r}: choose one of {', '.join(ENGINES)}")
         return engine
 
+    def table_catalog(self, lake_root: str) -> str:
+        """How the layers name the lake's Iceberg tables (see `transforms.iceberg`): through the Glue Data
+        Catalog for a lake on S3, else by location (Sail) or a Hadoop catalog (JVM Spark)."""
+        if lake_root.startswith("s3://"):
+            return "glue"
+        return "hadoop" if self.resolved_engine() == "local-jvm" else "path"
+
     def run_layer(self, context: AssetExecutionContext, layer: str, params: dict[str, Any]
                   ) -> Iterator[MaterializeResult | AssetCheckResult]:
+        params = {**params, "catalog": self.table_catalog(params["lake_root"])}
         engine = self.resolved_engine()
+        if engine in REMOTE_ENGINES:
+            from synthea_pipeline.resources.remote_spark import (  # dagster-aws: half a second, for AWS runs only
+                RemoteSparkSettings,
+                run_on_emr_serverless,
+                run_on_glue,
+            )
         if engine == "glue":
             yield from run_on_glue(context, layer, params, RemoteSparkSettings.from_env(),
                                    self.aws_client("glue"), self.aws_client("s3"))
@@ -76,10 +191,22 @@ class SparkResource(ConfigurableResource):
                                              self.aws_client("emr-serverless"), self.aws_client("s3"))
             return
         try:
-            reports = LAYERS[layer](self.get_session(), context.log, **params)
+            reports = LAYERS[layer](self.get_session(params["lake_root"]), context.log, **params)
         except LayerFailed as failure:
+            yield from (dagster_result(report) for report in failure.reports)
             raise Failure(description=str(failure)) from None
         yield from (dagster_result(report) for report in reports)
+
+    def upkeep_session(self, lake_root: str) -> SparkSession:
+        """A session in this process for the lake's small upkeep (taking an upload out, deleting stale loads):
+        the engine's own, or beside the AWS engines a Sail one, which commits through the Glue Data Catalog as
+        the Glue and EMR jobs do."""
+        if self.resolved_engine() not in REMOTE_ENGINES:
+            return self.get_session(lake_root)
+        if self._session is None:
+            self._session = self._start("sail", lake_root)
+            configure(self._session)
+        return self._session
 
     def aws_client(self, service: str):
         """A boto3 client, built when a run needs it (credentials and region from the environment)."""
@@ -87,34 +214,32 @@ class SparkResource(ConfigurableResource):
 
         return boto3.client(service)
 
-    def get_session(self) -> SparkSession:
+    def get_session(self, lake_root: str) -> SparkSession:
+        """The engine's session for a lake; started once and reused by every layer of the run."""
         if self._session is None:
-            self._session = self._start(self.resolved_engine())
+            self._session = self._start(self.resolved_engine(), lake_root)
             configure(self._session)
         return self._session
 
-    def _start(self, engine: str) -> SparkSession:
+    def _start(self, engine: str, lake_root: str) -> SparkSession:
         if engine == "sail":
-            os.environ.setdefault("RUST_LOG", "error")
-            from pysail.spark import SparkConnectServer
-
-            self._server = SparkConnectServer(ip="127.0.0.1", port=0)
-            self._server.start(background=True)
-            _, port = self._server.listening_address
-            # pyspark 3.5 routes `pyspark.sql.functions` to Connect while this variable is set, and to the JVM
-            # otherwise; the Connect builder is used directly so the classic builder keeps no remote option.
+            self._server, address = start_sail(glue_catalog=lake_root.startswith("s3://"))
             os.environ[CONNECT_MODE_ENV] = "1"
             from pyspark.sql.connect.session import SparkSession as ConnectSession
 
-            return ConnectSession.builder.remote(f"sc://127.0.0.1:{port}").create()
+            return ConnectSession.builder.remote(address).create()
         if engine != "local-jvm":
             raise ValueError(f"the {engine} engine runs layers remotely and has no local session")
         os.environ.pop(CONNECT_MODE_ENV, None)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder.master("local[*]").appName("synthea-pipeline")
-        for key, value in {**SPARK_CONF, "spark.ui.enabled": "false", "spark.driver.memory": "4g"}.items():
+        for key, value in {**SPARK_CONF, **jvm_iceberg_conf(lake_root), "spark.ui.enabled": "false",
+                           "spark.driver.memory": "4g"}.items():
             builder = builder.config(key, value)
-        return builder.getOrCreate()
+        session = builder.getOrCreate()
+        if lake_root.startswith("s3://"):
+            share_aws_credentials(session)
+        return session
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._session is not None:

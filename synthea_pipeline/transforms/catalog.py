@@ -1,33 +1,54 @@
-"""Registering the lake's tables: in the Glue Data Catalog on AWS (typed from the table contract, partitions added
-per upload, BI views as Athena views), and in an embedded DuckDB catalog with the same database and table names,
-which also computes the BI views for previews and the dashboard. Registering twice changes nothing."""
+"""The catalog: what every reader queries. Its views are written once, in Athena (Trino) SQL, over the lake's
+Iceberg tables, and take only committed rows (see `iceberg`), so a reader sees each upload and the marts entirely
+as before or entirely as after a run:
+
+- `<staging>.uploads`: the uploads in the lake, each with its committed load and when it entered the lake;
+- `<staging>.<table>` and `<staging>.quarantine`: the rows of those loads;
+- `<marts>.current_build` and `<marts>.<mart>`: the committed build of the marts (direct identifiers shown only
+  when that build includes them), and the BI views over them.
+
+On AWS the Iceberg tables are in the Glue Data Catalog (databases `<staging>_iceberg`, `<marts>_iceberg`, written
+by the Spark engines) and the views are Athena views in `<staging>` and `<marts>`. Locally the same views live in
+an embedded DuckDB file whose `*_iceberg` schemas read the tables with DuckDB's Iceberg extension, installed from
+the package index (`duckdb-ext-iceberg`, no download at run time). Registering twice changes nothing."""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.dataset as ds
+import sqlglot
+from sqlglot import exp
 
 from synthea_pipeline.tables import TABLES
-from synthea_pipeline.transforms.bi import BI_VIEWS, MARTS_DATABASE, STAGING_DATABASE, local_sql, view_sql
-from synthea_pipeline.transforms.lake import Lake, filesystem_for
-from synthea_pipeline.transforms.marts import MARTS, staged_uploads
-from synthea_pipeline.transforms.staging import QUARANTINE_SCHEMA
+from synthea_pipeline.transforms.bi import (
+    BI_VIEWS,
+    MARTS_DATABASE,
+    SOURCE_DIALECT,
+    STAGING_DATABASE,
+    local_sql,
+    view_sql,
+)
+from synthea_pipeline.transforms.iceberg import (
+    BUILDS,
+    ICEBERG_DATABASE_SUFFIX,
+    MARTS_LAYER,
+    QUARANTINE,
+    QUARANTINE_COLUMNS,
+    STAGING_LAYER,
+    UPLOADS,
+    IcebergLake,
+)
+from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS
 
-PARQUET_FORMAT = {
-    "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
-    "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
-    "SerdeInfo": {"SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"},
-}
-QUARANTINE = "quarantine"
-"""The staging database's table of every quarantined row, partitioned by table and upload."""
-QUARANTINE_PARTITION_KEYS = ("table_name", "upload_id")
 PRESTO_TYPES = {"string": "varchar", "int": "integer", "bigint": "bigint", "double": "double",
-                "boolean": "boolean", "date": "date", "timestamp": "timestamp(3)"}
+                "boolean": "boolean", "date": "date", "timestamp": "timestamp(6) with time zone"}
+EXTENSIONS = ("avro", "iceberg")
 
 
 @dataclass(frozen=True)
@@ -35,50 +56,199 @@ class Databases:
     staging: str = STAGING_DATABASE
     marts: str = MARTS_DATABASE
 
+    @property
+    def staging_iceberg(self) -> str:
+        return self.staging + ICEBERG_DATABASE_SUFFIX
 
-def hive_type(arrow_type: pa.DataType) -> str:
-    """The Glue/Athena column type of a Parquet column."""
-    if pa.types.is_decimal(arrow_type):
-        return f"decimal({arrow_type.precision},{arrow_type.scale})"
-    if pa.types.is_timestamp(arrow_type):
-        return "timestamp"
-    for check, name in ((pa.types.is_string, "string"), (pa.types.is_large_string, "string"),
-                        (pa.types.is_date, "date"), (pa.types.is_boolean, "boolean"), (pa.types.is_int32, "int"),
-                        (pa.types.is_int64, "bigint"), (pa.types.is_floating, "double")):
-        if check(arrow_type):
-            return name
-    raise TypeError(f"no catalog type for {arrow_type}")
+    @property
+    def marts_iceberg(self) -> str:
+        return self.marts + ICEBERG_DATABASE_SUFFIX
+
+    def iceberg_lake(self, root: str, catalog: str) -> IcebergLake:
+        return IcebergLake(root, catalog, self.staging, self.marts)
 
 
-def staging_columns(table: str) -> list[dict]:
-    """Staging columns and types straight from the table contract, so every partition reads with one schema."""
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def staging_columns(table: str) -> list[str]:
     spec = TABLES[table]
-    columns = [{"Name": c.name, "Type": c.spark_type} for c in spec.columns]
-    if not spec.has_natural_key:
-        columns.append({"Name": "row_key", "Type": "string"})
-    return columns
+    return [*spec.column_names, *([] if spec.has_natural_key else ["row_key"]), "upload_id", "load_id"]
 
 
-def quarantine_columns() -> list[dict]:
-    return [{"Name": f.name, "Type": hive_type(f.type)} for f in QUARANTINE_SCHEMA
-            if f.name not in QUARANTINE_PARTITION_KEYS]
+QUARANTINE_NAMES = [column.split()[0] for column in QUARANTINE_COLUMNS.split(", ")]
 
 
-def mart_schema(lake: Lake, mart: str) -> pa.Schema:
-    fs, path = filesystem_for(lake.uri("marts", mart))
-    return ds.dataset(path, filesystem=fs, format="parquet").schema
+def catalog_views(databases: Databases, mart_columns: dict[str, list[str]], includes_identifiers: bool
+                  ) -> dict[tuple[str, str], str]:
+    """Every catalog view's Athena SQL by (database, view); `mart_columns` are the marts' table columns."""
+    staging, iceberg = databases.staging, databases.staging_iceberg
+    views = {(staging, UPLOADS): f"""
+SELECT upload_id, load_id, registered_at, logged_at AS committed_at, upload_checksum, synthea_release
+FROM (
+  SELECT l.*, ROW_NUMBER() OVER (PARTITION BY upload_id ORDER BY logged_at DESC, load_id DESC, action DESC) AS n
+  FROM {iceberg}.{UPLOADS} AS l
+  WHERE action IN ('committed', 'removed')
+) AS latest
+WHERE n = 1 AND action = 'committed'"""}
+    for table, columns in [*((t, staging_columns(t)) for t in TABLES), (QUARANTINE, QUARANTINE_NAMES)]:
+        views[(staging, table)] = f"""
+SELECT {', '.join(f's.{_q(c)}' for c in columns)}
+FROM {iceberg}.{table} AS s
+JOIN {staging}.{UPLOADS} AS u ON s.upload_id = u.upload_id AND s.load_id = u.load_id"""
+    marts = databases.marts
+    views[(marts, "current_build")] = f"""
+SELECT build_id, logged_at AS committed_at, includes_identifiers
+FROM {databases.marts_iceberg}.{BUILDS}
+WHERE action = 'committed'
+ORDER BY logged_at DESC, build_id DESC
+LIMIT 1"""
+    for mart, columns in mart_columns.items():
+        hidden = {"build_id", *([] if includes_identifiers else MART_IDENTIFIERS.get(mart, ()))}
+        views[(marts, mart)] = f"""
+SELECT {', '.join(f'm.{_q(c)}' for c in columns if c not in hidden)}
+FROM {databases.marts_iceberg}.{mart} AS m
+WHERE m.build_id = (SELECT build_id FROM {marts}.current_build)"""
+    for view in BI_VIEWS:
+        views[(marts, view)] = view_sql(view, marts)
+    return {key: sql.strip() for key, sql in views.items()}
 
 
-def table_input(name: str, location: str, columns: list[dict], partition_keys: tuple[str, ...], description: str
-                ) -> dict:
-    return {
-        "Name": name,
-        "Description": description,
-        "TableType": "EXTERNAL_TABLE",
-        "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE", "parquet.compression": "ZSTD"},
-        "PartitionKeys": [{"Name": key, "Type": "string"} for key in partition_keys],
-        "StorageDescriptor": {"Columns": columns, "Location": location.rstrip("/") + "/", **PARQUET_FORMAT},
-    }
+def extension_folder() -> Path:
+    """Where the `duckdb-ext-*` packages put the extensions built for the installed DuckDB."""
+    import duckdb_ext
+
+    version = f"v{duckdb.__version__}"
+    folders = sorted(folder for root in duckdb_ext.__path__ for folder in (Path(root) / "extensions" / version).glob("*"))
+    if not folders:
+        raise RuntimeError(f"no DuckDB extensions for DuckDB {version}: install duckdb-ext-iceberg and "
+                           "duckdb-ext-avro of the same version")
+    return folders[0]
+
+
+def connect(path: str = ":memory:", read_only: bool = False, s3: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the Iceberg extension (and httpfs with S3 credentials for a lake on S3)."""
+    connection = duckdb.connect(path, read_only=read_only)
+    folder = extension_folder()
+    for extension in (*EXTENSIONS, *(("httpfs",) if s3 else ())):
+        connection.execute(f"LOAD '{folder / f'{extension}.duckdb_extension'}'")
+    connection.execute("SET TimeZone = 'UTC'")
+    if s3:
+        connection.execute(s3_secret())
+    return connection
+
+
+def s3_secret() -> str:
+    """DuckDB's S3 secret from the usual AWS environment (and AWS_ENDPOINT_URL for S3-compatible endpoints)."""
+    import boto3
+
+    session = boto3.Session()
+    credentials = session.get_credentials().get_frozen_credentials()
+    options = {"TYPE": "s3", "KEY_ID": credentials.access_key, "SECRET": credentials.secret_key,
+               "REGION": session.region_name or "us-east-1"}
+    if credentials.token:
+        options["SESSION_TOKEN"] = credentials.token
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    settings = [f"{key} {_literal(value)}" for key, value in options.items()]
+    if endpoint:
+        host = endpoint.split("://", 1)[-1].rstrip("/")
+        settings += [f"ENDPOINT {_literal(host)}", "URL_STYLE 'path'",
+                     f"USE_SSL {'true' if endpoint.startswith('https') else 'false'}"]
+    return f"CREATE OR REPLACE SECRET lake ({', '.join(settings)})"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def iceberg_sources(lake: IcebergLake, glue=None) -> dict[tuple[str, str], str]:
+    """Where DuckDB reads each existing Iceberg table, by (layer, table): its folder for a local lake (a version
+    hint names the current metadata), the current metadata file the Glue Data Catalog names for a lake on S3."""
+    names = [(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)] + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)]
+    sources = {}
+    for layer, table in names:
+        if glue is None:
+            if (Path(lake.location(layer, table)) / "metadata" / "version-hint.text").exists():
+                sources[(layer, table)] = lake.location(layer, table)
+            continue
+        try:
+            found = glue.get_table(DatabaseName=lake.database(layer), Name=table)["Table"]
+        except glue.exceptions.EntityNotFoundException:
+            continue
+        sources[(layer, table)] = found["Parameters"]["metadata_location"]
+    return sources
+
+
+def _first_snapshot(connection: duckdb.DuckDBPyConnection, source: str) -> dt.datetime | None:
+    first = connection.execute(f"SELECT min(timestamp_ms) FROM iceberg_snapshots({_literal(source)})").fetchone()[0]
+    return first.replace(tzinfo=dt.timezone.utc) if first else None
+
+
+def _scan(connection: duckdb.DuckDBPyConnection, source: str, as_of: dt.datetime | None) -> str:
+    """A table's rows, as at `as_of` when given: none when the table had no snapshot yet (DuckDB refuses such
+    a time travel)."""
+    if as_of is None:
+        return f"SELECT * FROM iceberg_scan({_literal(source)})"
+    first = _first_snapshot(connection, source)
+    if first is None or first > as_of:
+        return f"SELECT * FROM iceberg_scan({_literal(source)}) LIMIT 0"
+    return (f"SELECT * FROM iceberg_scan({_literal(source)}, "
+            f"snapshot_from_timestamp = TIMESTAMPTZ {_literal(as_of.isoformat())})")
+
+
+def open_catalog(lake: IcebergLake, databases: Databases, sources: dict[tuple[str, str], str],
+                 path: str = ":memory:", as_of: dt.datetime | None = None) -> duckdb.DuckDBPyConnection:
+    """An embedded DuckDB catalog of the lake: the Iceberg tables (at `as_of`, when given) and every catalog
+    view over them."""
+    connection = connect(path, s3=lake.lake.on_s3)
+    for schema in (databases.staging, databases.marts, databases.staging_iceberg, databases.marts_iceberg):
+        connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    if as_of and (MARTS_LAYER, BUILDS) in sources:
+        first = _first_snapshot(connection, sources[(MARTS_LAYER, BUILDS)])
+        if first is None or first > as_of:
+            raise ValueError(f"the lake has no marts as of {as_of.isoformat()}: its history starts at "
+                             f"{first.isoformat() if first else 'the next build'} (older snapshots are expired by "
+                             "`synthea-pipeline maintain`)")
+    for (layer, table), source in sources.items():
+        schema = databases.staging_iceberg if layer == STAGING_LAYER else databases.marts_iceberg
+        connection.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS {_scan(connection, source, as_of)}")
+    mart_columns = {mart: [row[0] for row in connection.execute(f"DESCRIBE {databases.marts_iceberg}.{mart}").fetchall()]
+                    for mart in MARTS if (MARTS_LAYER, mart) in sources}
+    build = []
+    if (MARTS_LAYER, BUILDS) in sources:
+        build = connection.execute(f"SELECT includes_identifiers FROM {databases.marts_iceberg}.{BUILDS} "
+                                   "WHERE action = 'committed' ORDER BY logged_at DESC, build_id DESC LIMIT 1").fetchall()
+    views = catalog_views(databases, mart_columns, bool(build and build[0][0]))
+    layers = {databases.staging_iceberg: STAGING_LAYER, databases.marts_iceberg: MARTS_LAYER}
+    available = {(database, table) for (layer, table) in sources
+                 for database in layers if layers[database] == layer}
+    for (database, name), sql in views.items():
+        needs = {(t.db, t.name) for t in sqlglot.parse_one(sql, read=SOURCE_DIALECT).find_all(exp.Table) if t.db}
+        if needs <= available:
+            connection.execute(f"CREATE OR REPLACE VIEW {database}.{name} AS {local_sql(sql)}")
+            available.add((database, name))
+    return connection
+
+
+def defined_views(connection: duckdb.DuckDBPyConnection, databases: Databases) -> list[tuple[str, str]]:
+    """The (database, view) pairs of the catalog views an embedded catalog holds."""
+    rows = connection.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    return [(schema, view) for schema, view in rows if schema in (databases.staging, databases.marts)]
+
+
+def duckdb_to_hive(duckdb_type: str) -> str:
+    kind = duckdb_type.upper()
+    if kind.startswith("DECIMAL"):
+        return kind.lower().replace(" ", "")
+    return {"VARCHAR": "string", "INTEGER": "int", "BIGINT": "bigint", "HUGEINT": "decimal(38,0)",
+            "DOUBLE": "double", "BOOLEAN": "boolean", "DATE": "date", "TIMESTAMP WITH TIME ZONE": "timestamp",
+            "TIMESTAMP": "timestamp"}[kind]
+
+
+def view_columns(connection: duckdb.DuckDBPyConnection, database: str, view: str) -> list[tuple[str, str]]:
+    """A view's output columns with catalog types, as the embedded engine computes them."""
+    return [(row[0], duckdb_to_hive(row[1])) for row in connection.execute(f"DESCRIBE {database}.{view}").fetchall()]
 
 
 def athena_view_input(name: str, database: str, sql: str, columns: list[tuple[str, str]]) -> dict:
@@ -98,21 +268,12 @@ def athena_view_input(name: str, database: str, sql: str, columns: list[tuple[st
     }
 
 
-def _same_descriptor(existing: dict, wanted: dict) -> bool:
-    """Only what this module sets: Glue fills in defaults (Compressed, NumberOfBuckets, ...) on read."""
-    return (existing.get("Columns") == wanted.get("Columns")
-            and existing.get("Location") == wanted.get("Location")
-            and existing.get("InputFormat") == wanted.get("InputFormat")
-            and existing.get("OutputFormat") == wanted.get("OutputFormat")
-            and existing.get("SerdeInfo", {}).get("SerializationLibrary")
-            == wanted.get("SerdeInfo", {}).get("SerializationLibrary"))
-
-
 def _same(existing: dict, wanted: dict) -> bool:
-    plain = ("TableType", "PartitionKeys", "ViewOriginalText", "ViewExpandedText", "Description")
-    return (all(existing.get(key) == wanted.get(key) for key in plain if key in wanted)
+    """Only what this module sets: Glue fills in defaults on read."""
+    plain = ("TableType", "PartitionKeys", "ViewOriginalText", "ViewExpandedText")
+    return (all(existing.get(key) == wanted.get(key) for key in plain)
             and all(existing.get("Parameters", {}).get(k) == v for k, v in wanted["Parameters"].items())
-            and _same_descriptor(existing.get("StorageDescriptor", {}), wanted["StorageDescriptor"]))
+            and existing.get("StorageDescriptor", {}).get("Columns") == wanted["StorageDescriptor"]["Columns"])
 
 
 def _put_table(glue, database: str, wanted: dict) -> str:
@@ -138,126 +299,51 @@ def _ensure_database(glue, name: str, description: str) -> None:
         glue.create_database(DatabaseInput={"Name": name, "Description": description})
 
 
-def register_glue(glue, lake: Lake, databases: Databases, view_columns: dict[str, list[tuple[str, str]]]
-                  ) -> dict[str, str]:
-    """Staging tables (partitioned by upload, one partition per staged upload), marts and BI views in the Glue
-    Data Catalog; returns what happened to each table."""
-    _ensure_database(glue, databases.staging, "synthea-pipeline staging tables")
-    _ensure_database(glue, databases.marts, "synthea-pipeline marts and BI views")
-    outcome = {}
-    for table in TABLES:
-        location = lake.uri("staging", table)
-        wanted = table_input(table, location, staging_columns(table), ("upload_id",), TABLES[table].grain)
-        outcome[f"{databases.staging}.{table}"] = _put_table(glue, databases.staging, wanted)
-        _put_partitions(glue, databases.staging, table, wanted["StorageDescriptor"], {
-            (upload,): lake.partition("staging", table, upload) for upload in staged_uploads(lake, table)})
-    wanted = table_input(QUARANTINE, lake.uri(QUARANTINE), quarantine_columns(), QUARANTINE_PARTITION_KEYS,
-                         "Rows not staged, with the reason, file and line (every table and upload)")
-    outcome[f"{databases.staging}.{QUARANTINE}"] = _put_table(glue, databases.staging, wanted)
-    _put_partitions(glue, databases.staging, QUARANTINE, wanted["StorageDescriptor"], {
-        (table, upload): lake.partition(QUARANTINE, table, upload)
-        for table in TABLES for upload in staged_uploads(lake, table, QUARANTINE)})
-    for mart in MARTS:
-        columns = [{"Name": f.name, "Type": hive_type(f.type)} for f in mart_schema(lake, mart)]
-        wanted = table_input(mart, lake.uri("marts", mart), columns, (), MARTS[mart].grain)
-        outcome[f"{databases.marts}.{mart}"] = _put_table(glue, databases.marts, wanted)
-    for view, columns in view_columns.items():
-        wanted = athena_view_input(view, databases.marts, view_sql(view, databases.marts), columns)
-        outcome[f"{databases.marts}.{view}"] = _put_table(glue, databases.marts, wanted)
-    return outcome
+def register_glue(glue, connection: duckdb.DuckDBPyConnection, databases: Databases) -> dict[str, str]:
+    """Every catalog view the embedded catalog could define, as an Athena view in the Glue Data Catalog (the
+    Iceberg tables themselves are registered by the engines that write them); returns what happened to each."""
+    _ensure_database(glue, databases.staging, "synthea-pipeline: committed staging rows (views)")
+    _ensure_database(glue, databases.marts, "synthea-pipeline: the committed marts build and BI views (views)")
+    sql = {(d, v): s for (d, v), s in _view_sql(connection, databases).items()}
+    return {f"{database}.{view}": _put_table(glue, database, athena_view_input(
+        view, database, sql[(database, view)], view_columns(connection, database, view)))
+        for database, view in defined_views(connection, databases)}
 
 
-def _put_partitions(glue, database: str, table: str, descriptor: dict, locations: dict[tuple[str, ...], str]
-                    ) -> None:
-    """One partition per key (e.g. upload), located at its folder, with the table's pinned columns."""
-    existing = {tuple(p["Values"]): p for page in glue.get_paginator("get_partitions").paginate(
-        DatabaseName=database, TableName=table) for p in page["Partitions"]}
-    missing = []
-    for values, location in locations.items():
-        wanted = {"Values": list(values), "StorageDescriptor": {**descriptor, "Location": location.rstrip("/") + "/"}}
-        current = existing.get(values)
-        if current is None:
-            missing.append(wanted)
-        elif not _same_descriptor(current["StorageDescriptor"], wanted["StorageDescriptor"]):
-            glue.update_partition(DatabaseName=database, TableName=table, PartitionValueList=list(values),
-                                  PartitionInput=wanted)
-    for start in range(0, len(missing), 100):
-        response = glue.batch_create_partition(DatabaseName=database, TableName=table,
-                                               PartitionInputList=missing[start : start + 100])
-        errors = [e for e in response.get("Errors", [])
-                  if e.get("ErrorDetail", {}).get("ErrorCode") != "AlreadyExistsException"]
-        if errors:
-            raise RuntimeError(f"Glue refused partitions of {database}.{table}: {errors}")
+def _view_sql(connection: duckdb.DuckDBPyConnection, databases: Databases) -> dict[tuple[str, str], str]:
+    mart_columns = {}
+    for (database, view) in defined_views(connection, databases):
+        if database == databases.marts and view in MARTS:
+            mart_columns[view] = [row[0] for row in connection.execute(
+                f"DESCRIBE {databases.marts_iceberg}.{view}").fetchall()]
+    identifiers = connection.execute(f"SELECT includes_identifiers FROM {databases.marts}.current_build").fetchall()
+    return catalog_views(databases, mart_columns, bool(identifiers and identifiers[0][0]))
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def as_of_query(sql: str, databases: Databases, as_of: dt.datetime, mart_columns: dict[str, list[str]],
+                includes_identifiers: bool) -> str:
+    """The user's Athena query over the marts and BI views as they were at `as_of`: each mart and BI view
+    becomes a CTE reading the Iceberg tables `FOR TIMESTAMP AS OF`, and references to them point there."""
+    moment = as_of.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    views = {view: text for (database, view), text in catalog_views(databases, mart_columns, includes_identifiers)
+             .items() if database == databases.marts}
 
+    def pinned(text: str) -> exp.Expression:
+        tree = sqlglot.parse_one(text, read=SOURCE_DIALECT)
+        for table in tree.find_all(exp.Table):
+            if table.db == databases.marts and table.name in views:
+                table.set("db", None)
+            elif table.db == databases.marts_iceberg:
+                table.set("version", exp.Version(this="TIMESTAMP", kind="AS OF", expression=exp.cast(
+                    exp.Literal.string(moment), exp.DataType.build("TIMESTAMP WITH TIME ZONE", dialect=SOURCE_DIALECT))))
+        return tree
 
-def _local_cast(name: str, kind: str) -> str:
-    """Timestamps are UTC instants: shown in UTC whatever the reader's time zone, as Athena shows them."""
-    return f"timezone('UTC', {name})" if kind == "timestamp" else f"CAST({name} AS {kind})"
-
-
-def _local_view(connection, name: str, columns: list[tuple[str, str]], glob: str, has_files: bool) -> None:
-    """A view over Parquet files with the contract's types, or an empty one of the same shape before any."""
-    if has_files:
-        selected = [f"{_local_cast(column, kind)} AS {column}" for column, kind in columns]
-        source = f"read_parquet({_quote(glob)}, union_by_name = true, hive_partitioning = false)"
-    else:
-        selected = [f"CAST(NULL AS {kind}) AS {column}" for column, kind in columns]
-        source = "(SELECT 1) WHERE false"
-    connection.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {', '.join(selected)} FROM {source}")
-
-
-def open_catalog(lake: Lake, databases: Databases = Databases(), path: str = ":memory:"
-                 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB catalog of the lake: `<marts>.<mart>` views and the BI views, and for a local lake also the
-    `<staging>.<table>` views. A local lake is read by path, so a catalog file keeps working for other DuckDB
-    clients. An S3 lake's marts are read with pyarrow into memory first (DuckDB's own S3 support is an extension
-    downloaded at run time); its staging tables are Athena's to query."""
-    connection = duckdb.connect(path)
-    connection.execute("SET TimeZone = 'UTC'")
-    for schema in (databases.staging, databases.marts):
-        connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    local = not lake.on_s3
-    if local:
-        for table in TABLES:
-            columns = [(c["Name"], c["Type"]) for c in staging_columns(table)] + [("upload_id", "string")]
-            glob = lake.uri("staging", table, "upload_id=*", "*.parquet")
-            _local_view(connection, f"{databases.staging}.{table}", columns, glob,
-                        bool(staged_uploads(lake, table)))
-        columns = [(f.name, hive_type(f.type)) for f in QUARANTINE_SCHEMA]
-        glob = lake.uri(QUARANTINE, "*", "upload_id=*", "*.parquet")
-        has_rows = any(staged_uploads(lake, table, QUARANTINE) for table in TABLES)
-        _local_view(connection, f"{databases.staging}.{QUARANTINE}", columns, glob, has_rows)
-    for mart in MARTS:
-        if local:
-            source = f"read_parquet({_quote(lake.uri('marts', mart, '*.parquet'))})"
-        else:
-            fs, folder = filesystem_for(lake.uri("marts", mart))
-            connection.register(f"_marts_{mart}", ds.dataset(folder, filesystem=fs, format="parquet").to_table())
-            source = f"_marts_{mart}"
-        connection.execute(f"CREATE OR REPLACE VIEW {databases.marts}.{mart} AS SELECT * FROM {source}")
-    for view in BI_VIEWS:
-        connection.execute(f"CREATE OR REPLACE VIEW {databases.marts}.{view} AS "
-                           f"{local_sql(view_sql(view, databases.marts))}")
-    return connection
-
-
-def duckdb_to_hive(duckdb_type: str) -> str:
-    kind = duckdb_type.upper()
-    if kind.startswith("DECIMAL"):
-        return kind.lower().replace(" ", "")
-    return {"VARCHAR": "string", "INTEGER": "int", "BIGINT": "bigint", "HUGEINT": "decimal(38,0)",
-            "DOUBLE": "double", "BOOLEAN": "boolean", "DATE": "date", "TIMESTAMP WITH TIME ZONE": "timestamp",
-            "TIMESTAMP": "timestamp"}[kind]
-
-
-def view_columns(connection: duckdb.DuckDBPyConnection, database: str) -> dict[str, list[tuple[str, str]]]:
-    """Each BI view's output columns with catalog types, as the embedded engine computes them."""
-    return {view: [(row[0], duckdb_to_hive(row[1])) for row in
-                   connection.execute(f"DESCRIBE {database}.{view}").fetchall()] for view in BI_VIEWS}
+    query = pinned(sql)
+    ctes = [exp.CTE(this=pinned(views[name]), alias=exp.TableAlias(this=exp.to_identifier(name)))
+            for name in ("current_build", *MARTS, *BI_VIEWS) if name in views]
+    existing = query.args.get("with_")
+    query.set("with_", exp.With(expressions=ctes + (existing.expressions if existing else [])))
+    return query.sql(dialect=SOURCE_DIALECT)
 
 
 def athena_query(athena, sql: str, database: str, workgroup: str, output: str | None, poll_seconds: float = 1.0

@@ -49,8 +49,8 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 
 @dataclass(frozen=True)
 class Lake:
-    """The lake layout: `source/<upload>/`, `<layer>/<table>/upload_id=<upload>/` for raw, staging and
-    quarantine, `marts/<table>/`."""
+    """The lake layout: `source/<upload>/`, `raw/<table>/upload_id=<upload>/load_id=<run>/` and the Iceberg
+    tables `staging/<table>/`, `staging/quarantine/`, `marts/<table>/`."""
 
     root: str
 
@@ -64,11 +64,10 @@ class Lake:
     def source(self, upload_id: str) -> str:
         return self.uri("source", upload_id)
 
-    def partition(self, layer: str, table: str, upload_id: str) -> str:
-        return self.uri(layer, table, f"upload_id={upload_id}")
-
-    def staging_path(self, upload_id: str, table: str) -> str:
-        return self.partition("staging", table, upload_id)
+    def raw(self, table: str, upload_id: str, load_id: str | None = None) -> str:
+        """An upload's raw partition of one table, or of one load (run) of it."""
+        partition = self.uri("raw", table, f"upload_id={upload_id}")
+        return f"{partition}/load_id={load_id}" if load_id else partition
 
 
 def files_in(uri: str) -> list[str]:
@@ -76,41 +75,6 @@ def files_in(uri: str) -> list[str]:
     fs, path = filesystem_for(uri)
     info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
-
-
-def staging_area(final_uri: str) -> str:
-    """A fresh sibling of `final_uri` to write into before `publish` swaps it in."""
-    parent, name = final_uri.rstrip("/").rsplit("/", 1)
-    return f"{parent}/_tmp_{name}_{uuid.uuid4().hex[:12]}"
-
-
-def publish(temp_uri: str, final_uri: str) -> None:
-    """Replace `final_uri` by `temp_uri`.
-
-    On a local folder this is two renames (old aside, new in): a reader sees the old or the new folder, never a
-    mix. S3 has no rename: the new objects are copied in first and the old ones deleted after, so the partition
-    is never absent, but a reader listing it between the two steps can see both versions' files."""
-    fs, temp = filesystem_for(temp_uri)
-    _, final = filesystem_for(final_uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        _, trash = filesystem_for(staging_area(final_uri))
-        exists = fs.get_file_info(final).type != pafs.FileType.NotFound
-        if exists:
-            fs.move(final, trash)
-        fs.move(temp, final)
-        if exists:
-            fs.delete_dir(trash)
-        return
-    old = [i.path for i in fs.get_file_info(pafs.FileSelector(final, recursive=True, allow_not_found=True))
-           if i.type == pafs.FileType.File]
-    new = {i.path[len(temp) :] for i in fs.get_file_info(pafs.FileSelector(temp, recursive=True))
-           if i.type == pafs.FileType.File}
-    for relative in sorted(new):
-        fs.copy_file(temp + relative, final + relative)
-    for path in old:
-        if path[len(final) :] not in new:
-            fs.delete_file(path)
-    fs.delete_dir(temp)
 
 
 def write_text(uri: str, text: str) -> None:
@@ -127,7 +91,8 @@ def write_text(uri: str, text: str) -> None:
     os.replace(temp, path)
 
 
-def discard(uri: str) -> None:
-    """Remove a folder written by `staging_area` that is not to be published."""
+def delete_folder(uri: str) -> None:
+    """Remove a folder and everything under it; nothing when it does not exist."""
     fs, path = filesystem_for(uri)
-    fs.delete_dir(path)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)

@@ -12,17 +12,29 @@ from typing import Any, Protocol
 from pyspark.sql import SparkSession
 
 from synthea_pipeline.tables import TABLES, Table
-from synthea_pipeline.transforms.lake import Lake, discard, publish
+from synthea_pipeline.transforms.iceberg import (
+    ABANDONED_AFTER,
+    LOAD_PARTITIONING,
+    QUARANTINE,
+    QUARANTINE_COLUMNS,
+    STAGING_LAYER,
+    CommitLog,
+    IcebergLake,
+    LoadRecord,
+    now,
+)
+from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import (
     COLUMN_DESCRIPTIONS,
     MARTS,
     check_marts,
-    discard_marts,
-    publish_marts,
+    current_loads,
+    discard_build,
+    discard_stale_builds,
     write_marts,
 )
-from synthea_pipeline.transforms.raw import load_manifest
-from synthea_pipeline.transforms.staging import stage_table, staging_checks
+from synthea_pipeline.transforms.raw import current_raw, load_manifest
+from synthea_pipeline.transforms.staging import discard_load, discard_stale_loads, stage_table, staging_checks
 
 PARALLEL_TABLES = 2
 PATH_KEYS = {"location"}
@@ -30,7 +42,12 @@ SCHEMA_KEY = "dagster/column_schema"
 
 
 class LayerFailed(Exception):
-    """The layer ran but its outputs must not be used (blocking checks failed); the message says which."""
+    """The layer ran but its outputs must not be used (blocking checks failed); the message says which, and
+    `reports` holds every check result, so each failed check shows where it failed."""
+
+    def __init__(self, message: str, reports: list | None = None):
+        super().__init__(message)
+        self.reports = reports or []
 
 
 @dataclass
@@ -113,38 +130,40 @@ def frame_schema(frame) -> dict:
                         for f in frame.schema]}
 
 
-def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, tables: list[str]) -> list[Report]:
-    """Types every given table of the upload, two at a time so the many small Spark queries overlap, checks
-    each written partition and publishes it, with its quarantine, only when its blocking checks pass."""
-    lake = Lake(lake_root)
+def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, load_id: str, catalog: str = "path",
+                staging_database: str = "synthea_staging", marts_database: str = "synthea_marts",
+                upload_checksum: str | None = None) -> list[Report]:
+    """Types every table of the upload into the staging Iceberg tables under a new load, two tables at a time so
+    the many small Spark queries overlap, checks each, and commits the load for the whole upload at once (one
+    record in the uploads log) only when every blocking check of every table passes. A load that is not
+    committed is deleted and was never visible."""
+    lake = IcebergLake(lake_root, catalog, staging_database, marts_database)
+    commits = CommitLog(spark, lake)
+    begun = now()
+    commits.record(LoadRecord(upload_id, load_id, "begun", begun))
+    lake.ensure(spark, STAGING_LAYER, QUARANTINE, QUARANTINE_COLUMNS, LOAD_PARTITIONING)
+    layout = Lake(lake_root)
 
     def stage(table: Table):
-        raw_uri = lake.partition("raw", table.name, upload_id)
+        raw_uri = current_raw(layout, table.name, upload_id)
         raw = load_manifest(raw_uri)
-        return raw, *stage_table(spark, table, raw, raw_uri, lake.staging_path(upload_id, table.name),
-                                 lake.partition("quarantine", table.name, upload_id), upload_id)
+        return raw, *stage_table(spark, table, raw, raw_uri, lake, upload_id, load_id)
 
-    selected = [TABLES[name] for name in tables]
+    selected = list(TABLES.values())
     with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
         outcomes = list(pool.map(stage, selected))
-    reports: list[Report] = []
-    for table, (raw, result, facts, temp, quarantine_temp) in zip(selected, outcomes):
-        staging_uri = lake.staging_path(upload_id, table.name)
-        checks = staging_checks(table, raw, result, facts)
-        published = all(passed for passed, _ in checks.values())
-        if published:
-            publish(temp, staging_uri)
-            publish(quarantine_temp, lake.partition("quarantine", table.name, upload_id))
-        else:
-            discard(temp)
-            discard(quarantine_temp)
-            log.error(f"{table.name}: staging partition not published, a blocking check failed")
+    materializations: list[Report] = []
+    checks: list[Report] = []
+    release = "unknown"
+    for table, (raw, result, facts) in zip(selected, outcomes):
+        release = raw.upload_release
+        key = f"staging/{table.name}"
+        outcome = staging_checks(table, raw, result, facts)
         if result.unparseable_values:
             log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
         if result.quarantined:
             log.warning(f"{table.name}: {result.quarantined} rows quarantined: {result.quarantine_reasons}")
-        key = f"staging/{table.name}"
-        reports.append(AssetReport(key, external_metadata({
+        materializations.append(AssetReport(key, external_metadata({
             "dagster/row_count": int(result.rows_out),
             SCHEMA_KEY: table_schema(table),
             "rows_in": raw.rows_in,
@@ -156,44 +175,67 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, t
             "unparseable_values": result.unparseable_values,
             "synthea_release": raw.upload_release,
             "source_present": bool(raw.files),
-            "published": published,
-            "location": staging_uri,
+            "load_id": load_id,
+            "table": lake.identifier("staging", table.name),
+            "location": lake.location("staging", table.name),
         })))
-        reports += [CheckReport(key, name, passed, metadata=external_metadata(metadata))
-                    for name, (passed, metadata) in checks.items()]
-        reports.append(CheckReport(key, "no_quarantined_rows", result.quarantined == 0, "WARN", external_metadata({
+        checks += [CheckReport(key, name, passed, metadata=external_metadata(metadata))
+                   for name, (passed, metadata) in outcome.items()]
+        checks.append(CheckReport(key, "no_quarantined_rows", result.quarantined == 0, "WARN", external_metadata({
             "quarantined": result.quarantined, "reasons": result.quarantine_reasons,
-            "location": lake.partition("quarantine", table.name, upload_id)})))
-    return reports
+            "table": lake.identifier("staging", "quarantine")})))
+    failed = [f"{c.asset_key}:{c.check_name}" for c in checks if c.severity == "ERROR" and not c.passed]
+    if failed:
+        discard_load(spark, lake, list(TABLES), upload_id, load_id)
+        commits.record(LoadRecord(upload_id, load_id, "discarded", now()))
+        raise LayerFailed(f"upload {upload_id} not committed, blocking checks failed: {', '.join(failed)}", checks)
+    at = now()
+    commits.record(LoadRecord(upload_id, load_id, "committed", at, commits.uploads().registered_at(upload_id, at),
+                              upload_checksum, release))
+    discard_stale_loads(spark, lake, commits, begun, upload_id)
+    log.info(f"committed load {load_id} of upload {upload_id} ({len(selected)} tables)")
+    return materializations + checks
 
 
-def run_marts(spark: SparkSession, log: Log, lake_root: str, upload_order: list[str],
-              include_identifiers: bool = False) -> list[Report]:
-    """Rebuilds every mart from all staged uploads (the latest registered upload wins) and publishes them only
-    when every blocking check passes, so readers never see a mart that failed one."""
-    lake = Lake(lake_root)
-    written = write_marts(spark, lake, upload_order, include_identifiers)
-    checks = check_marts(spark, lake, written, upload_order)
+def run_marts(spark: SparkSession, log: Log, lake_root: str, build_id: str, include_identifiers: bool | None = None,
+              catalog: str = "path", staging_database: str = "synthea_staging",
+              marts_database: str = "synthea_marts") -> list[Report]:
+    """Builds every mart from the committed loads of every upload in the lake (the latest upload wins) under a
+    new build, checks it, and commits the build for all marts at once only when every blocking check passes.
+    Direct identifiers are included as in the committed build unless `include_identifiers` says otherwise."""
+    lake = IcebergLake(lake_root, catalog, staging_database, marts_database)
+    commits = CommitLog(spark, lake)
+    if include_identifiers is None:
+        include_identifiers = commits.identifiers_included()
+    uploads = commits.uploads()
+    order = uploads.order()
+    loads = current_loads(spark, uploads)
+    commits.record_build(build_id, "begun", include_identifiers)
+    written = write_marts(spark, lake, loads, build_id, include_identifiers)
+    checks = check_marts(spark, lake, written, loads, build_id)
+    reports: list[Report] = [CheckReport(f"marts/{c.mart}", c.name, c.passed, "ERROR" if c.blocking else "WARN",
+                                         external_metadata(c.metadata)) for c in checks]
     failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
     if failed:
-        discard_marts(written)
-        raise LayerFailed("marts not published, blocking checks failed: " + "; ".join(failed))
-    publish_marts(written, lake)
-    log.info(f"published {len(written)} marts over {len(upload_order)} uploads")
+        discard_build(spark, lake, build_id)
+        commits.record_build(build_id, "discarded", include_identifiers)
+        raise LayerFailed("marts not committed, blocking checks failed: " + "; ".join(failed), reports)
+    commits.record_build(build_id, "committed", include_identifiers)
+    discard_stale_builds(spark, lake, commits, now() - ABANDONED_AFTER)
+    log.info(f"committed build {build_id} of {len(written)} marts over {len(order)} uploads")
     rows = {c.mart: c.metadata["rows"] for c in checks if c.name == "primary_key"}
-    reports: list[Report] = [
+    return [
         AssetReport(f"marts/{name}", external_metadata({
             "dagster/row_count": int(rows[name]),
-            SCHEMA_KEY: frame_schema(spark.read.parquet(lake.uri("marts", name))),
-            "location": lake.uri("marts", name),
-            "uploads": list(upload_order),
+            SCHEMA_KEY: frame_schema(spark.table(written[name]).drop("build_id")),
+            "build_id": build_id,
+            "table": written[name],
+            "location": lake.location("marts", name),
+            "uploads": order,
             "includes_identifiers": include_identifiers,
         }))
         for name in MARTS
-    ]
-    reports += [CheckReport(f"marts/{c.mart}", c.name, c.passed, "ERROR" if c.blocking else "WARN",
-                            external_metadata(c.metadata)) for c in checks]
-    return reports
+    ] + reports
 
 
 LAYERS = {"staging": run_staging, "marts": run_marts}

@@ -19,23 +19,36 @@ timestamp are its UTC date, so a condition's `start_date` can be a day off its e
 
 from __future__ import annotations
 
+import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import reduce
 
-from pyarrow import fs as pafs
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from synthea_pipeline.tables import TABLES, UNKNOWN_MEMBER_KEY
-from synthea_pipeline.transforms.lake import Lake, discard, filesystem_for, publish, staging_area
-from synthea_pipeline.transforms.staging import staging_schema, write_parquet
+from synthea_pipeline.transforms.iceberg import (
+    BUILD_PARTITIONING,
+    LOAD_PARTITIONING,
+    MARTS_LAYER,
+    MARTS_SUBJECT,
+    STAGING_LAYER,
+    CommitLog,
+    IcebergLake,
+    UploadLog,
+    quoted,
+)
+from synthea_pipeline.transforms.staging import staging_schema
 
 PATIENT_IDENTIFIERS = {"ssn": "ssn", "drivers": "drivers", "passport": "passport", "prefix": "prefix",
                        "first_name": "first", "middle_name": "middle", "last_name": "last", "suffix": "suffix",
                        "maiden_name": "maiden", "address": "address"}
 """Direct identifiers of patient_fact (mart column: staging column), left out unless asked for."""
 IDENTIFIER_COLUMNS = tuple(PATIENT_IDENTIFIERS)
+MART_IDENTIFIERS = {"patient_fact": IDENTIFIER_COLUMNS, "provider_dim": ("provider_name", "address"),
+                    "organization_dim": ("address",)}
+"""Columns of each mart that are direct identifiers: null, and hidden by the catalog views, unless asked for."""
 
 PARALLEL_WRITES = 2
 UNKNOWN_KEY = UNKNOWN_MEMBER_KEY
@@ -133,24 +146,18 @@ FOREIGN_KEYS = {
 """Every foreign key of the star and the mart it must resolve in."""
 
 
-def staged_uploads(lake: Lake, table: str, layer: str = "staging") -> list[str]:
-    fs, path = filesystem_for(lake.uri(layer, table))
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name[len("upload_id="):] for i in infos if i.base_name.startswith("upload_id="))
+def current_loads(spark: SparkSession, uploads: UploadLog) -> DataFrame:
+    """The committed load of every upload in the lake with its rank (higher is later), as the uploads log says
+    at the moment of the call: a build reads exactly these, whatever commits meanwhile."""
+    current = uploads.current()
+    rows = [(upload, current[upload].load_id, rank) for rank, upload in enumerate(uploads.order())]
+    return spark.createDataFrame(rows, "upload_id string, load_id string, upload_rank int")
 
 
-def read_staging(spark: SparkSession, lake: Lake, table: str, ranks: DataFrame) -> DataFrame:
-    """Every upload's staging rows of one table, with the upload's rank (higher is later). Read with the
-    contract's schema, so partitions written before a column was added read it as null."""
-    paths = [lake.staging_path(u, table) for u in staged_uploads(lake, table)]
-    return spark.read.schema(staging_schema(TABLES[table])).parquet(*paths).join(F.broadcast(ranks), "upload_id")
-
-
-def upload_ranks(spark: SparkSession, lake: Lake, upload_order: list[str]) -> DataFrame:
-    """Rank of each staged upload: its place in `upload_order`, after any staged upload not listed (by name)."""
-    staged = staged_uploads(lake, "patients")
-    order = [u for u in sorted(staged) if u not in upload_order] + [u for u in upload_order if u in staged]
-    return spark.createDataFrame([(u, i) for i, u in enumerate(order)], "upload_id string, upload_rank int")
+def read_staging(spark: SparkSession, lake: IcebergLake, table: str, loads: DataFrame) -> DataFrame:
+    """The committed rows of one staging table, with their upload's rank."""
+    identifier = lake.ensure(spark, STAGING_LAYER, table, staging_schema(TABLES[table]), LOAD_PARTITIONING)
+    return spark.table(identifier).join(F.broadcast(loads), ["upload_id", "load_id"]).drop("load_id")
 
 
 def patient_scoped(frame: DataFrame, owners: DataFrame, key: str) -> DataFrame:
@@ -190,6 +197,10 @@ def with_unknown_member(spark: SparkSession, frame: DataFrame, key: str, name_co
     return frame.unionByName(spark.range(1).select(*member))
 
 
+def identifier(value: Column, included: bool) -> Column:
+    return value if included else F.lit(None).cast("string")
+
+
 def location_key(*parts: Column) -> Column:
     text = F.concat_ws("|", *[F.coalesce(p, F.lit("")) for p in parts])
     return F.when(F.coalesce(*parts).isNull(), None).otherwise(F.md5(text))
@@ -214,16 +225,16 @@ def _age_band(age: Column) -> Column:
     return expression.otherwise("80+")
 
 
-def write_marts(spark: SparkSession, lake: Lake, upload_order: list[str], include_identifiers: bool = False
-                ) -> dict[str, str]:
-    """Write every mart, sorted by key, beside `marts/<name>/` (`publish_marts` swaps them in once checked) from
-    all staged uploads ranked by `upload_order` (uploads found in the lake but not listed rank first, by name);
-    returns where each was written. The dimensions are written first; the patient fact and the date dimension
-    are then computed from the written dimensions, so no dimension's lineage is computed twice."""
-    ranks = upload_ranks(spark, lake, upload_order)
+def write_marts(spark: SparkSession, lake: IcebergLake, loads: DataFrame, build_id: str,
+                include_identifiers: bool = False) -> dict[str, str]:
+    """Append every mart, sorted by key, under `build_id` (readers see it once the build is committed) from the
+    given committed loads (`current_loads`); returns each mart's table. The dimensions are written first; the
+    patient fact and the date dimension are then computed from the written dimensions, so no dimension's
+    lineage is computed twice. Identifier columns are always there, null unless asked for, so the tables keep
+    one schema; the catalog views show them only for a build that includes them."""
 
     def read(table: str) -> DataFrame:
-        return read_staging(spark, lake, table, ranks)
+        return read_staging(spark, lake, table, loads)
 
     patients = latest_per_key(read("patients"), "id")
     owners = patients.select(F.col("id").alias("patient"), "upload_id")
@@ -327,7 +338,8 @@ def write_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
     provider_dim = providers.select(
         F.col("id").alias("provider_key"),
         F.col("organization").alias("organization_key"),
-        *([F.col("name").alias("provider_name"), F.col("address")] if include_identifiers else []),
+        identifier(F.col("name"), include_identifiers).alias("provider_name"),
+        identifier(F.col("address"), include_identifiers).alias("address"),
         F.col("gender"),
         F.col("speciality").alias("specialty"),
         location_key(*_place_parts(county=False)).alias("location_key"),
@@ -341,7 +353,7 @@ def write_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
     organization_dim = organizations.select(
         F.col("id").alias("organization_key"),
         F.col("name").alias("organization_name"),
-        *([F.col("address")] if include_identifiers else []),
+        identifier(F.col("address"), include_identifiers).alias("address"),
         location_key(*_place_parts(county=False)).alias("location_key"),
         F.col("lat"),
         F.col("lon"),
@@ -362,7 +374,7 @@ def write_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
         F.col("upload_id"),
     )
 
-    written = _write_each(lake, {
+    dimensions = {
         "encounter_dim": with_unknown_member(spark, encounter_dim, "encounter_key"),
         "condition_dim": condition_dim,
         "procedure_dim": procedure_dim,
@@ -371,13 +383,20 @@ def write_marts(spark: SparkSession, lake: Lake, upload_order: list[str], includ
         "organization_dim": with_unknown_member(spark, organization_dim, "organization_key", "organization_name"),
         "payer_dim": with_unknown_member(spark, payer_dim, "payer_key", "payer_name"),
         "location_dim": with_unknown_member(spark, location_dim, "location_key"),
-    })
-    dims = {name: spark.read.parquet(uri) for name, uri in written.items()}
+    }
+    written = _write_each(spark, lake, dimensions, build_id)
+    dims = build_of(spark, written, build_id)
     patients = with_unknown_member(spark, patients, "id")
-    written |= _write_each(lake, {"patient_fact": patient_fact(patients, dims, immunizations, include_identifiers)})
-    fact = spark.read.parquet(written["patient_fact"])
-    written |= _write_each(lake, {"date_dim": date_dim(fact, dims)})
+    fact = patient_fact(patients, dims, immunizations, include_identifiers)
+    written |= _write_each(spark, lake, {"patient_fact": fact}, build_id)
+    fact = build_of(spark, written, build_id)["patient_fact"]
+    written |= _write_each(spark, lake, {"date_dim": date_dim(fact, dims)}, build_id)
     return written
+
+
+def build_of(spark: SparkSession, tables: dict[str, str], build_id: str) -> dict[str, DataFrame]:
+    """One build's rows of each mart table, without the build column."""
+    return {name: spark.table(t).where(F.col("build_id") == build_id).drop("build_id") for name, t in tables.items()}
 
 
 def patient_fact(patients: DataFrame, dims: dict[str, DataFrame], immunizations: DataFrame,
@@ -407,11 +426,12 @@ def patient_fact(patients: DataFrame, dims: dict[str, DataFrame], immunizations:
         fact = fact.join(frame, "id", "left")
     end = F.coalesce(F.col("deathdate"), F.col("as_of_date"))
     age = F.floor(F.months_between(end, F.col("birthdate")) / 12).cast("int")
-    identifiers = [F.col(staged).alias(column) for column, staged in PATIENT_IDENTIFIERS.items()]
+    identifiers = [identifier(F.col(staged), include_identifiers).alias(column)
+                   for column, staged in PATIENT_IDENTIFIERS.items()]
     zero = F.lit(0)
     return fact.select(
         F.col("id").alias("patient_key"),
-        *(identifiers if include_identifiers else []),
+        *identifiers,
         F.col("birthdate").alias("birth_date"),
         F.col("deathdate").alias("death_date"),
         F.col("deathdate").isNotNull().alias("is_deceased"),
@@ -469,24 +489,38 @@ def date_dim(fact: DataFrame, dims: dict[str, DataFrame]) -> DataFrame:
     )
 
 
-def _write_each(lake: Lake, frames: dict[str, DataFrame]) -> dict[str, str]:
-    """Write marts two at a time (their many small queries overlap), each sorted by its key."""
+def _write_each(spark: SparkSession, lake: IcebergLake, frames: dict[str, DataFrame], build_id: str
+                ) -> dict[str, str]:
+    """Append marts under a build two at a time (their many small queries overlap), each sorted by its key."""
+
     def write(item: tuple[str, DataFrame]) -> tuple[str, str]:
         name, frame = item
-        return name, write_parquet(frame.orderBy(MARTS[name].key), staging_area(lake.uri("marts", name)))
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in frame.schema)
+        table = lake.ensure(spark, MARTS_LAYER, name, f"{columns}, build_id string", BUILD_PARTITIONING)
+        lake.append(frame.orderBy(MARTS[name].key).withColumn("build_id", F.lit(build_id)), table)
+        return name, table
 
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         return dict(pool.map(write, frames.items()))
 
 
-def publish_marts(written: dict[str, str], lake: Lake) -> None:
-    for name, uri in written.items():
-        publish(uri, lake.uri("marts", name))
+def discard_build(spark: SparkSession, lake: IcebergLake, build_id: str) -> None:
+    """Delete one build's rows from every mart."""
+    for name in MARTS:
+        table = lake.open(spark, MARTS_LAYER, name)
+        if table:
+            lake.delete(spark, table, f"build_id = {quoted(build_id)}")
 
 
-def discard_marts(written: dict[str, str]) -> None:
-    for uri in written.values():
-        discard(uri)
+def discard_stale_builds(spark: SparkSession, lake: IcebergLake, commits: CommitLog, abandoned_before: dt.datetime
+                         ) -> list[str]:
+    """Delete the builds that are neither the committed one nor the one before it (kept for readers that started
+    before the switch), or were begun before `abandoned_before` and never committed; returns their ids."""
+    stale = [build for _, build in commits.builds().stale(abandoned_before, MARTS_SUBJECT)]
+    for build in stale:
+        discard_build(spark, lake, build)
+        commits.record_build(build, "discarded", False)
+    return stale
 
 
 @dataclass(frozen=True)
@@ -502,10 +536,11 @@ def _count(frame: DataFrame) -> int:
     return int(frame.count())
 
 
-def check_marts(spark: SparkSession, lake: Lake, written: dict[str, str], upload_order: list[str]
+def check_marts(spark: SparkSession, lake: IcebergLake, written: dict[str, str], loads: DataFrame, build_id: str
                 ) -> list[MartCheck]:
-    """Judge the written marts: keys, foreign keys, row counts against staging, and known Synthea oddities."""
-    marts = {name: spark.read.parquet(uri) for name, uri in written.items()}
+    """Judge a written build: keys, foreign keys, row counts against the staging loads it was built from, and
+    known Synthea oddities."""
+    marts = build_of(spark, written, build_id)
     checks = []
     for name, mart in MARTS.items():
         frame = marts[name]
@@ -521,16 +556,15 @@ def check_marts(spark: SparkSession, lake: Lake, written: dict[str, str], upload
         checks.append(MartCheck(name, "foreign_keys_resolve", not any(orphans.values()), {"orphans": orphans}))
 
     checks += references_known(marts)
-    ranks = upload_ranks(spark, lake, upload_order)
     for mart_name, table in (("patient_fact", "patients"), ("provider_dim", "providers"),
                              ("organization_dim", "organizations"), ("payer_dim", "payers")):
-        expected = _count(read_staging(spark, lake, table, ranks).select("id").distinct()) + 1
+        expected = _count(read_staging(spark, lake, table, loads).select("id").distinct()) + 1
         actual = _count(marts[mart_name])
         checks.append(MartCheck(mart_name, "rows_reconcile", expected == actual,
                                 {"distinct_ids_in_staging_and_unknown_member": expected, "rows": actual}))
     owners = marts["patient_fact"].where(F.col("patient_key") != UNKNOWN_KEY).select(
         F.col("patient_key").alias("patient"), "upload_id")
-    encounters = patient_scoped(read_staging(spark, lake, "encounters", ranks), owners, "id")
+    encounters = patient_scoped(read_staging(spark, lake, "encounters", loads), owners, "id")
     expected, actual = _count(encounters.select("id").distinct()) + 1, _count(marts["encounter_dim"])
     checks.append(MartCheck("encounter_dim", "rows_reconcile", expected == actual,
                             {"distinct_current_encounters_and_unknown_member": expected, "rows": actual}))
@@ -538,7 +572,7 @@ def check_marts(spark: SparkSession, lake: Lake, written: dict[str, str], upload
     stops_early = _count(marts["medication_dim"].where(F.col("stop_ts") < F.col("start_ts")))
     checks.append(MartCheck("medication_dim", "stops_before_start", stops_early == 0,
                             {"medications_stopping_before_start": stops_early}, blocking=False))
-    observations = read_staging(spark, lake, "observations", ranks).join(owners, ["patient", "upload_id"], "left_semi")
+    observations = read_staging(spark, lake, "observations", loads).join(owners, ["patient", "upload_id"], "left_semi")
     no_encounter = _count(observations.where(F.col("encounter").isNull()))
     checks.append(MartCheck("encounter_dim", "observations_without_encounter", no_encounter == 0,
                             {"observations_without_encounter": no_encounter}, blocking=False))

@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from synthea_pipeline.tables import TABLES, Table, detect_release
-from synthea_pipeline.transforms.lake import files_in, filesystem_for, publish, staging_area
+from synthea_pipeline.transforms.lake import Lake, delete_folder, files_in, filesystem_for, write_text
 
 BLOCK_BYTES = 32 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
@@ -31,6 +32,8 @@ NEWLINE, COMMA, CARRIAGE_RETURN = 10, 44, 13
 SOURCE_FILE = re.compile(r"^(?P<table>[A-Za-z_]+?)(?:-(?P<part>\d+))?\.csv$")
 UNNAMED = re.compile(r"^(Unnamed: \d+.*)?$")
 MANIFEST = "_manifest.json"
+CURRENT = "_current"
+"""Beside an upload's raw loads of a table: the load id of the latest complete raw pass, which staging reads."""
 LINEAGE = (("_file", pa.string()), ("_line", pa.int64()), ("_reason", pa.string()), ("_text", pa.string()))
 """Columns every raw row carries besides the header's: where it came from, and why and what it was when it
 could not be split into fields."""
@@ -152,7 +155,8 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, release: str = "unknown") -> RawResult:
-    """Write the raw Parquet of one table to `raw_uri`, replacing what an earlier run wrote there."""
+    """Write the raw Parquet of one table to `raw_uri`, a folder of this run's own (its load), replacing what
+    a retry of the run wrote there."""
     result = RawResult(table=table.name, upload_release=release)
     headers = [(file, *read_header(source_uri, file, table.name)) for file in files]
     kept_header: list[str] | None = None
@@ -178,9 +182,9 @@ def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, r
         elif header != kept_header:
             raise TableError(table.name, file, number, f"header differs from {headers[0][0]}: {','.join(names)}")
 
-    temp_raw = staging_area(raw_uri)
-    fs, raw_root = filesystem_for(temp_raw)
+    fs, raw_root = filesystem_for(raw_uri)
     fs.create_dir(raw_root)
+    fs.delete_dir_contents(raw_root, missing_dir_ok=True)
     reasons: Counter = Counter()
     for file, names, header_bytes, header_line_number in headers:
         if not names:
@@ -201,8 +205,32 @@ def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, r
     result.quarantine_reasons = dict(reasons)
     with fs.open_output_stream(f"{raw_root}/{MANIFEST}") as out:
         out.write(result.to_json().encode())
-    publish(temp_raw, raw_uri)
+    partition, load = raw_uri.rstrip("/").rsplit("/load_id=", 1)
+    write_text(f"{partition}/{CURRENT}", load)
     return result
+
+
+def current_raw(lake: Lake, table: str, upload_id: str) -> str:
+    """Where the latest complete raw pass of an upload's table is."""
+    pointer = f"{lake.raw(table, upload_id)}/{CURRENT}"
+    fs, path = filesystem_for(pointer)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return lake.raw(table, upload_id, stream.read().decode().strip())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"upload {upload_id} has no raw pass of {table} ({pointer} is missing): "
+                                "materialize its raw assets first") from None
+
+
+def discard_stale_raw(lake: Lake, table: str, upload_id: str) -> None:
+    """Delete an upload's raw loads of a table other than the current one (runs that died or were replaced)."""
+    partition = lake.raw(table, upload_id)
+    keep = current_raw(lake, table, upload_id)
+    fs, path = filesystem_for(partition)
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("load_id="):
+            if f"{partition}/{info.base_name}" != keep:
+                delete_folder(f"{partition}/{info.base_name}")
 
 
 def load_manifest(raw_uri: str) -> RawResult:

@@ -13,19 +13,27 @@ Tables without a natural key get the row's content hash as their key, `row_key`.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from functools import reduce
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import to_arrow_schema
 
-from synthea_pipeline.tables import SPARK_TYPES, UNKNOWN_MEMBER_KEY, Table
-from synthea_pipeline.transforms.lake import discard, filesystem_for, staging_area
-from synthea_pipeline.transforms.raw import RawResult, raw_file_name
+from synthea_pipeline.tables import SPARK_TYPES, TABLES, UNKNOWN_MEMBER_KEY, Table
+from synthea_pipeline.transforms.iceberg import (
+    LOAD_PARTITIONING,
+    QUARANTINE,
+    QUARANTINE_COLUMNS,
+    STAGING_LAYER,
+    CommitLog,
+    IcebergLake,
+    LoadRecord,
+    now,
+    quoted,
+    retry,
+)
+from synthea_pipeline.transforms.raw import RawResult, discard_stale_raw, raw_file_name
 
 SPARK_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -53,9 +61,6 @@ NULL_MARK = "\x00"
 
 
 KEY_CONFLICT = "key conflict with kept row"
-QUARANTINE_SCHEMA = pa.schema([("table_name", pa.string()), ("upload_id", pa.string()), ("file", pa.string()),
-                               ("line_number", pa.int64()), ("reason", pa.string()), ("text", pa.string())])
-"""One quarantined row: where it was (table, upload, file, line), why it was not staged and its text."""
 LINE_SPAN = 10**12
 """Positions in an upload are file index x LINE_SPAN + line number: one number orders every row."""
 
@@ -174,11 +179,11 @@ def row_key(table: Table) -> Column:
 
 
 def staging_schema(table: Table) -> str:
-    """The columns of a staging partition (DDL): the contract's, `row_key` when the table has no natural key,
-    and `upload_id`."""
+    """The columns of a staging table (DDL): the contract's, `row_key` when the table has no natural key, then
+    `upload_id` and `load_id`."""
     columns = [f"`{c.name}` {c.spark_type}" for c in table.columns]
     columns += [] if table.has_natural_key else ["row_key string"]
-    return ", ".join([*columns, "upload_id string"])
+    return ", ".join([*columns, "upload_id string", "load_id string"])
 
 
 def type_columns(table: Table, text: DataFrame, *carried: str) -> DataFrame:
@@ -206,10 +211,10 @@ def read_stats(table: Table, lines: DataFrame) -> tuple[int, int, int, dict[str,
             {c.name: int(row[c.name]) for c in checked if row[c.name]})
 
 
-def quarantine_rows(lines: DataFrame, reason: Column, table: str, upload_id: str) -> DataFrame:
+def quarantine_rows(lines: DataFrame, reason: Column, table: str, upload_id: str, load_id: str) -> DataFrame:
     return lines.select(F.lit(table).alias("table_name"), F.lit(upload_id).alias("upload_id"),
-                        F.col("_file").alias("file"), F.col("_line").alias("line_number"), reason.alias("reason"),
-                        F.col("_text").alias("text"))
+                        F.lit(load_id).alias("load_id"), F.col("_file").alias("file"),
+                        F.col("_line").alias("line_number"), reason.alias("reason"), F.col("_text").alias("text"))
 
 
 def key_conflict_losers(table: Table, staged: DataFrame, rows: DataFrame) -> DataFrame:
@@ -238,51 +243,74 @@ def key_conflict_losers(table: Table, staged: DataFrame, rows: DataFrame) -> Dat
     return candidates.join(losers, "_content")
 
 
-def stage_table(
-    spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, staging_uri: str, quarantine_uri: str,
-    upload_id: str,
-) -> tuple[StagingResult, StagingProfile, str, str]:
-    """Write one table's staging and quarantine partitions for one upload beside their final places and profile
-    them; returns the account, the profile and the two temporary locations for the caller to `publish` once the
-    profile passes its checks, or to `discard`.
+def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, lake: IcebergLake, upload_id: str,
+                load_id: str) -> tuple[StagingResult, StagingProfile]:
+    """Append one table's staged and quarantined rows of one upload to their Iceberg tables under `load_id`,
+    where readers do not look until the upload is committed, and profile them for the checks.
 
     Exact duplicates (rows equal once typed) go in one `distinct`; rows that share a natural key but differ are
-    rare, so the costlier window that resolves them runs only when the written partition shows any. The
-    quarantined count is read back from the written quarantine, so `rows_reconcile` fails if it lost a row."""
+    rare, so the costlier window that resolves them runs only when the profile shows any, and then replaces the
+    load's partition with the kept rows. The quarantined count is read back from the quarantine table, so
+    `rows_reconcile` fails if a rejected row was not written."""
+    target = lake.ensure(spark, STAGING_LAYER, table.name, staging_schema(table), LOAD_PARTITIONING)
+    quarantine_table = lake.ensure(spark, STAGING_LAYER, QUARANTINE, QUARANTINE_COLUMNS, LOAD_PARTITIONING)
+    this_load = (F.col("upload_id") == upload_id) & (F.col("load_id") == load_id)
     lines = read_raw(spark, table, raw, raw_uri).withColumn("_problem", rejection(table))
     rows_read, raw_rejected, rejected, unparseable = read_stats(table, lines)
     stageable = lines.where(F.col("_reason").isNull() & F.col("_problem").isNull())
-    staged = type_columns(table, stageable).distinct().withColumn("upload_id", F.lit(upload_id))
-    temp = write_parquet(staged, staging_area(staging_uri))
-    facts = profile(spark, table, temp)
-    quarantine = []
+    staged = type_columns(table, stageable).distinct().withColumn("upload_id", F.lit(upload_id)).withColumn(
+        "load_id", F.lit(load_id))
+    lake.append(staged, target)
+    written = spark.table(target).where(this_load)
+    facts = profile(table, written)
     if raw_rejected or rejected:
-        quarantine.append(quarantine_rows(lines.where(F.col("_reason").isNotNull() | F.col("_problem").isNotNull()),
-                                          F.coalesce("_reason", "_problem"), table.name, upload_id))
-    superseded, losing_lines = None, 0
+        lake.append(quarantine_rows(lines.where(F.col("_reason").isNotNull() | F.col("_problem").isNotNull()),
+                                    F.coalesce("_reason", "_problem"), table.name, upload_id, load_id),
+                    quarantine_table)
+    losing_lines = 0
     if facts.key_duplicates and table.has_natural_key:
         rows = type_columns(table, stageable, "_file", "_line", "_position", "_text")
-        losers = key_conflict_losers(table, spark.read.parquet(temp), rows)
+        losers = key_conflict_losers(table, written, rows)
         losing_lines = int(losers.count())
-        kept = spark.read.parquet(temp).withColumn("_content", row_key(table)).join(
+        lake.append(quarantine_rows(losers, F.col("_reason"), table.name, upload_id, load_id), quarantine_table)
+        kept = written.withColumn("_content", row_key(table)).join(
             losers.select("_content"), "_content", "left_anti").drop("_content")
-        superseded, temp = temp, write_parquet(kept, staging_area(staging_uri))
-        facts = profile(spark, table, temp)
-        quarantine.append(quarantine_rows(losers, F.col("_reason"), table.name, upload_id))
-    duplicates = rows_read - raw_rejected - rejected - losing_lines - facts.rows
-    quarantine_temp = staging_area(quarantine_uri)
+        with lake.commit_lock(target):
+            retry(lambda: kept.writeTo(target).overwrite(this_load))
+        facts = profile(table, spark.table(target).where(this_load))
     reasons: dict[str, int] = {}
-    if quarantine:
-        write_parquet(reduce(lambda a, b: a.unionByName(b), quarantine), quarantine_temp)
-        categories = spark.read.parquet(quarantine_temp).groupBy(
-            F.split(F.col("reason"), ":").getItem(0).alias("category")).count().collect()
+    if raw_rejected or rejected or losing_lines:
+        rows = spark.table(quarantine_table).where(this_load & (F.col("table_name") == table.name))
+        categories = rows.groupBy(F.split(F.col("reason"), ":").getItem(0).alias("category")).count().collect()
         reasons = {row["category"]: int(row["count"]) for row in categories}
-    else:
-        write_empty_parquet(quarantine_temp, QUARANTINE_SCHEMA)
-    if superseded:
-        discard(superseded)
+    duplicates = rows_read - raw_rejected - rejected - losing_lines - facts.rows
     result = StagingResult(table.name, rows_read, facts.rows, sum(reasons.values()), duplicates, unparseable, reasons)
-    return result, facts, temp, quarantine_temp
+    return result, facts
+
+
+def discard_stale_loads(spark: SparkSession, lake: IcebergLake, commits: CommitLog, abandoned_before: dt.datetime,
+                        upload_id: str | None = None) -> list[tuple[str, str]]:
+    """Delete the loads that are neither an upload's committed load nor the one committed before it (kept for
+    readers that started before the switch): loads that were replaced, and loads begun before
+    `abandoned_before` and never committed (runs that died or failed). Also their raw files. Returns the
+    (upload, load) pairs deleted."""
+    stale = commits.uploads().stale(abandoned_before, upload_id)
+    for upload, load in stale:
+        discard_load(spark, lake, list(TABLES), upload, load)
+        commits.record(LoadRecord(upload, load, "discarded", now()))
+    for upload in {upload for upload, _ in stale}:
+        for table in TABLES:
+            discard_stale_raw(lake.lake, table, upload)
+    return stale
+
+
+def discard_load(spark: SparkSession, lake: IcebergLake, tables: list[str], upload_id: str, load_id: str) -> None:
+    """Delete one load's rows from the given staging tables and from the quarantine."""
+    condition = f"upload_id = {quoted(upload_id)} AND load_id = {quoted(load_id)}"
+    for name in [*tables, QUARANTINE]:
+        identifier = lake.open(spark, STAGING_LAYER, name)
+        if identifier:
+            lake.delete(spark, identifier, condition)
 
 
 def staging_checks(table: Table, raw: RawResult, result: StagingResult, facts: StagingProfile
@@ -300,41 +328,14 @@ def staging_checks(table: Table, raw: RawResult, result: StagingResult, facts: S
     }
 
 
-def write_parquet(frame: DataFrame, uri: str) -> str:
-    frame.write.mode("overwrite").option("compression", "zstd").parquet(uri)
-    _ensure_parquet(uri, to_arrow_schema(frame.schema))
-    return uri
-
-
-def write_empty_parquet(uri: str, schema: pa.Schema) -> str:
-    _ensure_parquet(uri, schema)
-    return uri
-
-
-def _ensure_parquet(uri: str, schema) -> None:
-    """Writes one empty typed file when the engine wrote none (Sail writes no file for an empty DataFrame), so
-    readers always find the schema."""
-    fs, path = filesystem_for(uri)
-    files = [
-        i.path
-        for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        if i.path.endswith(".parquet") and i.type == pafs.FileType.File
-    ]
-    if not files:
-        fs.create_dir(path)
-        with fs.open_output_stream(f"{path}/part-00000.parquet") as out:
-            pq.write_table(schema.empty_table(), out, compression="zstd")
-
-
-def profile(spark: SparkSession, table: Table, staging_uri: str) -> StagingProfile:
+def profile(table: Table, frame: DataFrame) -> StagingProfile:
     """Two small aggregations: Sail plans a distinct count mixed with other aggregates 50x slower."""
-    frame = spark.read.parquet(staging_uri)
     counts = [F.count(F.lit(1)).alias("rows")]
     counts += [F.sum(F.col(c.name).isNull().cast("int")).alias(c.name) for c in table.required_columns]
     row = frame.agg(*counts).collect()[0]
     keys = frame.agg(F.countDistinct(F.struct(*table.key)).alias("keys")).collect()[0]["keys"]
     return StagingProfile(
-        rows=row["rows"],
-        key_duplicates=row["rows"] - keys,
+        rows=int(row["rows"]),
+        key_duplicates=int(row["rows"] - keys),
         null_required={c.name: int(row[c.name] or 0) for c in table.required_columns},
     )

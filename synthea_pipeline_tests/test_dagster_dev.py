@@ -1,0 +1,99 @@
+"""The project under a real `dagster dev` (webserver, daemon, sensor, run queue, run monitoring), with the
+instance configured by the repository's `dagster.yaml`: ten uploads landing at once become ten successful runs
+and complete marts; a run whose worker is killed is marked failed by run monitoring instead of staying STARTED."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.instance.ref import InstanceRef
+
+from synthea_pipeline.launcher import LocalRunLauncher, run_worker
+from synthea_pipeline.resources.catalog import CatalogResource
+from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline_tests.conftest import SAMPLES
+
+REPOSITORY = Path(__file__).parents[1]
+UPLOADS = [f"ward-{n}" for n in range(10)]
+WAIT_SECONDS = 900
+FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def upload(source: Path, upload_id: str, lake: Lake, env: dict) -> None:
+    subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "upload", str(source), "--to", lake.uri("source"),
+                    "--upload-id", upload_id], env=env, check=True, capture_output=True, timeout=120)
+
+
+def wait_for(condition, what: str, process: subprocess.Popen):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (result := condition()):
+        assert process.poll() is None, "dagster dev exited"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return result
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    """`dagster dev` on a free port with the repository's dagster.yaml (its storage moved under tmp_path)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    config = (REPOSITORY / "dagster.yaml").read_text().replace("base_dir: .dagster", f"base_dir: {home / 'storage'}")
+    (home / "dagster.yaml").write_text(config)
+    lake = Lake(str(tmp_path / "lake"))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SYNTHEA_LAKE_ROOT": lake.root}
+    for n, upload_id in enumerate(UPLOADS):
+        upload(list(SAMPLES.values())[n % len(SAMPLES)], upload_id, lake, env)
+    log = open(tmp_path / "dagster-dev.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions",
+                                "-p", str(free_port())], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    yield process, instance, lake, env
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+
+
+def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
+    process, instance, lake, env = dagster_dev
+    assert isinstance(instance.run_launcher, LocalRunLauncher) and instance.run_monitoring_enabled
+
+    def finished_runs():
+        runs = instance.get_runs(RunsFilter(job_name="ingest_upload"))
+        return runs if len(runs) == len(UPLOADS) and all(r.status in FINISHED for r in runs) else None
+
+    runs = wait_for(finished_runs, "ten finished runs", process)
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(UPLOADS)
+    assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(UPLOADS)
+    with CatalogResource().open(lake) as engine:
+        assert sorted(u for (u,) in engine.sql("SELECT upload_id FROM synthea_staging.uploads").fetchall()) == UPLOADS
+        patients = engine.sql("SELECT count(DISTINCT id) FROM synthea_staging.patients").fetchone()[0]
+        in_marts = engine.sql("SELECT count(*) FROM synthea_marts.patient_fact WHERE patient_key <> 'unknown'"
+                              ).fetchone()[0]
+    assert in_marts == patients
+
+    upload(SAMPLES["3.0"], "ward-late", lake, env)
+    late = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="ingest_upload",
+                                                                      statuses=[DagsterRunStatus.STARTED]))
+                             if run_worker(instance, r)], "the late upload's run to start", process)[0]
+    os.kill(run_worker(instance, late)[0], signal.SIGKILL)
+    status = wait_for(lambda: instance.get_run_by_id(late.run_id).status in FINISHED and
+                      instance.get_run_by_id(late.run_id).status, "run monitoring", process)
+    assert status == DagsterRunStatus.FAILURE
+    assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
