@@ -91,7 +91,7 @@ def build_bi_assets():
         ] + [
             AssetSpec(DASHBOARD, group_name="reports", deps=[AssetKey(["bi", v]) for v in BI_VIEWS],
                       description="Self-contained HTML dashboard: population pyramid, encounters over time, top "
-                      "diagnoses, medication costs. Written to <lake>/reports/dashboard.html."),
+                      "diagnoses, medication costs. Written to `<lake>/reports/dashboard.html`."),
         ],
     )
     def bi(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource) -> Iterator:

@@ -113,7 +113,7 @@ def build_raw_assets(tables: Sequence[str] = tuple(TABLES)):
         specs=[
             _spec("raw", TABLES[t], f"Every line of `{t}` as text columns with its file and line number (BOM, "
                   "CRLF and unnamed columns removed; lines that cannot be split into the header's fields carry "
-                  "their reason instead). Parquet under raw/<table>/upload_id=<id>/.", "source")
+                  f"their reason instead). Parquet under `raw/{t}/upload_id=<id>/load_id=<run>/`.", "source")
             for t in tables
         ],
         check_specs=[
@@ -185,8 +185,9 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
         name="staging_tables",
         specs=[
             _spec("staging", TABLES[t], f"`{t}` typed, trimmed and deduplicated, in the canonical schema of "
-                  "every Synthea release; zstd Parquet under staging/<table>/upload_id=<id>/. Rows that cannot be "
-                  "staged go to quarantine/<table>/upload_id=<id>/ with their reason.", "raw",
+                  f"every Synthea release; the Iceberg table `staging/{t}/`, one load per run, which readers see "
+                  "once the whole upload is committed. Rows that cannot be staged go to the Iceberg table "
+                  "`staging/quarantine/` with their reason.", "raw",
                   **{SCHEMA_KEY: column_schema(TABLES[t])})
             for t in tables
         ],

@@ -4,7 +4,7 @@ Synthea never quotes and turns commas inside text into spaces, so a well-formed 
 as its header. Each file is streamed in blocks: a block with nothing to repair is parsed by pyarrow's CSV reader
 as it is; a block that needs repair (blank lines, stray carriage returns, a repeated header, a wrong field count,
 bytes that are not UTF-8) is split line by line with numpy first. Every data line becomes one row of
-`raw/<table>/upload_id=<id>/<file>.parquet`: the header's columns as text (unnamed columns dropped) plus
+`raw/<table>/upload_id=<id>/load_id=<run>/<file>.parquet`: the header's columns as text (unnamed columns dropped) plus
 `_file` and `_line`, or, for a line that cannot be split into the header's fields, `_reason` and `_text` (the
 line itself) instead of values. Staging reads these files, so each source CSV is read once, and it quarantines
 the rejected lines together with its own.
