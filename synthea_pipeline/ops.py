@@ -54,7 +54,7 @@ class MaintainLakeConfig(Config):
 @op(description="Deletes loads and builds no reader sees (runs that died, failed or were replaced), expires "
     "Iceberg snapshots older than the retention and deletes the files no kept snapshot needs.")
 def clean_lake(context: OpExecutionContext, config: MaintainLakeConfig, lake: LakeResource,
-                  spark: SparkResource, catalog: CatalogResource) -> dict:
+               spark: SparkResource, catalog: CatalogResource) -> dict:
     """Returns what was deleted and expired."""
     layout = lake.layout()
     iceberg = catalog.databases().iceberg_lake(layout.root, spark.table_catalog(layout.root))

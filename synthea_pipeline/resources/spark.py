@@ -201,12 +201,8 @@ class SparkResource(ConfigurableResource):
         """A session in this process for the lake's small upkeep (taking an upload out, deleting stale loads):
         the engine's own, or beside the AWS engines a Sail one, which commits through the Glue Data Catalog as
         the Glue and EMR jobs do."""
-        if self.resolved_engine() not in REMOTE_ENGINES:
-            return self.get_session(lake_root)
-        if self._session is None:
-            self._session = self._start("sail", lake_root)
-            configure(self._session)
-        return self._session
+        engine = self.resolved_engine()
+        return self._session_on("sail" if engine in REMOTE_ENGINES else engine, lake_root)
 
     def aws_client(self, service: str):
         """A boto3 client, built when a run needs it (credentials and region from the environment)."""
@@ -216,8 +212,11 @@ class SparkResource(ConfigurableResource):
 
     def get_session(self, lake_root: str) -> SparkSession:
         """The engine's session for a lake; started once and reused by every layer of the run."""
+        return self._session_on(self.resolved_engine(), lake_root)
+
+    def _session_on(self, engine: str, lake_root: str) -> SparkSession:
         if self._session is None:
-            self._session = self._start(self.resolved_engine(), lake_root)
+            self._session = self._start(engine, lake_root)
             configure(self._session)
         return self._session
 

@@ -162,12 +162,16 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+LAKE_TABLES = ([(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)]
+               + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)])
+"""Every Iceberg table of a lake, as (layer, table)."""
+
+
 def iceberg_sources(lake: IcebergLake, glue=None) -> dict[tuple[str, str], str]:
     """Where DuckDB reads each existing Iceberg table, by (layer, table): its folder for a local lake (a version
     hint names the current metadata), the current metadata file the Glue Data Catalog names for a lake on S3."""
-    names = [(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)] + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)]
     sources = {}
-    for layer, table in names:
+    for layer, table in LAKE_TABLES:
         if glue is None:
             if (Path(lake.location(layer, table)) / "metadata" / "version-hint.text").exists():
                 sources[(layer, table)] = lake.location(layer, table)

@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import os
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -24,12 +23,8 @@ from pyarrow import fs as pafs
 from pyspark.sql import SparkSession
 
 from synthea_pipeline.tables import TABLES
+from synthea_pipeline.transforms.catalog import LAKE_TABLES
 from synthea_pipeline.transforms.iceberg import (
-    BUILDS,
-    MARTS_LAYER,
-    QUARANTINE,
-    STAGING_LAYER,
-    UPLOADS,
     CommitLog,
     IcebergLake,
     LoadRecord,
@@ -37,15 +32,11 @@ from synthea_pipeline.transforms.iceberg import (
     utc,
 )
 from synthea_pipeline.transforms.lake import delete_folder, filesystem_for
-from synthea_pipeline.transforms.marts import MARTS, discard_stale_builds
+from synthea_pipeline.transforms.marts import discard_stale_builds
 from synthea_pipeline.transforms.staging import discard_stale_loads
 
 DELETED = 2
 """A manifest entry's status when its snapshot deleted the file: the file is live only in older snapshots."""
-LAKE_TABLES = ([(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)]
-               + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)])
-
-
 KEPT_FILES = ("version-hint.text",)
 
 
@@ -253,13 +244,12 @@ def delete_unreachable(location: str, reachable: set[str], cutoff: dt.datetime) 
 
 
 def expire_and_clean(lake: IcebergLake, metadata: LocalMetadata | GlueMetadata, cutoff: dt.datetime,
-                     connection: duckdb.DuckDBPyConnection, tables: Iterable[tuple[str, str]] = LAKE_TABLES
-                     ) -> list[TableUpkeep]:
+                     connection: duckdb.DuckDBPyConnection) -> list[TableUpkeep]:
     """Expires each table's snapshots older than the cutoff, then deletes its files that are unreachable and
     older than the cutoff (orphans of runs that died included)."""
     cutoff_ms = int(cutoff.timestamp() * 1000)
     results = []
-    for layer, table in tables:
+    for layer, table in LAKE_TABLES:
         with lake.commit_lock(lake.identifier(layer, table)):
             base = metadata.current(layer, table)
             if base is None:
