@@ -19,7 +19,8 @@ PLACEHOLDER = b"\x00COPY\x00"
 
 def scale(sample: Path, patients: int, out: Path) -> int:
     """Write enough copies of `sample` to `out` for at least `patients` patients; returns the patient count."""
-    per_copy = sum(1 for _ in open(sample / "patients.csv", "rb")) - 1
+    with open(sample / "patients.csv", "rb") as lines:
+        per_copy = sum(1 for _ in lines) - 1
     copies = math.ceil(patients / per_copy)
     shared_ids = set()
     for table in SHARED_TABLES:
@@ -34,8 +35,7 @@ def scale(sample: Path, patients: int, out: Path) -> int:
                 target.write(body)
                 continue
             template = UUID.sub(lambda m: m[0] if m[0] in shared_ids else PLACEHOLDER + m[1], body)
-            for copy in range(copies):
-                target.write(template.replace(PLACEHOLDER, b"%08x" % copy))
+            target.writelines(template.replace(PLACEHOLDER, b"%08x" % copy) for copy in range(copies))
     return copies * per_copy
 
 

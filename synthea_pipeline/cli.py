@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 
-from synthea_pipeline.resources.lake import DEFAULT_LAKE, LAKE_ENV
 from synthea_pipeline.resources.spark import ENGINES
+from synthea_pipeline.settings import LAKE_ROOT, SPARK_ENGINE
 from synthea_pipeline.transforms.lake import InvalidUploadId, upload_id_for_folder, validate_upload_id
+
+LAKE_HELP = f"lake root (default: ${LAKE_ROOT.env_var}, else ./{LAKE_ROOT.default})"
+ENGINE_HELP = f"Spark engine (default: ${SPARK_ENGINE.env_var}, else {SPARK_ENGINE.default})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,42 +20,42 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="process one Synthea CSV folder as one upload")
     run.add_argument("source_dir", nargs="?", help="Synthea CSV folder (default: the sample shipped with the project)")
-    run.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    run.add_argument("--lake", help=LAKE_HELP)
     run.add_argument("--upload-id", help="partition key (default: derived from the folder name)")
-    run.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
+    run.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     run.add_argument("--include-identifiers", action="store_true",
                      help="write direct identifiers (SSN, names, addresses, ...) to the marts")
     upload = commands.add_parser("upload", help="copy a Synthea CSV folder to source/<upload_id>/ with a manifest")
     upload.add_argument("source_dir", help="Synthea CSV folder (the output/csv of run_synthea)")
     upload.add_argument("--to", help=f"where uploads land: s3://BUCKET/PREFIX or a folder (default: the lake's "
-                        f"source/, ${LAKE_ENV}/source, else ./{DEFAULT_LAKE}/source)")
+                        f"source/, ${LAKE_ROOT.env_var}/source, else ./{LAKE_ROOT.default}/source)")
     upload.add_argument("--upload-id", help="partition key (default: derived from the folder name)")
     backfill = commands.add_parser("backfill", help="recompute registered uploads from source, then the marts")
     backfill.add_argument("upload_ids", nargs="*", help="uploads to recompute")
     backfill.add_argument("--all", action="store_true", help="recompute every registered upload")
-    backfill.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
-    backfill.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
+    backfill.add_argument("--lake", help=LAKE_HELP)
+    backfill.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     backfill.add_argument("--include-identifiers", action="store_true",
                           help="write direct identifiers (SSN, names, addresses, ...) to the marts")
     query = commands.add_parser("query", help="run SQL on the catalog (DuckDB locally, Athena for an S3 lake)")
     query.add_argument("sql", help='e.g. "SELECT * FROM bi_demographics" (default database: the marts)')
-    query.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    query.add_argument("--lake", help=LAKE_HELP)
     query.add_argument("--format", choices=("table", "csv"), default="table")
     query.add_argument("--as-of", type=_timestamp, metavar="TIMESTAMP",
                        help="read the marts as they were then (Iceberg time travel), e.g. 2026-11-27T09:30:00Z; "
                        "UTC when no offset is given")
     remove = commands.add_parser("remove", help="take an upload out of the lake, then rebuild the marts")
     remove.add_argument("upload_id")
-    remove.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    remove.add_argument("--lake", help=LAKE_HELP)
     remove.add_argument("--purge-source", action="store_true", help="also delete source/<upload_id>/")
-    remove.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
+    remove.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     maintain = commands.add_parser("maintain", help="expire old Iceberg snapshots and delete files no one needs")
-    maintain.add_argument("--lake", help=f"lake root (default: ${LAKE_ENV}, else ./{DEFAULT_LAKE})")
+    maintain.add_argument("--lake", help=LAKE_HELP)
     maintain.add_argument("--older-than", type=_duration, default=_duration("7d"), metavar="AGE",
                           help="keep snapshots (time travel) and unreferenced files this recent, e.g. 7d or 12h "
                           "(default: 7d; keep it longer than the longest run: files of runs still writing are "
                           "younger than that)")
-    maintain.add_argument("--engine", choices=ENGINES, help="Spark engine (default: $SYNTHEA_SPARK_ENGINE, else sail)")
+    maintain.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     deploy = commands.add_parser("deploy", help="upload the Spark job code and create or update the Glue jobs")
     deploy.add_argument("--bucket", required=True, help="bucket for the job code")
     deploy.add_argument("--prefix", default="code", help="key prefix for the job code (default: code)")
@@ -85,11 +89,12 @@ def _duration(text: str) -> dt.timedelta:
 def query_command(args: argparse.Namespace) -> int:
     import csv
 
-    from synthea_pipeline.resources.catalog import CatalogResource
     from synthea_pipeline.resources.lake import LakeResource
+    from synthea_pipeline.runs import catalog_from_environment
 
     try:
-        columns, rows = CatalogResource().query(LakeResource(root=args.lake).layout(), args.sql, args.as_of)
+        lake = LakeResource(root=LAKE_ROOT.current(args.lake)).layout()
+        columns, rows = catalog_from_environment().query(lake, args.sql, args.as_of)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -156,7 +161,7 @@ def run_command(args: argparse.Namespace) -> int:
     source_dir = args.source_dir or str(SAMPLE_DIR)
     try:
         upload_id = _upload_id(args, source_dir)
-        lake_root = LakeResource(root=args.lake).layout().root
+        lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
         report = run_upload(source_dir, lake_root, upload_id, engine=args.engine,
                             include_identifiers=args.include_identifiers, replace=bool(args.upload_id))
     except (InvalidUploadId, UploadError, ValueError) as error:
@@ -175,7 +180,7 @@ def upload_command(args: argparse.Namespace) -> int:
 
     try:
         upload_id = _upload_id(args, args.source_dir)
-        storage = storage_for(args.to) if args.to else LakeResource().source_storage()
+        storage = storage_for(args.to) if args.to else LakeResource(root=LAKE_ROOT.current()).source_storage()
         manifest = upload_export(args.source_dir, storage, upload_id, replace=bool(args.upload_id))
     except (InvalidUploadId, UploadError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -197,7 +202,7 @@ def backfill_command(args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.upload_ids):
         print("error: name the uploads to recompute, or pass --all", file=sys.stderr)
         return 2
-    lake_root = LakeResource(root=args.lake).layout().root
+    lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
     try:
         reports = backfill(None if args.all else args.upload_ids, lake_root, engine=args.engine,
                            include_identifiers=args.include_identifiers)
@@ -215,7 +220,7 @@ def remove_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.resources.lake import LakeResource
     from synthea_pipeline.runs import remove
 
-    lake_root = LakeResource(root=args.lake).layout().root
+    lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
     try:
         report = remove(validate_upload_id(args.upload_id), lake_root, engine=args.engine,
                         purge_source=args.purge_source)
@@ -230,7 +235,7 @@ def maintain_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.resources.lake import LakeResource
     from synthea_pipeline.runs import maintain
 
-    lake_root = LakeResource(root=args.lake).layout().root
+    lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
     try:
         summary = maintain(lake_root, args.older_than.total_seconds() / 86400, engine=args.engine)
     except RuntimeError as error:
@@ -254,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     except (BotoCoreError, ClientError) as error:
         print(f"error: AWS: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): what it wanted was written. Point stdout at /dev/null so the
+        # interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -12,50 +12,20 @@ from pathlib import Path
 
 import dagster_pipes
 
-from synthea_pipeline.transforms.iceberg import GLUE_CATALOG
+from synthea_pipeline.remote_jobs import (
+    PACKAGE_ZIP,
+    SPARK_LAYERS,
+    emr_iceberg_parameters,
+    entry_script,
+    glue_conf_argument,
+    glue_job_name,
+)
 
-SPARK_LAYERS = ("staging", "marts")
-PACKAGE_ZIP = "synthea_pipeline.zip"
 GLUE_VERSION = "5.0"
 EMR_RELEASE = "emr-7.5.0"
 PACKAGED = ("__init__.py", "tables.py", "transforms/*.py", "entrypoints/*.py")
-EMR_ICEBERG_JAR = "/usr/share/aws/iceberg/lib/iceberg-spark3-runtime.jar"
-"""Where EMR 7 ships Iceberg; EMR Serverless leaves it off the classpath unless `spark.jars` names it."""
 CODE_ARGUMENTS = ("--extra-py-files", "--datalake-formats", "--conf")
 """The Glue job arguments the code needs, which `code_update` sets on an existing job too."""
-
-
-def entry_script(layer: str) -> str:
-    """The file name of a layer's Pipes entry script, in the package and where `deploy` uploads it."""
-    return f"{layer}_job.py"
-
-
-def glue_job_name(prefix: str, layer: str) -> str:
-    return f"{prefix}-{layer}"
-
-
-def iceberg_confs(bucket: str) -> list[str]:
-    """The Spark settings (key=value) the jobs need for the lake's Iceberg tables: Iceberg's SQL extensions
-    (DELETE, MERGE) and the catalog `glue` the layers name tables through (`transforms.iceberg`), Iceberg's
-    GlueCatalog with S3FileIO, as `resources.spark.jvm_iceberg_conf` sets up locally."""
-    catalog = f"spark.sql.catalog.{GLUE_CATALOG}"
-    return [
-        "spark.sql.extensions=org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
-        f"{catalog}=org.apache.iceberg.spark.SparkCatalog",
-        f"{catalog}.catalog-impl=org.apache.iceberg.aws.glue.GlueCatalog",
-        f"{catalog}.io-impl=org.apache.iceberg.aws.s3.S3FileIO",
-        f"{catalog}.warehouse=s3://{bucket}/",
-    ]
-
-
-def glue_conf_argument(bucket: str) -> str:
-    """Glue accepts a single `--conf` job argument: its value chains the other settings with ` --conf `."""
-    return " --conf ".join(iceberg_confs(bucket))
-
-
-def emr_iceberg_parameters(bucket: str) -> str:
-    """The `sparkSubmitParameters` an EMR Serverless run needs for the Iceberg tables: the jar, then the settings."""
-    return " ".join(f"--conf {conf}" for conf in (f"spark.jars={EMR_ICEBERG_JAR}", *iceberg_confs(bucket)))
 
 
 def build_package() -> bytes:

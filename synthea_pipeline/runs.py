@@ -10,13 +10,27 @@ from pathlib import Path
 
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
+from synthea_pipeline.dead_runs import mark_dead_runs
 from synthea_pipeline.definitions import defs
 from synthea_pipeline.jobs import ingest_upload_job, maintain_lake_job, rebuild_marts_job, remove_upload_job
-from synthea_pipeline.launcher import HOST_TAG, mark_dead_runs
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import REMOTE_ENGINES, SparkResource
+from synthea_pipeline.run_tags import HOST_TAG, ORIGIN_TAG
+from synthea_pipeline.settings import (
+    ATHENA_OUTPUT,
+    ATHENA_WORKGROUP,
+    CODE_URI,
+    EMR_APPLICATION_ID,
+    EMR_EXECUTION_ROLE_ARN,
+    EMR_SPARK_SUBMIT_PARAMETERS,
+    GLUE_JOB_PREFIX,
+    MARTS_DATABASE_NAME,
+    PIPES_URI,
+    SPARK_ENGINE,
+    STAGING_DATABASE_NAME,
+)
 from synthea_pipeline.transforms.catalog import defined_views
 from synthea_pipeline.transforms.uploads import upload_export
 
@@ -63,6 +77,22 @@ def dagster_instance() -> DagsterInstance:
     return instance
 
 
+def spark_from_environment(engine: str | None = None) -> SparkResource:
+    """The Spark resource of a command-line run: `engine` when given, every other setting from the environment
+    (the resources of a Dagster run resolve the same variables themselves)."""
+    return SparkResource(
+        engine=SPARK_ENGINE.current(engine), glue_job_prefix=GLUE_JOB_PREFIX.current(), pipes_uri=PIPES_URI.current(),
+        code_uri=CODE_URI.current(), emr_application_id=EMR_APPLICATION_ID.current(),
+        emr_execution_role_arn=EMR_EXECUTION_ROLE_ARN.current(),
+        emr_spark_submit_parameters=EMR_SPARK_SUBMIT_PARAMETERS.current())
+
+
+def catalog_from_environment() -> CatalogResource:
+    return CatalogResource(staging_database=STAGING_DATABASE_NAME.current(),
+                           marts_database=MARTS_DATABASE_NAME.current(), athena_workgroup=ATHENA_WORKGROUP.current(),
+                           athena_output=ATHENA_OUTPUT.current())
+
+
 def run_upload(
     source_dir: str,
     lake_root: str,
@@ -76,13 +106,13 @@ def run_upload(
     """Register `upload_id` as a partition, materialize every asset for it in this process, then the marts over
     all uploads."""
     lake_resource = LakeResource(root=lake_root)
-    spark = spark or SparkResource(engine=engine)
+    spark = spark or spark_from_environment(engine)
     check_engine(spark, lake_root)
     if os.path.abspath(source_dir) != lake_resource.layout().source(upload_id):
         upload_export(source_dir, lake_resource.source_storage(), upload_id, replace)
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
-    return _execute(upload_id, lake_resource, spark, instance, include_identifiers)
+    return _execute(upload_id, lake_resource, spark, instance, include_identifiers, origin="cli run")
 
 
 def check_engine(spark: SparkResource, lake_root: str) -> None:
@@ -95,7 +125,7 @@ def check_engine(spark: SparkResource, lake_root: str) -> None:
 def lake_uploads(lake_root: str) -> list[str]:
     """The uploads in the lake (its uploads log), in the order they entered it; the lake, not the Dagster
     instance, is the source of truth."""
-    catalog = CatalogResource()
+    catalog = catalog_from_environment()
     databases = catalog.databases()
     with catalog.open(LakeResource(root=lake_root).layout()) as engine:
         if (databases.staging, "uploads") not in defined_views(engine, databases):
@@ -125,12 +155,13 @@ def backfill(
         raise KeyError(f"the lake {lake_root} holds no uploads: run or upload one first")
     instance.add_dynamic_partitions(uploads_partitions.name, selected)
     lake_resource = LakeResource(root=lake_root)
-    spark = SparkResource(engine=engine)
+    spark = spark_from_environment(engine)
     check_engine(spark, lake_root)
     reports = []
     for position, upload_id in enumerate(selected):
         last = position == len(selected) - 1
-        reports.append(_execute(upload_id, lake_resource, spark, instance, include_identifiers, with_marts=last))
+        reports.append(_execute(upload_id, lake_resource, spark, instance, include_identifiers, origin="cli backfill",
+                                with_marts=last))
         if not reports[-1].success:
             break
     return reports
@@ -146,29 +177,30 @@ def remove(upload_id: str, lake_root: str, engine: str | None = None, instance: 
         raise KeyError(f"upload {upload_id} is not in the lake (in the lake: {', '.join(in_lake) or 'none'})")
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
     lake_resource = LakeResource(root=lake_root)
-    spark = SparkResource(engine=engine)
-    removal = _run_job(remove_upload_job, lake_resource, spark, instance, partition_key=upload_id,
+    spark = spark_from_environment(engine)
+    removal = _run_job(remove_upload_job, lake_resource, spark, instance, "cli remove", partition_key=upload_id,
                        ops={"remove_upload_from_lake": {"config": {"purge_source": purge_source}}})
     if not removal.success:
         return _report(removal, upload_id)
-    return _report(_run_job(rebuild_marts_job, lake_resource, spark, instance), upload_id)
+    return _report(_run_job(rebuild_marts_job, lake_resource, spark, instance, "cli remove"), upload_id)
 
 
 def maintain(lake_root: str, older_than_days: float, engine: str | None = None,
              instance: DagsterInstance | None = None) -> dict:
     """The lake's upkeep in this process; returns what was deleted and expired."""
-    result = _run_job(maintain_lake_job, LakeResource(root=lake_root), SparkResource(engine=engine),
-                      instance or dagster_instance(), ops={"clean_lake": {"config": {"older_than_days": older_than_days}}})
+    result = _run_job(maintain_lake_job, LakeResource(root=lake_root), spark_from_environment(engine),
+                      instance or dagster_instance(), "cli maintain",
+                      ops={"clean_lake": {"config": {"older_than_days": older_than_days}}})
     if not result.success:
         raise RuntimeError("; ".join(_report(result, "").errors))
     return result.output_for_node("clean_lake")
 
 
-def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: DagsterInstance,
+def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: DagsterInstance, origin: str,
              partition_key: str | None = None, asset_selection=None, ops: dict | None = None
              ) -> ExecuteInProcessResult:
-    """One job of the project's definitions, in this process, on this lake and engine; tagged with this host,
-    so a later start finds it if this process dies (`launcher.mark_dead_runs`)."""
+    """One job of the project's definitions, in this process, on this lake and engine; tagged with the command
+    that ran it and this host, so a later start finds it if this process dies (`dead_runs.mark_dead_runs`)."""
     job = Definitions(
         assets=defs.assets, jobs=defs.jobs, resources={**defs.resources, "lake": lake, "spark": spark}
     ).resolve_job_def(job_def.name)
@@ -177,15 +209,15 @@ def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: Dagste
         partition_key=partition_key,
         asset_selection=asset_selection(job) if asset_selection else None,
         raise_on_error=False,
-        tags={HOST_TAG: socket.gethostname()},
+        tags={HOST_TAG: socket.gethostname(), ORIGIN_TAG: origin},
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **({"ops": ops} if ops else {})},
     )
 
 
 def _execute(upload_id: str, lake: LakeResource, spark: SparkResource, instance: DagsterInstance,
-             include_identifiers: bool, with_marts: bool = True) -> RunReport:
+             include_identifiers: bool, origin: str, with_marts: bool = True) -> RunReport:
     result = _run_job(
-        ingest_upload_job, lake, spark, instance, partition_key=upload_id,
+        ingest_upload_job, lake, spark, instance, origin, partition_key=upload_id,
         asset_selection=None if with_marts else lambda job: [
             key for key in job.asset_layer.executable_asset_keys if key.path[0] in PARTITIONED_LAYERS],
         ops={"marts": {"config": {"include_identifiers": include_identifiers}}} if with_marts else None,

@@ -2,7 +2,6 @@
 dynamic partition and one run of `ingest_upload`. And the sensor that rebuilds the marts once an upload is
 removed."""
 
-import os
 import time
 
 from dagster import (
@@ -18,14 +17,12 @@ from dagster import (
     sensor,
 )
 
-from synthea_pipeline.assets.ingest import CHECKSUM_TAG
 from synthea_pipeline.jobs import ingest_upload_job, rebuild_marts_job, remove_upload_job
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.run_tags import CHECKSUM_TAG
 from synthea_pipeline.transforms.uploads import ReadyUpload, UploadWatcher
 
-QUIET_SECONDS_ENV = "SYNTHEA_UPLOAD_QUIET_SECONDS"
-DEFAULT_QUIET_SECONDS = 300
 UPLOAD_MARKER_ASSET = AssetKey(["source", "patients"])
 
 
@@ -48,27 +45,27 @@ def processed_checksum(context: SensorEvaluationContext, upload_id: str) -> str 
     job=ingest_upload_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Watches <lake>/source/ for complete uploads (a manifest whose files are all present, or, without"
-    f" one, patients.csv and no change for ${QUIET_SECONDS_ENV} seconds, default {DEFAULT_QUIET_SECONDS}) and"
+    description="Watches `<lake>/source/` for complete uploads (a manifest whose files are all present, or, without"
+    " one, patients.csv and no change for the lake's `upload_quiet_seconds`, default 300) and"
     " starts one run per new upload or changed content.",
 )
 def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
-    quiet = float(os.environ.get(QUIET_SECONDS_ENV, DEFAULT_QUIET_SECONDS))
-    watcher = UploadWatcher(lake.source_storage(), quiet_seconds=quiet)
+    watcher = UploadWatcher(lake.source_storage(), quiet_seconds=lake.upload_quiet_seconds)
     outcome = watcher.tick(context.cursor, time.time())
-    for upload, reason in outcome.skipped.items():
-        context.log.info(f"{upload}: skipped, {reason}")
     launch: list[ReadyUpload] = []
+    processed: list[str] = []
     for ready in outcome.ready:
         if processed_checksum(context, ready.upload_id) == ready.checksum:
-            context.log.info(f"{ready.upload_id}: skipped, this content was already processed")
-            continue
-        launch.append(ready)
+            processed.append(ready.upload_id)
+        else:
+            launch.append(ready)
     new_partitions = [
         r.upload_id for r in launch if not context.instance.has_dynamic_partition(uploads_partitions.name, r.upload_id)
     ]
     summary = (f"saw {outcome.uploads_seen} uploads: {len(launch)} to run, {outcome.unchanged} unchanged, "
-               f"{len(outcome.skipped)} skipped")
+               f"{len(processed)} already processed, {len(outcome.skipped)} waiting or invalid")
+    details = [f"{upload}: {why}" for upload, why in outcome.skipped.items()]
+    details += [f"{upload}: this content was already processed" for upload in processed]
     context.log.info(summary + "".join(f"; run {r.upload_id} ({r.run_key})" for r in launch))
     return SensorResult(
         run_requests=[
@@ -77,7 +74,7 @@ def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> Senso
         ],
         dynamic_partitions_requests=[uploads_partitions.build_add_request(new_partitions)] if new_partitions else [],
         cursor=outcome.cursor,
-        skip_reason=None if launch else summary + "".join(f"; {u}: {why}" for u, why in outcome.skipped.items()),
+        skip_reason=None if launch else "; ".join([summary, *details]),
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import boto3
-from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster import DagsterExecutionInterruptedError
 
 
 @dataclass

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from dagster import AssetKey
 
 from synthea_pipeline.runs import backfill, run_upload
@@ -13,6 +14,7 @@ from synthea_pipeline.transforms.marts import MARTS
 from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, fresh_instance, mart, staged
 
 
+@pytest.mark.slow
 def test_backfill_recomputes_uploads_into_new_loads_and_the_same_marts(instance, tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     first = run_upload(str(SAMPLES["2.7"]), lake.root, "u1", instance=instance)
@@ -34,6 +36,7 @@ def test_backfill_recomputes_uploads_into_new_loads_and_the_same_marts(instance,
         assert sum(1 for e in events if e.partition_key == upload) == 2
 
 
+@pytest.mark.slow
 def test_the_lake_not_the_dagster_instance_decides_what_a_backfill_sees(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     with fresh_instance() as instance:
@@ -51,8 +54,9 @@ def test_the_lake_not_the_dagster_instance_decides_what_a_backfill_sees(tmp_path
 def test_backfill_command_refuses_unknown_uploads(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
     command = [sys.executable, "-m", "synthea_pipeline.cli", "backfill"]
-    nothing = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    nothing = subprocess.run(command, env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
     assert nothing.returncode == 2 and "name the uploads to recompute, or pass --all" in nothing.stderr
-    unknown = subprocess.run(command + ["nope"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run(command + ["nope"], env=env, cwd=tmp_path, check=False, capture_output=True, text=True,
+                             timeout=120)
     assert unknown.returncode == 2
     assert "uploads not in the lake: nope (in the lake: none)" in unknown.stderr and "Traceback" not in unknown.stderr

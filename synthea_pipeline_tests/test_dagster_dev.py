@@ -1,6 +1,7 @@
 """The project under a real `dagster dev` (webserver, daemon, sensor, run queue, run monitoring), with the
 instance configured by the repository's `dagster.yaml`: ten uploads landing at once become ten successful runs
-and complete marts; a run whose worker is killed is marked failed by run monitoring instead of staying STARTED."""
+and complete marts, each run tagged as the sensor's; a run whose worker is killed is marked failed by the
+`dead_runs` sensor instead of staying STARTED."""
 
 import os
 import signal
@@ -11,13 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.instance.ref import InstanceRef
+from dagster import DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 
-from synthea_pipeline.launcher import LocalRunLauncher, run_worker
+from synthea_pipeline.dead_runs import run_worker
 from synthea_pipeline.resources.catalog import CatalogResource
+from synthea_pipeline.run_tags import ORIGIN_TAG
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline_tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.slow  # dagster dev and its runs
 
 REPOSITORY = Path(__file__).parents[1]
 UPLOADS = [f"ward-{n}" for n in range(10)]
@@ -56,23 +59,22 @@ def dagster_dev(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(home), "SYNTHEA_LAKE_ROOT": lake.root}
     for n, upload_id in enumerate(UPLOADS):
         upload(list(SAMPLES.values())[n % len(SAMPLES)], upload_id, lake, env)
-    log = open(tmp_path / "dagster-dev.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions",
-                                "-p", str(free_port())], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-    yield process, instance, lake, env
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    log.close()
+    with open(tmp_path / "dagster-dev.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions",
+                                    "-p", str(free_port())], cwd=tmp_path, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        instance = DagsterInstance.from_config(str(home))
+        yield process, instance, lake, env
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
     process, instance, lake, env = dagster_dev
-    assert isinstance(instance.run_launcher, LocalRunLauncher) and instance.run_monitoring_enabled
+    assert isinstance(instance.run_launcher, DefaultRunLauncher) and instance.run_monitoring_enabled
 
     def finished_runs():
         runs = instance.get_runs(RunsFilter(job_name="ingest_upload"))
@@ -81,6 +83,7 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
     runs = wait_for(finished_runs, "ten finished runs", process)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(UPLOADS)
     assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(UPLOADS)
+    assert {r.tags.get(ORIGIN_TAG) for r in runs} == {"sensor"}
     with CatalogResource().open(lake) as engine:
         assert sorted(u for (u,) in engine.sql("SELECT upload_id FROM synthea_staging.uploads").fetchall()) == UPLOADS
         patients = engine.sql("SELECT count(DISTINCT id) FROM synthea_staging.patients").fetchone()[0]
@@ -94,6 +97,6 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
                              if run_worker(instance, r)], "the late upload's run to start", process)[0]
     os.kill(run_worker(instance, late)[0], signal.SIGKILL)
     status = wait_for(lambda: instance.get_run_by_id(late.run_id).status in FINISHED and
-                      instance.get_run_by_id(late.run_id).status, "run monitoring", process)
+                      instance.get_run_by_id(late.run_id).status, "the dead_runs sensor", process)
     assert status == DagsterRunStatus.FAILURE
     assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))

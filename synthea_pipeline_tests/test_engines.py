@@ -9,6 +9,8 @@ from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
 from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, defective_export, mart, staged
 
+pytestmark = pytest.mark.slow  # JVM Spark
+
 
 @pytest.fixture(scope="module")
 def lakes(instance, tmp_path_factory):
@@ -42,7 +44,7 @@ def test_sail_and_jvm_spark_stage_identical_rows(lakes, table, layer):
     assert [(f.name, str(f.type)) for f in sail_schema] == [(f.name, str(f.type)) for f in jvm_schema]
     assert sail_rows == jvm_rows
     if layer == "staging":
-        assert len(sail_rows) > 0 or table in ("devices", "imaging_studies")
+        assert sail_rows  # the export has rows in every table, devices and imaging studies included
     else:
         assert len(sail_rows) == {"providers": 4, "encounters": 3}.get(table, 0)
 

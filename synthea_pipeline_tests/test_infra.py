@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synthea_pipeline.deploy import GLUE_VERSION, PACKAGE_ZIP, entry_script, glue_conf_argument
+from synthea_pipeline.deploy import GLUE_VERSION
+from synthea_pipeline.remote_jobs import PACKAGE_ZIP, entry_script, glue_conf_argument
 from synthea_pipeline.transforms.iceberg import ICEBERG_DATABASE_SUFFIX
 
 TEMPLATE = Path(__file__).parents[1] / "infra" / "synthea-pipeline.yaml"
@@ -161,5 +162,5 @@ def test_glue_jobs_open_the_iceberg_catalog_deploy_configures(resources, job):
 def test_template_passes_cfn_lint():
     """cfn-lint checks every resource's properties against the CloudFormation specification (offline)."""
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
-    result = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(cfn_lint), str(TEMPLATE)], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,16 +12,9 @@ import pytest
 from dagster import DagsterEventType, Definitions
 
 from synthea_pipeline.definitions import defs
-from synthea_pipeline.deploy import (
-    EMR_ICEBERG_JAR,
-    PACKAGE_ZIP,
-    code_update,
-    deploy,
-    glue_conf_argument,
-    glue_job_definition,
-    iceberg_confs,
-)
+from synthea_pipeline.deploy import code_update, deploy, glue_job_definition
 from synthea_pipeline.jobs import ingest_upload_job
+from synthea_pipeline.remote_jobs import EMR_ICEBERG_JAR, PACKAGE_ZIP, glue_conf_argument, iceberg_confs
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource, start_sail
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
@@ -29,6 +22,7 @@ from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, Local
 from synthea_pipeline_tests.conftest import fresh_instance
 
 GLUE_ROLE = "arn:aws:iam::123456789012:role/synthea-glue-job"
+EMR_ROLE = "arn:aws:iam::123456789012:role/synthea-emr-job"
 AWS_CLIENTS: dict = {}
 
 
@@ -49,16 +43,13 @@ def runner(moto_endpoint, monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
-def deployed(moto_endpoint, monkeypatch_module):
+def deployed(moto_endpoint):
     bucket = "synthea-jobs"
     boto3.client("s3").create_bucket(Bucket=bucket)
     plan = deploy(bucket, prefix="code", role_arn=GLUE_ROLE)
     application = boto3.client("emr-serverless").create_application(
         name="synthea", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
-    monkeypatch_module.setenv("SYNTHEA_CODE_URI", plan.code_uri)
-    monkeypatch_module.setenv("SYNTHEA_EMR_APPLICATION_ID", application)
-    monkeypatch_module.setenv("SYNTHEA_EMR_EXECUTION_ROLE_ARN", "arn:aws:iam::123456789012:role/synthea-emr-job")
-    return {"bucket": bucket, "plan": plan}
+    return {"bucket": bucket, "plan": plan, "application": application}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +62,14 @@ def monkeypatch_module():
 def local_reference(tmp_path_factory):
     with fresh_instance() as instance:
         return run_upload(str(SAMPLE_DIR), str(tmp_path_factory.mktemp("local") / "lake"), "u1", instance=instance)
+
+
+def own_lake(monkeypatch, name: str) -> str:
+    """An S3 lake and Glue databases for one test's runs. The tests share moto's S3 and Glue, and Iceberg finds a
+    lake's tables by their Glue names: two lakes under the same databases would write the same tables."""
+    monkeypatch.setenv("SYNTHEA_STAGING_DATABASE", f"{name}_staging")
+    monkeypatch.setenv("SYNTHEA_MARTS_DATABASE", f"{name}_marts")
+    return f"s3://synthea-jobs/{name}-lake"
 
 
 def accounts(report):
@@ -163,7 +162,7 @@ def test_code_update_gives_an_existing_job_the_arguments_the_code_needs():
 def test_deploy_dry_run_needs_no_aws(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "deploy", "--bucket", "my-lake",
-                             "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+                             "--dry-run"], env=env, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Glue job synthea-pipeline-staging: would create or update" in result.stdout
     assert "s3://my-lake/code/marts_job.py" in result.stdout
@@ -182,19 +181,20 @@ def test_entry_scripts_import_no_dagster():
         "import synthea_pipeline.entrypoints.pipes_job as job\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_pipes')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['dagster_pipes']"
 
 
-def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_reference):
-    AWS_CLIENTS["glue"] = glue = LocalGlue(runner)
+@pytest.mark.slow
+def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_reference, monkeypatch):
+    monkeypatch.setitem(AWS_CLIENTS, "glue", glue := LocalGlue(runner))
     with fresh_instance() as instance:
-        report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/lake", "u1", instance=instance,
+        report = run_upload(str(SAMPLE_DIR), own_lake(monkeypatch, "glue"), "u1", instance=instance,
                             spark=LocalAwsSpark(engine="glue"))
         assert_reports_match(report, local_reference)
         assert sorted(glue.jobs.values()) == ["synthea-pipeline-marts", "synthea-pipeline-staging"]
-        for run in runner.runs.values():
+        for run in (runner.runs[run_id] for run_id in glue.jobs):
             assert "--dagster-pipes-context" in run.argv and "--dagster-pipes-messages" in run.argv
         staging = materializations(instance, report.run_id, "staging")
         assert staging["staging/patients"]["AWS Glue Job Name"].value == "synthea-pipeline-staging"
@@ -203,12 +203,15 @@ def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_refer
         assert "staging layer starting" in messages(instance, report.run_id)
 
 
-def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, runner, local_reference):
-    AWS_CLIENTS["emr-serverless"] = emr = LocalEMRServerless(runner)
+@pytest.mark.slow
+def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, runner, local_reference, monkeypatch):
+    monkeypatch.setitem(AWS_CLIENTS, "emr-serverless", emr := LocalEMRServerless(runner))
     before = set(runner.runs)
     with fresh_instance() as instance:
-        report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/emr-lake", "u1", instance=instance,
-                            spark=LocalAwsSpark(engine="emr-serverless"))
+        report = run_upload(str(SAMPLE_DIR), own_lake(monkeypatch, "emr"), "u1", instance=instance,
+                            spark=LocalAwsSpark(engine="emr-serverless", code_uri=deployed["plan"].code_uri,
+                                                emr_application_id=deployed["application"],
+                                                emr_execution_role_arn=EMR_ROLE))
         assert_reports_match(report, local_reference)
         new_runs = [runner.runs[r] for r in set(runner.runs) - before]
         assert len(new_runs) == 2 and all("DAGSTER_PIPES_CONTEXT" in r.env for r in new_runs)
@@ -219,13 +222,14 @@ def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, r
             c["spark.sql.catalog.glue.catalog-impl"] == "org.apache.iceberg.aws.glue.GlueCatalog" for c in emr.submitted)
 
 
-def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
-    AWS_CLIENTS["glue"] = LocalGlue(runner)
+@pytest.mark.slow
+def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner, monkeypatch):
+    monkeypatch.setitem(AWS_CLIENTS, "glue", LocalGlue(runner))
     with fresh_instance() as instance:
         instance.add_dynamic_partitions("uploads", ["ghost"])
         job = Definitions(
             assets=defs.assets, jobs=[ingest_upload_job],
-            resources={**defs.resources, "lake": LakeResource(root="s3://synthea-jobs/lake"),
+            resources={**defs.resources, "lake": LakeResource(root=own_lake(monkeypatch, "failing")),
                        "spark": LocalAwsSpark(engine="glue")},
         ).resolve_job_def(ingest_upload_job.name)
         staging = [key for key in job.asset_layer.executable_asset_keys if key.path[0] == "staging"]
@@ -240,10 +244,11 @@ def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner):
         assert "upload ghost has no raw pass of" in message and "materialize its raw assets first" in message
 
 
-def test_cancelling_the_run_stops_the_job_run(deployed, runner):
-    AWS_CLIENTS["glue"] = glue = LocalGlue(runner, interrupt_at_poll=2)
+@pytest.mark.slow
+def test_cancelling_the_run_stops_the_job_run(deployed, runner, monkeypatch):
+    monkeypatch.setitem(AWS_CLIENTS, "glue", glue := LocalGlue(runner, interrupt_at_poll=2))
     with fresh_instance() as instance:
-        report = run_upload(str(SAMPLE_DIR), "s3://synthea-jobs/lake", "u1", instance=instance,
+        report = run_upload(str(SAMPLE_DIR), own_lake(monkeypatch, "cancel"), "u1", instance=instance,
                             spark=LocalAwsSpark(engine="glue"))
         assert not report.success
         [stopped] = glue.stopped

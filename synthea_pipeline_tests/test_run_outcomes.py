@@ -88,8 +88,8 @@ def test_missing_required_column_fails_the_run_naming_table_file_and_line(instan
     report = run_upload(str(export), str(tmp_path / "lake"), "bad-header", instance=instance)
     assert not report.success
     assert report.errors == [
-        "table conditions: conditions.csv, line 1: missing required column(s) PATIENT "
-        "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)"
+        ("table conditions: conditions.csv, line 1: missing required column(s) PATIENT "
+         "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)")
     ]
     assert Path(Lake(str(tmp_path / "lake")).raw("patients", "bad-header", report.run_id), "patients.parquet").exists()
     assert not Path(tmp_path / "lake" / "staging").exists()
@@ -98,9 +98,10 @@ def test_missing_required_column_fails_the_run_naming_table_file_and_line(instan
 def cli(*args, cwd, env=None):
     environment = {**os.environ, "DAGSTER_HOME": str(cwd / "dagster"), **(env or {})}
     return subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_runs_the_shipped_sample_into_the_default_lake(tmp_path):
     result = cli("run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -142,5 +143,6 @@ def test_definitions_load_without_credentials_or_network(tmp_path):
     env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
     code = ("from synthea_pipeline.definitions import defs; g = defs.resolve_asset_graph(); "
             "keys = g.get_all_asset_keys(); print(len(keys), sorted({g.get(k).group_name for k in keys}))")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True, text=True,
+                            timeout=120)
     assert result.stdout.split("\n")[0] == "72 ['bi', 'marts', 'raw', 'reports', 'source', 'staging']", result.stderr

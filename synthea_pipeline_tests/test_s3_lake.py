@@ -10,12 +10,14 @@ import pytest
 import sqlglot
 
 from synthea_pipeline.resources.catalog import CatalogResource
-from synthea_pipeline.runs import SAMPLE_DIR, maintain, remove, run_upload
+from synthea_pipeline.runs import SAMPLE_DIR, catalog_from_environment, maintain, remove, run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.catalog import iceberg_sources
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
 from synthea_pipeline_tests.conftest import fresh_instance
+
+pytestmark = pytest.mark.slow  # S3 lakes on moto, JVM Spark
 
 _ENGINES: dict[tuple, object] = {}
 
@@ -23,7 +25,7 @@ _ENGINES: dict[tuple, object] = {}
 def committed(lake: Lake, sql: str) -> list[tuple]:
     """What a reader of the lake's catalog gets, sorted. An S3 lake's embedded catalog reads the metadata files Glue
     named when it was opened, so one is opened again only when Glue names others."""
-    catalog = CatalogResource()
+    catalog = catalog_from_environment()
     iceberg = catalog.databases().iceberg_lake(lake.root, "glue" if lake.on_s3 else "path")
     sources = iceberg_sources(iceberg, boto3.client("glue") if lake.on_s3 else None)
     key = (lake.root, catalog.databases(), tuple(sorted(sources.items())))
@@ -133,25 +135,29 @@ def test_jvm_spark_stands_in_for_glue_5_with_identical_tables(lakes, monkeypatch
         assert jvm_rows[mart] == committed(on_s3, f"SELECT * FROM synthea_marts.{mart}"), mart
 
 
-def test_maintain_and_remove_commit_through_glue(lakes):
-    """Runs last: it changes the S3 lake. moto stores the `VersionId` it is given but does not refuse a stale one,
-    so the compare-and-swap of a concurrent commit is not exercised here."""
-    _, on_s3, _ = lakes
+def test_maintain_and_remove_commit_through_glue(bucket, monkeypatch):
+    """On an S3 lake and Glue databases of its own, as it changes them. moto stores the `VersionId` it is given but
+    does not refuse a stale one, so the compare-and-swap of a concurrent commit is not exercised here."""
+    monkeypatch.setenv("SYNTHEA_STAGING_DATABASE", "upkeep_staging")
+    monkeypatch.setenv("SYNTHEA_MARTS_DATABASE", "upkeep_marts")
+    lake = Lake(f"s3://{bucket}/lake")
     glue = boto3.client("glue")
-    before = glue.get_table(DatabaseName="synthea_staging_iceberg", Name="patients")["Table"]["Parameters"]
-    patients = committed(on_s3, "SELECT * EXCLUDE (load_id) FROM synthea_staging.patients")
     with fresh_instance() as instance:
-        summary = maintain(on_s3.root, older_than_days=0, instance=instance)
+        for _ in range(2):
+            report = run_upload(str(SAMPLE_DIR), lake.root, "u1", instance=instance)
+            assert report.success and not report.errors, report.errors
+        before = glue.get_table(DatabaseName="upkeep_staging_iceberg", Name="patients")["Table"]["Parameters"]
+        patients = committed(lake, "SELECT * EXCLUDE (load_id) FROM upkeep_staging.patients")
+        summary = maintain(lake.root, older_than_days=0, instance=instance)
         assert summary["snapshots_expired"] > 0 and summary["files_deleted"] > 0
-        after = glue.get_table(DatabaseName="synthea_staging_iceberg", Name="patients")["Table"]["Parameters"]
+        after = glue.get_table(DatabaseName="upkeep_staging_iceberg", Name="patients")["Table"]["Parameters"]
         assert after["previous_metadata_location"] == before["metadata_location"] != after["metadata_location"]
         metadata = json.loads(boto3.client("s3").get_object(
-            Bucket="s3-lake", Key=after["metadata_location"][len("s3://s3-lake/"):])["Body"].read())
+            Bucket=bucket, Key=after["metadata_location"][len(f"s3://{bucket}/"):])["Body"].read())
         assert len(metadata["snapshots"]) == 1
-        assert committed(on_s3, "SELECT * EXCLUDE (load_id) FROM synthea_staging.patients") == patients
+        assert committed(lake, "SELECT * EXCLUDE (load_id) FROM upkeep_staging.patients") == patients
 
-        instance.add_dynamic_partitions("uploads", ["u1"])
-        report = remove("u1", on_s3.root, instance=instance)
+        report = remove("u1", lake.root, instance=instance)
     assert report.success, report.errors
-    assert committed(on_s3, "SELECT count(*) FROM synthea_staging_iceberg.patients") == [(0,)]
-    assert committed(on_s3, "SELECT count(*) FROM synthea_marts.patient_fact WHERE upload_id IS NOT NULL") == [(0,)]
+    assert committed(lake, "SELECT count(*) FROM upkeep_staging_iceberg.patients") == [(0,)]
+    assert committed(lake, "SELECT count(*) FROM upkeep_marts.patient_fact WHERE upload_id IS NOT NULL") == [(0,)]

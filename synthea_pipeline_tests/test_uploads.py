@@ -15,7 +15,7 @@ import pytest
 from dagster import AssetKey, AssetMaterialization, build_sensor_context
 
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.sensors import QUIET_SECONDS_ENV, upload_sensor
+from synthea_pipeline.sensors import upload_sensor
 from synthea_pipeline.transforms.storage import S3Storage, UploadVerificationError, digest_file, storage_for
 from synthea_pipeline.transforms.uploads import UploadWatcher, upload_export
 from synthea_pipeline_tests.conftest import SAMPLES, fresh_instance
@@ -33,8 +33,9 @@ def small_export(tmp_path):
     return folder
 
 
-def tick(instance, lake_root, cursor=None):
-    context = build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource(root=lake_root)})
+def tick(instance, lake_root, cursor=None, quiet_seconds=300):
+    lake = LakeResource(root=lake_root, upload_quiet_seconds=quiet_seconds)
+    context = build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
     return upload_sensor(context)
 
 
@@ -50,7 +51,7 @@ def test_upload_command_stores_verified_files_and_writes_the_manifest_last(bucke
     result = subprocess.run(
         [sys.executable, "-m", "synthea_pipeline.cli", "upload", str(SAMPLES["3.0"]),
          "--to", f"s3://{bucket}/lake/source", "--upload-id", "u1"],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"to s3://{bucket}/lake/source/u1/" in result.stdout
@@ -84,7 +85,7 @@ def test_large_files_go_up_in_parts_and_are_verified(bucket, tmp_path):
 def test_invalid_upload_ids_are_refused(bucket, small_export):
     result = subprocess.run(
         [sys.executable, "-m", "synthea_pipeline.cli", "upload", str(small_export), "--to", f"s3://{bucket}/source",
-         "--upload-id", "a,b"], capture_output=True, text=True, timeout=120,
+         "--upload-id", "a,b"], check=False, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     assert "invalid upload id 'a,b'" in result.stderr and "Traceback" not in result.stderr
@@ -158,10 +159,10 @@ def test_upload_refuses_a_different_export_under_a_derived_id(bucket, tmp_path):
     shutil.copytree(SAMPLES["2.7"], first)
     shutil.copytree(SAMPLES["3.0"], second)
     command = [sys.executable, "-m", "synthea_pipeline.cli", "upload", "--to", f"s3://{bucket}/source"]
-    assert subprocess.run(command + [str(first)], capture_output=True, timeout=120).returncode == 0
-    again = subprocess.run(command + [str(first)], capture_output=True, text=True, timeout=120)
+    assert subprocess.run(command + [str(first)], check=False, capture_output=True, timeout=120).returncode == 0
+    again = subprocess.run(command + [str(first)], check=False, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    refused = subprocess.run(command + [str(second)], capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(command + [str(second)], check=False, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "upload id 'csv' already holds a different export" in refused.stderr
     assert storage_for(f"s3://{bucket}/source").read_bytes("csv/patients.csv") == (first / "patients.csv").read_bytes()
 
@@ -180,7 +181,7 @@ def test_cursor_and_recorded_materializations_survive_a_restart(bucket, small_ex
         assert tick(instance, lake).run_requests == []
 
 
-def test_manifestless_upload_is_picked_up_once_quiet(instance, bucket, monkeypatch):
+def test_manifestless_upload_is_picked_up_once_quiet(instance, bucket):
     lake = f"s3://{bucket}/lake"
     s3 = boto3.client("s3")
     s3.put_object(Bucket=bucket, Key="lake/source/byhand/", Body=b"")
@@ -189,34 +190,31 @@ def test_manifestless_upload_is_picked_up_once_quiet(instance, bucket, monkeypat
     s3.put_object(Bucket=bucket, Key="lake/source/nested/csv/patients.csv", Body=b"Id\n")
     s3.put_object(Bucket=bucket, Key="lake/source/bad,id/patients.csv", Body=b"Id\n")
 
-    monkeypatch.setenv(QUIET_SECONDS_ENV, "3600")
-    waiting = tick(instance, lake)
+    waiting = tick(instance, lake, quiet_seconds=3600)
     assert waiting.run_requests == []
     assert "byhand: no manifest: waiting until its files have been unchanged for 3600 s" in reason(waiting)
     assert "nested: no manifest and no patients.csv yet (found csv/patients.csv" in reason(waiting)
     assert "bad,id: invalid upload id 'bad,id'" in reason(waiting)
 
-    monkeypatch.setenv(QUIET_SECONDS_ENV, "0")
-    picked = tick(instance, lake, waiting.cursor)
+    picked = tick(instance, lake, waiting.cursor, quiet_seconds=0)
     assert [r.partition_key for r in picked.run_requests] == ["byhand"]
     assert tick(instance, lake, picked.cursor).run_requests == []
 
 
-def test_a_change_restarts_the_quiet_period(instance, bucket, monkeypatch):
+def test_a_change_restarts_the_quiet_period(instance, bucket):
     lake = f"s3://{bucket}/lake"
     s3 = boto3.client("s3")
     s3.put_object(Bucket=bucket, Key="lake/source/u1/patients.csv", Body=(SAMPLES["2.7"] / "patients.csv").read_bytes())
-    monkeypatch.setenv(QUIET_SECONDS_ENV, "60")
-    first = tick(instance, lake)
+    first = tick(instance, lake, quiet_seconds=60)
     assert first.run_requests == [] and "unchanged for 0 s" in reason(first)
     long_ago = json.loads(first.cursor)
     long_ago["pending"]["u1"][1] = 0
     s3.put_object(Bucket=bucket, Key="lake/source/u1/payers.csv", Body=(SAMPLES["2.7"] / "payers.csv").read_bytes())
-    changed = tick(instance, lake, json.dumps(long_ago))
+    changed = tick(instance, lake, json.dumps(long_ago), quiet_seconds=60)
     assert changed.run_requests == [] and "unchanged for 0 s" in reason(changed)
     long_ago = json.loads(changed.cursor)
     long_ago["pending"]["u1"][1] = 0
-    assert [r.partition_key for r in tick(instance, lake, json.dumps(long_ago)).run_requests] == ["u1"]
+    assert [r.partition_key for r in tick(instance, lake, json.dumps(long_ago), quiet_seconds=60).run_requests] == ["u1"]
 
 
 def test_fifty_uploads_landing_together_give_fifty_runs(instance, bucket, small_export):

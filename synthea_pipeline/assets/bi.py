@@ -18,12 +18,12 @@ from dagster import (
 )
 
 from synthea_pipeline.assets.marts import MARTS_POOL
+from synthea_pipeline.assets.specs import MARTS_FRESHNESS, layer_spec_fields
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.transforms.bi import BI_VIEWS, TOP_CONDITIONS, view_sql
-from synthea_pipeline.transforms.dashboard import render_dashboard
+from synthea_pipeline.transforms.bi import BI_VIEW_READS, BI_VIEWS, TOP_CONDITIONS, view_sql
+from synthea_pipeline.transforms.dashboard import headline_figures, render_dashboard
 from synthea_pipeline.transforms.lake import write_text
-from synthea_pipeline.transforms.marts import MARTS
 
 PREVIEW_ROWS = 10
 DASHBOARD = AssetKey(["reports", "dashboard"])
@@ -80,18 +80,42 @@ def bar_chart(rows: list[dict], label, measure: str, top: int = 10) -> MetadataV
     return MetadataValue.md("\n".join(lines))
 
 
+CHART_TITLES = {
+    "bi_demographics": "Patients by age band and gender",
+    "bi_encounter_trends": "Encounters by class",
+    "bi_diagnosis_breakdown": "Top diagnoses by patients",
+    "bi_medication_insights": "Medication costs",
+}
+
+
+def dashboard_preview(views: dict[str, list[dict]], uploads: list[str], location: str) -> MetadataValue:
+    """The dashboard's figures and charts as markdown, which the UI opens from the asset in one click (a
+    `file://` link to the page would not open from an http page)."""
+    figures = headline_figures(views, uploads)
+    table = ["| " + " | ".join(label for label, _ in figures) + " |", "|" + "---:|" * len(figures),
+             "| " + " | ".join(value for _, value in figures) + " |"]
+    parts = [f"**Synthea population dashboard** · `{location}`", "\n".join(table)]
+    for view, rows in views.items():
+        label, measure = CHARTS[view]
+        parts += [f"**{CHART_TITLES[view]}** (`{view}`)", bar_chart(rows, label, measure).value]
+    return MetadataValue.md("\n\n".join(parts))
+
+
 def build_bi_assets():
     @multi_asset(
         name="bi",
         pool=MARTS_POOL,
         specs=[
-            AssetSpec(AssetKey(["bi", view]), group_name="bi", description=VIEW_DESCRIPTIONS[view],
-                      deps=[AssetKey(["marts", m]) for m in MARTS])
+            AssetSpec(AssetKey(["bi", view]), **layer_spec_fields("bi", [BI_VIEWS[view]]),
+                      description=VIEW_DESCRIPTIONS[view], deps=[AssetKey(["marts", m]) for m in BI_VIEW_READS[view]],
+                      freshness_policy=MARTS_FRESHNESS)
             for view in BI_VIEWS
         ] + [
-            AssetSpec(DASHBOARD, group_name="reports", deps=[AssetKey(["bi", v]) for v in BI_VIEWS],
+            AssetSpec(DASHBOARD, **layer_spec_fields("reports"), deps=[AssetKey(["bi", v]) for v in BI_VIEWS],
+                      freshness_policy=MARTS_FRESHNESS,
                       description="Self-contained HTML dashboard: population pyramid, encounters over time, top "
-                      "diagnoses, medication costs. Written to `<lake>/reports/dashboard.html`."),
+                      "diagnoses, medication costs. Written to `<lake>/reports/dashboard.html`; its `preview` "
+                      "entry shows the same figures in the UI."),
         ],
     )
     def bi(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource) -> Iterator:
@@ -119,8 +143,8 @@ def build_bi_assets():
         location = layout.uri("reports", "dashboard.html")
         write_text(location, render_dashboard(views, layout.root, uploads))
         yield MaterializeResult(asset_key=DASHBOARD, metadata={
+            "preview": dashboard_preview(views, uploads, location),
             "path": MetadataValue.path(location),
-            "open": MetadataValue.url(location if layout.on_s3 else f"file://{location}"),
             "uploads": len(uploads),
             "latest_uploads": uploads[-RECENT_UPLOADS:],
         })

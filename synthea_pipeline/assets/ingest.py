@@ -15,18 +15,18 @@ from dagster import (
     MetadataValue,
     multi_asset,
 )
-from dagster._core.definitions.metadata.external_metadata import metadata_value_from_external
 
+from synthea_pipeline.assets.specs import layer_spec_fields
+from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.run_tags import CHECKSUM_TAG
 from synthea_pipeline.tables import TABLES, Table
 from synthea_pipeline.transforms.layers import PARALLEL_TABLES, SCHEMA_KEY, table_schema
 from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, upload_release
 from synthea_pipeline.transforms.uploads import UPLOADING_SUFFIX, missing_or_different, read_manifest
-
-CHECKSUM_TAG = "synthea/upload_checksum"
 
 STAGING_CHECKS = {
     "rows_reconcile": "Rows in = rows out + quarantined + duplicates dropped.",
@@ -40,19 +40,14 @@ STAGING_WARNINGS = {
 }
 
 
-def column_schema(table: Table):
-    return metadata_value_from_external(table_schema(table), "table_schema")
-
-
 def _spec(layer: str, table: Table, description: str, deps_layer: str | None, **metadata) -> AssetSpec:
     return AssetSpec(
         key=AssetKey([layer, table.name]),
-        group_name=layer,
+        **layer_spec_fields(layer, [table], **metadata),
         description=f"{description} Grain: {table.grain}.",
         deps=[AssetKey([deps_layer, table.name])] if deps_layer else [],
         partitions_def=uploads_partitions,
         skippable=True,
-        metadata=metadata,
     )
 
 
@@ -64,7 +59,7 @@ def build_source_assets(tables: Sequence[str] = tuple(TABLES)):
     @multi_asset(
         name="source_upload",
         specs=[
-            _spec("source", TABLES[t], f"Synthea `{t}.csv` as uploaded under source/<upload_id>/.", None)
+            _spec("source", TABLES[t], f"Synthea `{t}.csv` as uploaded under `source/<upload_id>/`.", None)
             for t in tables
         ],
         partitions_def=uploads_partitions,
@@ -117,7 +112,7 @@ def build_raw_assets(tables: Sequence[str] = tuple(TABLES)):
             for t in tables
         ],
         check_specs=[
-            AssetCheckSpec("no_quarantined_rows", asset=AssetKey(["raw", t]),
+            AssetCheckSpec("no_quarantined_rows", asset=AssetKey(["raw", t]), partitions_def=uploads_partitions,
                            description="Every source line could be split into the header's fields (warning only).")
             for t in tables
         ],
@@ -188,16 +183,18 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
                   f"every Synthea release; the Iceberg table `staging/{t}/`, one load per run, which readers see "
                   "once the whole upload is committed. Rows that cannot be staged go to the Iceberg table "
                   "`staging/quarantine/` with their reason.", "raw",
-                  **{SCHEMA_KEY: column_schema(TABLES[t])})
+                  **{SCHEMA_KEY: column_schema(table_schema(TABLES[t]))})
             for t in tables
         ],
         check_specs=[
-            AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description, blocking=True)
+            AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description, blocking=True,
+                           partitions_def=uploads_partitions)
             for t in tables
             for name, description in STAGING_CHECKS.items()
         ]
         + [
-            AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description)
+            AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description,
+                           partitions_def=uploads_partitions)
             for t in tables
             for name, description in STAGING_WARNINGS.items()
         ],

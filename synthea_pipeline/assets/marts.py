@@ -5,10 +5,13 @@ from collections.abc import Iterator
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetSpec, Config, multi_asset
 from pydantic import Field
 
+from synthea_pipeline.assets.specs import MARTS_FRESHNESS, layer_spec_fields
+from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
-from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS, STAGING_INPUTS
+from synthea_pipeline.transforms.layers import SCHEMA_KEY, mart_schema
+from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS
 
 MARTS_POOL = "marts"
 MART_CHECKS = {
@@ -46,9 +49,10 @@ def build_mart_assets():
         specs=[
             AssetSpec(
                 key=AssetKey(["marts", name]),
-                group_name="marts",
+                **layer_spec_fields("marts", [mart], **{SCHEMA_KEY: column_schema(mart_schema(mart))}),
                 description=f"Star-schema mart over every upload. Grain: {mart.grain}. Key: `{mart.key}`.",
-                deps=[AssetKey(["staging", t]) for t in STAGING_INPUTS],
+                deps=[AssetKey(["staging", t]) for t in mart.reads],
+                freshness_policy=MARTS_FRESHNESS,
             )
             for name, mart in MARTS.items()
         ],

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 
 import duckdb
 from dagster import ConfigurableResource
+from pydantic import Field
 
-from synthea_pipeline.transforms.bi import BI_VIEWS, MARTS_DATABASE, STAGING_DATABASE
+from synthea_pipeline.settings import ATHENA_OUTPUT, ATHENA_WORKGROUP, MARTS_DATABASE_NAME, STAGING_DATABASE_NAME
+from synthea_pipeline.transforms.bi import BI_VIEWS
 from synthea_pipeline.transforms.catalog import (
     Databases,
     as_of_query,
@@ -29,21 +31,19 @@ CATALOG_FILE = "catalog.duckdb"
 
 
 class CatalogResource(ConfigurableResource):
-    """Database names default to SYNTHEA_STAGING_DATABASE / SYNTHEA_MARTS_DATABASE, else `synthea_staging` and
-    `synthea_marts` (the Iceberg tables are in the same names suffixed `_iceberg`); Athena runs in
-    SYNTHEA_ATHENA_WORKGROUP (default `synthea-pipeline`), results to SYNTHEA_ATHENA_OUTPUT when the workgroup
-    does not set a location."""
+    """The catalog's database names (the Iceberg tables are in the same names suffixed `_iceberg`) and where
+    Athena runs queries. Athena is polled here rather than through dagster-aws's `AthenaClientResource`, whose
+    client cannot name the query's database or result location and returns rows without column names."""
 
-    staging_database: str | None = None
-    marts_database: str | None = None
-    athena_workgroup: str | None = None
-    athena_output: str | None = None
+    staging_database: str = Field(default=STAGING_DATABASE_NAME.default, description=STAGING_DATABASE_NAME.description)
+    marts_database: str = Field(default=MARTS_DATABASE_NAME.default, description=MARTS_DATABASE_NAME.description)
+    athena_workgroup: str = Field(default=ATHENA_WORKGROUP.default, description=ATHENA_WORKGROUP.description)
+    athena_output: str = Field(default=ATHENA_OUTPUT.default, description=ATHENA_OUTPUT.description)
+    athena_timeout_seconds: int = Field(default=600, description="How long an Athena query may take before it is "
+                                        "cancelled and the command fails.")
 
     def databases(self) -> Databases:
-        return Databases(
-            staging=self.staging_database or os.environ.get("SYNTHEA_STAGING_DATABASE") or STAGING_DATABASE,
-            marts=self.marts_database or os.environ.get("SYNTHEA_MARTS_DATABASE") or MARTS_DATABASE,
-        )
+        return Databases(staging=self.staging_database, marts=self.marts_database)
 
     def aws_client(self, service: str):
         import boto3
@@ -106,9 +106,8 @@ class CatalogResource(ConfigurableResource):
                     identifiers = engine.execute(f"SELECT includes_identifiers FROM {databases.marts}.current_build"
                                                  ).fetchall()
                 sql = as_of_query(sql, databases, as_of, columns, bool(identifiers and identifiers[0][0]))
-            return athena_query(self.aws_client("athena"), sql, databases.marts,
-                                self.athena_workgroup or os.environ.get("SYNTHEA_ATHENA_WORKGROUP") or "synthea-pipeline",
-                                self.athena_output or os.environ.get("SYNTHEA_ATHENA_OUTPUT"))
+            return athena_query(self.aws_client("athena"), sql, databases.marts, self.athena_workgroup,
+                                self.athena_output or None, self.athena_timeout_seconds)
         path = os.path.join(lake.root, CATALOG_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no catalog at {path}: run the pipeline on this lake first")

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import os
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field
 
+from synthea_pipeline.run_tags import LAKE_TAG, ORIGIN_TAG, origin_of, tag_run
+from synthea_pipeline.settings import LAKE_ROOT, UPLOAD_QUIET_SECONDS
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.storage import Storage, storage_for
 
-LAKE_ENV = "SYNTHEA_LAKE_ROOT"
-DEFAULT_LAKE = "lake"
-
 
 class LakeResource(ConfigurableResource):
-    """`root` is the lake root, a local folder or `s3://bucket/prefix`; when unset it is read from
-    SYNTHEA_LAKE_ROOT at run time, defaulting to the folder `./lake`. Assets see only paths and `Storage`, never
-    which of the two it is."""
+    """Assets see only paths and `Storage`, never whether the lake is a folder or on S3."""
 
-    root: str | None = None
+    root: str = Field(default=LAKE_ROOT.default, description=LAKE_ROOT.description)
+    upload_quiet_seconds: int = Field(default=int(UPLOAD_QUIET_SECONDS.default),
+                                      description=UPLOAD_QUIET_SECONDS.description)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Tags the run with where it came from and the lake it writes (every job uses the lake), so the runs
+        list shows and filters on both."""
+        if context.dagster_run is not None:
+            tag_run(context, {ORIGIN_TAG: origin_of(context.dagster_run.tags), LAKE_TAG: self.layout().root})
 
     def layout(self) -> Lake:
-        root = self.root or os.environ.get(LAKE_ENV) or DEFAULT_LAKE
-        return Lake(root if root.startswith("s3://") else os.path.abspath(root))
+        return Lake(self.root if self.root.startswith("s3://") else os.path.abspath(self.root))
 
     def source_storage(self) -> Storage:
         """Where uploads land: `<root>/source/`."""

@@ -20,15 +20,25 @@ from dagster import (
     InitResourceContext,
     MaterializeResult,
 )
-from dagster._core.definitions.metadata.external_metadata import metadata_map_from_external
-from pydantic import PrivateAttr
+from dagster_pyspark import LazyPySparkResource
+from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
+from synthea_pipeline.metadata import dagster_metadata
+from synthea_pipeline.run_tags import ENGINE_TAG, tag_run
+from synthea_pipeline.settings import (
+    CODE_URI,
+    EMR_APPLICATION_ID,
+    EMR_EXECUTION_ROLE_ARN,
+    EMR_SPARK_SUBMIT_PARAMETERS,
+    GLUE_JOB_PREFIX,
+    PIPES_URI,
+    SPARK_ENGINE,
+)
 from synthea_pipeline.transforms.iceberg import GLUE_CATALOG, HADOOP_CATALOG
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed, Report
 from synthea_pipeline.transforms.staging import SPARK_CONF, configure
 
-ENGINE_ENV = "SYNTHEA_SPARK_ENGINE"
 ENGINES = ("sail", "local-jvm", "glue", "emr-serverless")
 REMOTE_ENGINES = ("glue", "emr-serverless")
 CONNECT_MODE_ENV = "SPARK_CONNECT_MODE_ENABLED"
@@ -37,7 +47,7 @@ CONNECT_MODE_ENV = "SPARK_CONNECT_MODE_ENABLED"
 def dagster_result(report: Report) -> MaterializeResult | AssetCheckResult:
     """A layer's report as Dagster receives it from a Pipes message, so in-process and remote runs show the
     same metadata."""
-    metadata = metadata_map_from_external(report.metadata)
+    metadata = dagster_metadata(report.metadata)
     if isinstance(report, AssetReport):
         return MaterializeResult(asset_key=AssetKey.from_user_string(report.asset_key), metadata=metadata)
     return AssetCheckResult(
@@ -151,19 +161,29 @@ def share_aws_credentials(session: SparkSession) -> None:
 
 
 class SparkResource(ConfigurableResource):
-    """`engine` is `sail`, `local-jvm`, `glue` or `emr-serverless`; when unset it is read from
-    SYNTHEA_SPARK_ENGINE at run time, defaulting to `sail`. The AWS engines read their settings (job names,
-    application, buckets) from the environment at run time too, see `RemoteSparkSettings`."""
+    """Runs the Spark layers on `engine`: in this process on a session dagster-pyspark builds (a Sail Spark
+    Connect server's, or local JVM Spark's), or as Glue / EMR Serverless job runs through Dagster Pipes."""
 
-    engine: str | None = None
+    engine: str = Field(default=SPARK_ENGINE.default, description=SPARK_ENGINE.description)
+    glue_job_prefix: str = Field(default=GLUE_JOB_PREFIX.default, description=GLUE_JOB_PREFIX.description)
+    pipes_uri: str = Field(default=PIPES_URI.default, description=PIPES_URI.description)
+    code_uri: str = Field(default=CODE_URI.default, description=CODE_URI.description)
+    emr_application_id: str = Field(default=EMR_APPLICATION_ID.default, description=EMR_APPLICATION_ID.description)
+    emr_execution_role_arn: str = Field(default=EMR_EXECUTION_ROLE_ARN.default,
+                                        description=EMR_EXECUTION_ROLE_ARN.description)
+    emr_spark_submit_parameters: str = Field(default=EMR_SPARK_SUBMIT_PARAMETERS.default,
+                                             description=EMR_SPARK_SUBMIT_PARAMETERS.description)
     _session: SparkSession | None = PrivateAttr(default=None)
     _server: object = PrivateAttr(default=None)
 
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Tags the run with the engine its Spark layers run on."""
+        tag_run(context, {ENGINE_TAG: self.engine})
+
     def resolved_engine(self) -> str:
-        engine = self.engine or os.environ.get(ENGINE_ENV) or "sail"
-        if engine not in ENGINES:
-            raise ValueError(f"unknown Spark engine {engine!r}: choose one of {', '.join(ENGINES)}")
-        return engine
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown Spark engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        return self.engine
 
     def table_catalog(self, lake_root: str) -> str:
         """How the layers name the lake's Iceberg tables (see `transforms.iceberg`): through the Glue Data
@@ -178,16 +198,15 @@ class SparkResource(ConfigurableResource):
         engine = self.resolved_engine()
         if engine in REMOTE_ENGINES:
             from synthea_pipeline.resources.remote_spark import (  # dagster-aws: half a second, for AWS runs only
-                RemoteSparkSettings,
                 run_on_emr_serverless,
                 run_on_glue,
             )
         if engine == "glue":
-            yield from run_on_glue(context, layer, params, RemoteSparkSettings.from_env(),
+            yield from run_on_glue(context, layer, params, self.remote_settings(),
                                    self.aws_client("glue"), self.aws_client("s3"))
             return
         if engine == "emr-serverless":
-            yield from run_on_emr_serverless(context, layer, params, RemoteSparkSettings.from_env(),
+            yield from run_on_emr_serverless(context, layer, params, self.remote_settings(),
                                              self.aws_client("emr-serverless"), self.aws_client("s3"))
             return
         try:
@@ -196,6 +215,15 @@ class SparkResource(ConfigurableResource):
             yield from (dagster_result(report) for report in failure.reports)
             raise Failure(description=str(failure)) from None
         yield from (dagster_result(report) for report in reports)
+
+    def remote_settings(self):
+        from synthea_pipeline.resources.remote_spark import RemoteSparkSettings
+
+        return RemoteSparkSettings(
+            glue_job_prefix=self.glue_job_prefix, pipes_uri=self.pipes_uri or None, code_uri=self.code_uri or None,
+            emr_application_id=self.emr_application_id or None,
+            emr_execution_role_arn=self.emr_execution_role_arn or None,
+            emr_spark_submit_parameters=self.emr_spark_submit_parameters)
 
     def upkeep_session(self, lake_root: str) -> SparkSession:
         """A session in this process for the lake's small upkeep (taking an upload out, deleting stale loads):
@@ -221,21 +249,19 @@ class SparkResource(ConfigurableResource):
         return self._session
 
     def _start(self, engine: str, lake_root: str) -> SparkSession:
+        """dagster-pyspark builds the session from the configuration this run needs: Sail's address (a server
+        on a free port per run) or JVM Spark's Iceberg catalog for this lake."""
         if engine == "sail":
             self._server, address = start_sail(glue_catalog=lake_root.startswith("s3://"))
-            os.environ[CONNECT_MODE_ENV] = "1"
-            from pyspark.sql.connect.session import SparkSession as ConnectSession
-
-            return ConnectSession.builder.remote(address).create()
+            return LazyPySparkResource(spark_config={"spark.remote": address}).spark_session
         if engine != "local-jvm":
             raise ValueError(f"the {engine} engine runs layers remotely and has no local session")
         os.environ.pop(CONNECT_MODE_ENV, None)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = SparkSession.builder.master("local[*]").appName("synthea-pipeline")
-        for key, value in {**SPARK_CONF, **jvm_iceberg_conf(lake_root), "spark.ui.enabled": "false",
-                           "spark.driver.memory": "4g"}.items():
-            builder = builder.config(key, value)
-        session = builder.getOrCreate()
+        session = LazyPySparkResource(spark_config={
+            "spark.master": "local[*]", "spark.app.name": "synthea-pipeline", **SPARK_CONF,
+            **jvm_iceberg_conf(lake_root), "spark.ui.enabled": "false", "spark.driver.memory": "4g",
+        }).spark_session
         if lake_root.startswith("s3://"):
             share_aws_credentials(session)
         return session

@@ -4,6 +4,7 @@ embedded engine (DuckDB), which computes them for the local catalog, the asset p
 from __future__ import annotations
 
 import sqlglot
+from sqlglot import exp
 
 from synthea_pipeline.transforms.marts import UNKNOWN_KEY
 
@@ -96,3 +97,13 @@ def view_sql(name: str, marts_database: str = MARTS_DATABASE) -> str:
 def local_sql(sql: str) -> str:
     """Athena SQL as the embedded engine's dialect."""
     return sqlglot.transpile(sql, read=SOURCE_DIALECT, write=LOCAL_DIALECT, pretty=True)[0]
+
+
+def marts_read(sql: str, marts_database: str = MARTS_DATABASE) -> tuple[str, ...]:
+    """The tables of the marts database an Athena query reads, sorted; parsed, so the SQL stays the only source."""
+    tables = sqlglot.parse_one(sql, read=SOURCE_DIALECT).find_all(exp.Table)
+    return tuple(sorted({t.name for t in tables if t.db == marts_database}))
+
+
+BI_VIEW_READS: dict[str, tuple[str, ...]] = {view: marts_read(view_sql(view)) for view in BI_VIEWS}
+"""The marts each BI view reads."""

@@ -350,19 +350,25 @@ def as_of_query(sql: str, databases: Databases, as_of: dt.datetime, mart_columns
     return query.sql(dialect=SOURCE_DIALECT)
 
 
-def athena_query(athena, sql: str, database: str, workgroup: str, output: str | None, poll_seconds: float = 1.0
-                 ) -> tuple[list[str], list[list]]:
-    """Run one statement on Athena and return its column names and rows (values as Athena returns them, text)."""
+def athena_query(athena, sql: str, database: str, workgroup: str, output: str | None, timeout_seconds: float,
+                 poll_seconds: float = 1.0) -> tuple[list[str], list[list]]:
+    """Run one statement on Athena and return its column names and rows (values as Athena returns them, text).
+    A query still running after `timeout_seconds` is cancelled (TimeoutError)."""
     import time
 
     request = {"QueryString": sql, "QueryExecutionContext": {"Database": database}, "WorkGroup": workgroup}
     if output:
         request["ResultConfiguration"] = {"OutputLocation": output}
     query_id = athena.start_query_execution(**request)["QueryExecutionId"]
+    deadline = time.monotonic() + timeout_seconds
     while True:
         status = athena.get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Status"]
         if status["State"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
             break
+        if time.monotonic() > deadline:
+            athena.stop_query_execution(QueryExecutionId=query_id)
+            raise TimeoutError(f"Athena query {query_id} still {status['State']} after {timeout_seconds:.0f} s: "
+                               "cancelled")
         time.sleep(poll_seconds)
     if status["State"] != "SUCCEEDED":
         raise RuntimeError(f"Athena query {query_id} {status['State']}: {status.get('StateChangeReason', '')}")

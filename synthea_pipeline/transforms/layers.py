@@ -25,8 +25,8 @@ from synthea_pipeline.transforms.iceberg import (
 )
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import (
-    COLUMN_DESCRIPTIONS,
     MARTS,
+    Mart,
     check_marts,
     current_loads,
     discard_build,
@@ -48,6 +48,11 @@ class LayerFailed(Exception):
     def __init__(self, message: str, reports: list | None = None):
         super().__init__(message)
         self.reports = reports or []
+
+
+class MartSchemaMismatch(LayerFailed):
+    """A written mart's columns differ from the ones `marts.MARTS` declares: a bug in the pipeline (or a mart table
+    left by an older version of it), never a problem of the source data."""
 
 
 @dataclass
@@ -112,22 +117,59 @@ def external_metadata(metadata: dict) -> dict:
     return typed
 
 
+STAGING_ROW_KEY = {"name": "row_key", "type": "string", "description": "Key: MD5 of the row's normalized values.",
+                   "constraints": {"nullable": False}}
+"""The key the staging layer adds to tables without a natural key."""
+STAGING_LOAD_COLUMNS = (
+    {"name": "upload_id", "type": "string", "description": "The upload this row came from.",
+     "constraints": {"nullable": False}},
+    {"name": "load_id", "type": "string",
+     "description": "The staging run that wrote this row; readers take only the committed load of each upload.",
+     "constraints": {"nullable": False}},
+)
+"""The columns the staging layer adds to every table (see `staging.staging_schema`)."""
+
+
 def table_schema(table: Table) -> dict:
-    """A staging table's columns as a Pipes `table_schema` value."""
+    """A staging table's columns as a Pipes `table_schema` value: the contract's, then those staging adds."""
     columns = [
-        {"name": c.name, "type": c.spark_type, "description": c.description or None,
+        {"name": c.name, "type": c.spark_type, "description": c.description,
          "constraints": {"nullable": not c.required}}
         for c in table.columns
     ]
     if not table.has_natural_key:
-        columns.append({"name": "row_key", "type": "string", "description": "Key: MD5 of the row's normalized values."})
-    columns.append({"name": "upload_id", "type": "string", "description": "The upload this row came from."})
-    return {"columns": columns}
+        columns.append(STAGING_ROW_KEY)
+    return {"columns": [*columns, *STAGING_LOAD_COLUMNS]}
 
 
-def frame_schema(frame) -> dict:
-    return {"columns": [{"name": f.name, "type": f.dataType.simpleString(), "description": COLUMN_DESCRIPTIONS.get(f.name)}
-                        for f in frame.schema]}
+def mart_schema(mart: Mart) -> dict:
+    """A mart's declared columns as a Pipes `table_schema` value, known before the mart is first built."""
+    return {"columns": [
+        {"name": c.name, "type": c.type, "description": c.description,
+         **({"constraints": {"nullable": False}} if c.name == mart.key else {})}
+        for c in mart.columns
+    ]}
+
+
+def written_columns(spark: SparkSession, table: str) -> list[tuple[str, str]]:
+    """A mart table's (name, Spark simple type) columns, without the build column that readers never see."""
+    return [(f.name, f.dataType.simpleString()) for f in spark.table(table).drop("build_id").schema]
+
+
+def schema_differences(mart: Mart, written: list[tuple[str, str]]) -> list[str]:
+    """How a written mart's (name, type) columns differ from the declared ones, one sentence per difference."""
+    declared = {c.name: c.type for c in mart.columns}
+    actual = dict(written)
+    differences = [
+        f"{mart.name}.{name} is {actual[name]} in the written table but declared {kind}" if name in actual
+        else f"{mart.name}.{name} (declared {kind}) is not in the written table"
+        for name, kind in declared.items() if actual.get(name) != kind
+    ]
+    differences += [f"{mart.name}.{name} ({kind}) is written but not declared"
+                    for name, kind in actual.items() if name not in declared]
+    if not differences and list(actual) != list(declared):
+        differences.append(f"{mart.name} columns are written in the order {list(actual)}, declared {list(declared)}")
+    return differences
 
 
 def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, load_id: str, catalog: str = "path",
@@ -212,6 +254,12 @@ def run_marts(spark: SparkSession, log: Log, lake_root: str, build_id: str, incl
     loads = current_loads(spark, uploads)
     commits.record_build(build_id, "begun", include_identifiers)
     written = write_marts(spark, lake, loads, build_id, include_identifiers)
+    differences = [d for name in MARTS for d in schema_differences(MARTS[name], written_columns(spark, written[name]))]
+    if differences:
+        discard_build(spark, lake, build_id)
+        commits.record_build(build_id, "discarded", include_identifiers)
+        raise MartSchemaMismatch("marts not committed, written columns differ from the declared schema (a pipeline "
+                                 "bug): " + "; ".join(differences))
     checks = check_marts(spark, lake, written, loads, build_id)
     reports: list[Report] = [CheckReport(f"marts/{c.mart}", c.name, c.passed, "ERROR" if c.blocking else "WARN",
                                          external_metadata(c.metadata)) for c in checks]
@@ -227,7 +275,7 @@ def run_marts(spark: SparkSession, log: Log, lake_root: str, build_id: str, incl
     return [
         AssetReport(f"marts/{name}", external_metadata({
             "dagster/row_count": int(rows[name]),
-            SCHEMA_KEY: frame_schema(spark.table(written[name]).drop("build_id")),
+            SCHEMA_KEY: mart_schema(MARTS[name]),
             "build_id": build_id,
             "table": written[name],
             "location": lake.location("marts", name),

@@ -59,77 +59,242 @@ AGE_BANDS = ((18, "0-17"), (35, "18-34"), (50, "35-49"), (65, "50-64"), (80, "65
 
 
 @dataclass(frozen=True)
+class MartColumn:
+    """One column of a mart as its table holds it; `type` is the Spark SQL simple type string (`simpleString`)."""
+
+    name: str
+    type: str
+    description: str
+
+
+@dataclass(frozen=True)
 class Mart:
+    """One mart. `columns` is its schema, declared so it is known before the first build and verified against
+    every written build; `reads` are the staging tables its rows and its checks depend on, including through the
+    marts it is computed from."""
+
     name: str
     key: str
     grain: str
+    reads: tuple[str, ...]
+    columns: tuple[MartColumn, ...]
 
+    def __post_init__(self):
+        if self.key not in self.column_names:
+            raise ValueError(f"{self.name}: key column {self.key} is not declared")
+        if unknown := set(self.reads) - set(TABLES):
+            raise ValueError(f"{self.name}: reads unknown staging tables {sorted(unknown)}")
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _inputs(*tables: str) -> tuple[str, ...]:
+    """Staging tables in the contract's order, each once; a name the contract lacks is kept (last), so `Mart`
+    rejects it."""
+    order = {name: position for position, name in enumerate(TABLES)}
+    return tuple(sorted(set(tables), key=lambda name: (order.get(name, len(order)), name)))
+
+
+_ENCOUNTER_INPUTS = ("encounters", "patients", "providers", "organizations", "payers")
+"""An encounter comes from the upload owning its patient; its provider, organization and payer resolve or point to
+the unknown member."""
+_CONDITION_INPUTS = ("conditions", "patients", "encounters")
+_PROCEDURE_INPUTS = ("procedures", "patients", "encounters")
+_MEDICATION_INPUTS = ("medications", "patients", "encounters", "payers")
+_FACT_INPUTS = ("patients", "immunizations", *_ENCOUNTER_INPUTS, *_CONDITION_INPUTS, *_PROCEDURE_INPUTS,
+                *_MEDICATION_INPUTS)
+"""patient_fact aggregates the written encounter, condition, medication and procedure dimensions."""
+
+M = MartColumn
+UNKNOWN_MEMBER_NOTE = "`unknown`: the unknown member (referenced, absent from the lake)."
+
+
+def _identifier(name: str, description: str) -> MartColumn:
+    """A direct identifier: always a column, so the table keeps one schema, null unless asked for."""
+    return M(name, "string", f"{description} Null unless the build includes identifiers.")
+
+
+PATIENT_KEY = M("patient_key", "string", f"Patient id (Synthea patients.Id); {UNKNOWN_MEMBER_NOTE}")
+ENCOUNTER_KEY = M("encounter_key", "string", f"Encounter id (Synthea encounters.Id); {UNKNOWN_MEMBER_NOTE}")
+PROVIDER_KEY = M("provider_key", "string", f"Provider id; {UNKNOWN_MEMBER_NOTE}")
+ORGANIZATION_KEY = M("organization_key", "string", f"Organization id; {UNKNOWN_MEMBER_NOTE}")
+PAYER_KEY = M("payer_key", "string", f"Payer id; {UNKNOWN_MEMBER_NOTE}")
+LOCATION_KEY = M("location_key", "string",
+                 f"MD5 of city|county|state|zip|fips; joins location_dim; {UNKNOWN_MEMBER_NOTE}")
+UPLOAD_ID = M("upload_id", "string",
+              "The upload this row was taken from (the latest that contains it); null on unknown members.")
+START_TS = M("start_ts", "timestamp", "Start (UTC timestamp).")
+STOP_TS = M("stop_ts", "timestamp", "End (UTC timestamp).")
+START_DATE = M("start_date", "date", "Start date (UTC date of start_ts).")
+CODE_SYSTEM = M("code_system", "string", "Code system (SNOMED-CT, RxNorm, ...), when the release writes it.")
+REASON = (M("reason_code", "string", "Code of the condition that caused this event."),
+          M("reason_description", "string", "Display text of the reason code."))
+LATITUDE = M("lat", "double", "Latitude (decimal degrees).")
+LONGITUDE = M("lon", "double", "Longitude (decimal degrees).")
+MONEY = "decimal(18,2)"
 
 MARTS = {
     m.name: m
     for m in (
-        Mart("patient_fact", "patient_key", "one row per patient"),
-        Mart("encounter_dim", "encounter_key", "one row per encounter"),
-        Mart("condition_dim", "condition_key", "one row per diagnosed condition occurrence"),
-        Mart("procedure_dim", "procedure_key", "one row per procedure occurrence"),
-        Mart("medication_dim", "medication_key", "one row per medication order"),
-        Mart("provider_dim", "provider_key", "one row per provider"),
-        Mart("organization_dim", "organization_key", "one row per organization"),
-        Mart("payer_dim", "payer_key", "one row per payer"),
-        Mart("location_dim", "location_key", "one row per distinct place (city, county, state, zip, FIPS)"),
-        Mart("date_dim", "date_key", "one row per calendar day from the earliest to the latest date used"),
+        Mart("patient_fact", "patient_key", "one row per patient", _inputs(*_FACT_INPUTS), (
+            PATIENT_KEY,
+            *(_identifier(column, TABLES["patients"].column_index[staged].description)
+              for column, staged in PATIENT_IDENTIFIERS.items()),
+            M("birth_date", "date", "Date of birth (local date, as Synthea writes it)."),
+            M("death_date", "date", "Date of death, null while alive."),
+            M("is_deceased", "boolean", "True when a death date is recorded."),
+            M("age", "int",
+              "Whole years at death, else at the latest encounter date in the data (the export's 'today')."),
+            M("age_band", "string", "0-17, 18-34, 35-49, 50-64, 65-79 or 80+."),
+            M("gender", "string", "M or F."),
+            M("race", "string", "Race, lower case: white, black, asian, native, hawaiian or other."),
+            M("ethnicity", "string", "hispanic or nonhispanic."),
+            M("marital_status", "string", "M, S, D, W or null."),
+            LOCATION_KEY,
+            M("income", "int", "Annual household income (Synthea 3.1+)."),
+            M("healthcare_expenses", MONEY, "Lifetime cost of care paid by the patient."),
+            M("healthcare_coverage", MONEY, "Lifetime cost of care paid by payers."),
+            M("encounter_count", "bigint", "Number of encounters."),
+            M("condition_count", "bigint", "Number of condition occurrences."),
+            M("active_condition_count", "int", "Conditions without a stop date."),
+            M("medication_count", "bigint", "Number of medication orders."),
+            M("procedure_count", "bigint", "Number of procedures."),
+            M("immunization_count", "bigint", "Number of immunizations."),
+            M("total_claim_cost", MONEY, "Sum of claim costs."),
+            M("total_payer_coverage", MONEY, "Sum of what payers covered."),
+            M("first_encounter_date", "date", "UTC date of the first encounter."),
+            M("last_encounter_date", "date", "UTC date of the latest encounter."),
+            UPLOAD_ID,
+        )),
+        # observations: read by the observations_without_encounter check
+        Mart("encounter_dim", "encounter_key", "one row per encounter", _inputs(*_ENCOUNTER_INPUTS, "observations"), (
+            ENCOUNTER_KEY,
+            PATIENT_KEY,
+            PROVIDER_KEY,
+            ORGANIZATION_KEY,
+            PAYER_KEY,
+            M("encounter_class", "string", "ambulatory, wellness, outpatient, emergency, inpatient, urgentcare, ..."),
+            M("encounter_code", "string", "SNOMED-CT code of the encounter type."),
+            M("encounter_description", "string", "Display text of the encounter code."),
+            START_TS,
+            STOP_TS,
+            START_DATE,
+            M("duration_minutes", "int", "stop_ts - start_ts in minutes."),
+            M("base_encounter_cost", MONEY, "Cost of the encounter itself, without its line items."),
+            M("total_claim_cost", MONEY, "Total cost of the encounter's claim, line items included."),
+            M("payer_coverage", MONEY, "Part of the claim cost the payer covered."),
+            *REASON,
+            UPLOAD_ID,
+        )),
+        Mart("condition_dim", "condition_key", "one row per diagnosed condition occurrence",
+             _inputs(*_CONDITION_INPUTS), (
+                 M("condition_key", "string", "Content hash of the staged condition row (row_key)."),
+                 PATIENT_KEY,
+                 ENCOUNTER_KEY,
+                 CODE_SYSTEM,
+                 M("condition_code", "string", "Code of the condition (SNOMED-CT)."),
+                 M("condition_description", "string", "Display text of the condition code."),
+                 M("icd10_code", "string", "ICD-10 code of the condition, when the Synthea build writes one."),
+                 M("start_date", "date", "Onset date (local date, as Synthea writes it)."),
+                 M("stop_date", "date", "End date (local date), null while active."),
+                 M("is_active", "boolean", "True when the condition has no stop date."),
+                 UPLOAD_ID,
+             )),
+        Mart("procedure_dim", "procedure_key", "one row per procedure occurrence", _inputs(*_PROCEDURE_INPUTS), (
+            M("procedure_key", "string", "Content hash of the staged procedure row (row_key)."),
+            PATIENT_KEY,
+            ENCOUNTER_KEY,
+            CODE_SYSTEM,
+            M("procedure_code", "string", "Code of the procedure (mostly SNOMED-CT)."),
+            M("procedure_description", "string", "Display text of the procedure code."),
+            START_TS,
+            STOP_TS,
+            START_DATE,
+            M("base_cost", MONEY, "Cost before coverage."),
+            *REASON,
+            UPLOAD_ID,
+        )),
+        Mart("medication_dim", "medication_key", "one row per medication order", _inputs(*_MEDICATION_INPUTS), (
+            M("medication_key", "string", "Content hash of the staged medication row (row_key)."),
+            PATIENT_KEY,
+            ENCOUNTER_KEY,
+            PAYER_KEY,
+            M("medication_code", "string", "RxNorm code of the medication."),
+            M("medication_description", "string", "Display text of the medication code."),
+            START_TS,
+            STOP_TS,
+            START_DATE,
+            M("dispenses", "int", "Number of times dispensed."),
+            M("base_cost", MONEY, "Cost of one dispense before coverage."),
+            M("payer_coverage", MONEY, "Part of the cost the payer covered."),
+            M("total_cost", MONEY, "Total cost of all dispenses."),
+            *REASON,
+            UPLOAD_ID,
+        )),
+        Mart("provider_dim", "provider_key", "one row per provider", _inputs("providers", "organizations"), (
+            PROVIDER_KEY,
+            ORGANIZATION_KEY,
+            _identifier("provider_name", "Name of the clinician (direct identifier)."),
+            _identifier("address", "Street address of the provider (direct identifier)."),
+            M("gender", "string", "M or F."),
+            M("specialty", "string", "Specialty, e.g. GENERAL PRACTICE (Synthea's SPECIALITY)."),
+            LOCATION_KEY,
+            LATITUDE,
+            LONGITUDE,
+            M("utilization", "int", "Number of encounters performed (Synthea up to 3.1; null later)."),
+            M("encounter_count", "int", "Number of encounters performed (Synthea 3.2+; null before)."),
+            M("procedure_count", "int", "Number of procedures performed (Synthea 3.2+; null before)."),
+            UPLOAD_ID,
+        )),
+        Mart("organization_dim", "organization_key", "one row per organization", _inputs("organizations"), (
+            ORGANIZATION_KEY,
+            M("organization_name", "string", "Name of the organization; `Unknown` on the unknown member."),
+            _identifier("address", "Street address of the organization (direct identifier)."),
+            LOCATION_KEY,
+            LATITUDE,
+            LONGITUDE,
+            M("phone", "string", "Phone number as written."),
+            M("revenue", MONEY, "Revenue of the organization over the whole simulation."),
+            M("utilization", "int", "Number of encounters the organization performed."),
+            UPLOAD_ID,
+        )),
+        Mart("payer_dim", "payer_key", "one row per payer", _inputs("payers"), (
+            PAYER_KEY,
+            M("payer_name", "string", "Name of the payer (NO_INSURANCE for none); `Unknown` on the unknown member."),
+            M("ownership", "string", "GOVERNMENT, PRIVATE or NO_INSURANCE (Synthea 3.2+)."),
+            M("amount_covered", MONEY, "Amount the payer paid to organizations."),
+            M("amount_uncovered", MONEY, "Amount the payer did not cover, paid by patients."),
+            M("revenue", MONEY, "Revenue of the payer over the whole simulation."),
+            M("unique_customers", "int", "Number of distinct patients enrolled with the payer."),
+            M("member_months", "int", "Total months patients were enrolled with the payer."),
+            UPLOAD_ID,
+        )),
+        Mart("location_dim", "location_key", "one row per distinct place (city, county, state, zip, FIPS)",
+             _inputs("patients", "providers", "organizations"), (
+                 LOCATION_KEY,
+                 M("city", "string", "City."),
+                 M("county", "string", "County; null for the places of providers and organizations."),
+                 M("state", "string", "State."),
+                 M("zip", "string", "ZIP code as text."),
+                 M("fips", "string", "County FIPS code; null for the places of providers and organizations."),
+             )),
+        # date_dim spans the dates of patient_fact and of the dimensions patient_fact aggregates
+        Mart("date_dim", "date_key", "one row per calendar day from the earliest to the latest date used",
+             _inputs(*_FACT_INPUTS), (
+                 M("date_key", "date", "Calendar date."),
+                 M("year", "int", "Calendar year."),
+                 M("quarter", "int", "Quarter of the year, 1-4."),
+                 M("month", "int", "Month of the year, 1-12."),
+                 M("month_name", "string", "English month name, January to December."),
+                 M("year_month", "string", "Year and month as yyyy-MM."),
+                 M("day_of_month", "int", "Day of the month, 1-31."),
+                 M("day_of_week", "int", "Day of the week, 1 (Sunday) to 7 (Saturday)."),
+                 M("day_name", "string", "English day name, Monday to Sunday."),
+                 M("is_weekend", "boolean", "True on Saturday and Sunday."),
+             )),
     )
-}
-
-STAGING_INPUTS = ("patients", "encounters", "conditions", "procedures", "medications", "immunizations", "observations",
-                  "providers", "organizations", "payers")
-"""The staging tables the marts and their checks read."""
-
-COLUMN_DESCRIPTIONS = {
-    "patient_key": "Patient id (Synthea patients.Id); `unknown`: the unknown member (referenced, absent from the lake).",
-    "encounter_key": "Encounter id (Synthea encounters.Id); `unknown`: the unknown member (referenced, absent from the lake).",
-    "provider_key": "Provider id; `unknown`: the unknown member (referenced, absent from the lake).",
-    "organization_key": "Organization id; `unknown`: the unknown member (referenced, absent from the lake).",
-    "payer_key": "Payer id; `unknown`: the unknown member (referenced, absent from the lake).",
-    "location_key": "MD5 of city|county|state|zip|fips; joins location_dim; `unknown`: the unknown member (referenced, absent from the lake).",
-    "condition_key": "Content hash of the staged condition row (row_key).",
-    "procedure_key": "Content hash of the staged procedure row (row_key).",
-    "medication_key": "Content hash of the staged medication row (row_key).",
-    "date_key": "Calendar date.",
-    "icd10_code": "ICD-10 code of the condition, when the Synthea build writes one.",
-    "birth_date": "Date of birth (local date, as Synthea writes it).",
-    "death_date": "Date of death, null while alive.",
-    "is_deceased": "True when a death date is recorded.",
-    "age": "Whole years at death, else at the latest encounter date in the data (the export's 'today').",
-    "age_band": "0-17, 18-34, 35-49, 50-64, 65-79 or 80+.",
-    "marital_status": "M, S, D, W or null.",
-    "income": "Annual household income (Synthea 3.1+).",
-    "healthcare_expenses": "Lifetime cost of care paid by the patient.",
-    "healthcare_coverage": "Lifetime cost of care paid by payers.",
-    "encounter_count": "Number of encounters.",
-    "condition_count": "Number of condition occurrences.",
-    "active_condition_count": "Conditions without a stop date.",
-    "medication_count": "Number of medication orders.",
-    "procedure_count": "Number of procedures.",
-    "immunization_count": "Number of immunizations.",
-    "total_claim_cost": "Sum of claim costs.",
-    "total_payer_coverage": "Sum of what payers covered.",
-    "first_encounter_date": "UTC date of the first encounter.",
-    "last_encounter_date": "UTC date of the latest encounter.",
-    "start_ts": "Start (UTC timestamp).",
-    "stop_ts": "End (UTC timestamp).",
-    "start_date": "Start date (UTC date of start_ts; local date for conditions).",
-    "stop_date": "End date (local date), null while active.",
-    "duration_minutes": "stop_ts - start_ts in minutes.",
-    "is_active": "True when the condition has no stop date.",
-    "encounter_class": "ambulatory, wellness, outpatient, emergency, inpatient, urgentcare, ...",
-    "code_system": "Code system (SNOMED-CT, RxNorm, ...), when the release writes it.",
-    "reason_code": "Code of the condition that caused this event.",
-    "reason_description": "Display text of the reason code.",
-    "base_cost": "Cost before coverage.",
-    "total_cost": "Total cost of all dispenses.",
-    "dispenses": "Number of times dispensed.",
-    "upload_id": "The upload this row was taken from (the latest that contains it); null on unknown members.",
 }
 
 

@@ -228,9 +228,9 @@ def discard_stale_raw(lake: Lake, table: str, upload_id: str) -> None:
     keep = current_raw(lake, table, upload_id)
     fs, path = filesystem_for(partition)
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("load_id="):
-            if f"{partition}/{info.base_name}" != keep:
-                delete_folder(f"{partition}/{info.base_name}")
+        if (info.type == pafs.FileType.Directory and info.base_name.startswith("load_id=")
+                and f"{partition}/{info.base_name}" != keep):
+            delete_folder(f"{partition}/{info.base_name}")
 
 
 def load_manifest(raw_uri: str) -> RawResult:

@@ -1,0 +1,103 @@
+"""A run started by the upload sensor or from the UI against `synthea-pipeline run` on the same export.
+
+Starts a real `dagster dev` (webserver, daemon, sensor, run queue) with the repository's dagster.yaml on a fresh
+lake, uploads the export (the sensor starts its run), then launches the same upload again through the webserver's
+GraphQL API (what the UI's Materialize sends). A Dagster run's time is from its creation (queued) to its end, as
+the UI shows it; the command's is its wall time, start-up included. Target: both ratios <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster_graphql import DagsterGraphQLClient
+
+HERE = Path(__file__).parent
+REPOSITORY = HERE.parent
+SAMPLE = REPOSITORY / "synthea_pipeline" / "samples" / "v3.3_au_11p"
+UPLOAD = "bench-upload"
+TIMEOUT_SECONDS = 900
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, what: str):
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.5)
+    return result
+
+
+def command_seconds(source: Path, work: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", str(work / "cli-lake"),
+                    "--upload-id", UPLOAD], env={**env, "DAGSTER_HOME": str(work / "cli-home")}, check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_seconds(instance: DagsterInstance, run_id: str) -> float:
+    def finished():
+        record = instance.get_run_record_by_id(run_id)
+        return record if record.dagster_run.is_finished else None
+
+    record = wait_for(finished, f"run {run_id}")
+    if record.dagster_run.status != DagsterRunStatus.SUCCESS:
+        raise SystemExit(f"run {run_id} ended {record.dagster_run.status}")
+    return record.end_time - record.create_timestamp.timestamp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("source", nargs="?", type=Path, default=SAMPLE, help="Synthea CSV folder")
+    args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        command = command_seconds(args.source, work, env)
+
+        home, lake = work / "ui-home", work / "ui-lake"
+        home.mkdir()
+        config = (REPOSITORY / "dagster.yaml").read_text().replace("base_dir: .dagster", f"base_dir: {home}/storage")
+        (home / "dagster.yaml").write_text(config)
+        ui_env = {**env, "DAGSTER_HOME": str(home), "SYNTHEA_LAKE_ROOT": str(lake)}
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions",
+                                   "-p", str(port)], cwd=work, env=ui_env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            instance = DagsterInstance.from_config(str(home))
+            subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "upload", str(args.source), "--to",
+                            str(lake / "source"), "--upload-id", UPLOAD], env=ui_env, check=True,
+                           stdout=subprocess.DEVNULL)
+            [sensor_run] = wait_for(lambda: instance.get_runs(RunsFilter(job_name="ingest_upload")), "the sensor's run")
+            sensor = run_seconds(instance, sensor_run.run_id)
+            client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+            ui_run = client.submit_job_execution("ingest_upload", tags={"dagster/partition": UPLOAD})
+            ui = run_seconds(instance, ui_run)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"{'synthea-pipeline run s':>23}{'sensor run s':>14}{'ratio':>7}{'UI run s':>10}{'ratio':>7}")
+    print(f"{command:>23.1f}{sensor:>14.1f}{sensor / command:>7.2f}{ui:>10.1f}{ui / command:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

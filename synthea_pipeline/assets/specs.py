@@ -1,0 +1,57 @@
+"""What every asset declares besides its key: kinds, owner and a code version derived from the table contract
+and the transform code that computes it, so the UI marks an asset whose code changed since it was materialized."""
+
+import hashlib
+import inspect
+from collections.abc import Iterable
+from datetime import timedelta
+
+from dagster import CodeReferencesMetadataValue, FreshnessPolicy, LocalFileCodeReference
+
+from synthea_pipeline.transforms import bi, catalog, dashboard, iceberg, layers, marts, raw, staging, uploads
+
+OWNERS = ["team:data-engineering"]
+LAYER_KINDS = {
+    "source": {"csv"},
+    "raw": {"parquet", "pyarrow"},
+    "staging": {"spark", "iceberg"},
+    "marts": {"spark", "iceberg"},
+    "bi": {"duckdb", "athena"},
+    "reports": {"html"},
+}
+LAYER_CODE = {
+    "source": (raw, uploads),
+    "raw": (raw,),
+    "staging": (staging, layers, iceberg),
+    "marts": (marts, layers, iceberg),
+    "bi": (bi, catalog),
+    "reports": (dashboard, bi),
+}
+MARTS_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(days=7), warn_window=timedelta(days=1))
+"""Every upload rebuilds the marts and BI views: a day without a rebuild warns, a week fails."""
+
+
+def code_version(layer: str, contract: Iterable[object] = ()) -> str:
+    """A digest of the layer's transform modules and of the contract entries (tables, marts, SQL) it computes."""
+    digest = hashlib.sha256()
+    for module in LAYER_CODE[layer]:
+        digest.update(inspect.getsource(module).encode())
+    for entry in contract:
+        digest.update(repr(entry).encode())
+    return digest.hexdigest()[:16]
+
+
+def transform_references(layer: str) -> CodeReferencesMetadataValue:
+    """Links to the transform modules that compute the layer (the asset function's own link is added by
+    `with_source_code_references` in the definitions)."""
+    return CodeReferencesMetadataValue(code_references=[
+        LocalFileCodeReference(file_path=inspect.getsourcefile(module), line_number=1, label=module.__name__)
+        for module in LAYER_CODE[layer]
+    ])
+
+
+def layer_spec_fields(layer: str, contract: Iterable[object] = (), **metadata) -> dict:
+    """The AssetSpec fields every asset of a layer shares, with the asset's own metadata."""
+    return {"group_name": layer, "kinds": LAYER_KINDS[layer], "owners": OWNERS,
+            "code_version": code_version(layer, contract),
+            "metadata": {"dagster/code_references": transform_references(layer), **metadata}}

@@ -1,0 +1,32 @@
+"""The run tags the project sets: where a run came from, which lake and engine it used, which host runs it
+in-process, and the content it was started for."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+ORIGIN_TAG = "synthea/origin"
+"""`cli run`, `cli backfill`, `cli remove` or `cli maintain` (set by `synthea-pipeline`), else `sensor`,
+`schedule`, `backfill` or `ui` (the UI or Dagster's GraphQL API), derived from Dagster's own tags at run start."""
+LAKE_TAG = "synthea/lake"
+ENGINE_TAG = "synthea/engine"
+HOST_TAG = "synthea/host"
+CHECKSUM_TAG = "synthea/upload_checksum"
+DAGSTER_ORIGINS = (("dagster/sensor_name", "sensor"), ("dagster/schedule_name", "schedule"),
+                   ("dagster/backfill", "backfill"))
+
+
+def origin_of(tags: Mapping[str, str]) -> str:
+    """Where a run came from, as far as its tags tell."""
+    if ORIGIN_TAG in tags:
+        return tags[ORIGIN_TAG]
+    return next((origin for tag, origin in DAGSTER_ORIGINS if tag in tags), "ui")
+
+
+def tag_run(context, tags: Mapping[str, str]) -> None:
+    """Adds to the run a resource is set up for (an `InitResourceContext`) the tags it does not have yet; nothing
+    outside a run (a sensor tick)."""
+    run = context.dagster_run
+    missing = {key: value for key, value in tags.items() if run is not None and key not in run.tags}
+    if missing and context.instance is not None:
+        context.instance.add_run_tags(run.run_id, missing)

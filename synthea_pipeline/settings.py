@@ -1,0 +1,58 @@
+"""Every setting of the project: the environment variable that sets it, its local default and what it means.
+
+The resources take each setting as an `EnvVar`-backed field (see `definitions.py`), which Dagster resolves when a
+run or a sensor tick uses the resource and shows by name in the UI. `EnvVar` has no default, so
+`apply_local_defaults` fills in the local default of every setting the environment leaves unset: a fresh laptop
+runs on the embedded defaults, while a deployment's own values always win."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from synthea_pipeline.transforms.bi import MARTS_DATABASE, STAGING_DATABASE
+
+
+@dataclass(frozen=True)
+class Setting:
+    env_var: str
+    default: str
+    description: str
+
+    def current(self, given: str | None = None) -> str:
+        """`given` (e.g. a command-line option) when set, else the environment's value, else the default."""
+        return given or os.environ.get(self.env_var) or self.default
+
+
+LAKE_ROOT = Setting("SYNTHEA_LAKE_ROOT", "lake", "The lake root: a local folder or s3://bucket/prefix.")
+UPLOAD_QUIET_SECONDS = Setting(
+    "SYNTHEA_UPLOAD_QUIET_SECONDS", "300",
+    "Seconds an upload without a manifest must stay unchanged before the sensor runs it.")
+SPARK_ENGINE = Setting("SYNTHEA_SPARK_ENGINE", "sail", "Where Spark layers run: sail, local-jvm, glue or emr-serverless.")
+GLUE_JOB_PREFIX = Setting("SYNTHEA_GLUE_JOB_PREFIX", "synthea-pipeline",
+                          "Glue job names are <prefix>-staging and <prefix>-marts (created by `deploy`).")
+PIPES_URI = Setting("SYNTHEA_PIPES_URI", "",
+                    "s3://bucket/prefix for Pipes context and messages of the AWS engines (default: _pipes/ under "
+                    "an S3 lake).")
+CODE_URI = Setting("SYNTHEA_CODE_URI", "", "s3:// folder of the job code `deploy` uploaded (EMR Serverless).")
+EMR_APPLICATION_ID = Setting("SYNTHEA_EMR_APPLICATION_ID", "", "EMR Serverless application id.")
+EMR_EXECUTION_ROLE_ARN = Setting("SYNTHEA_EMR_EXECUTION_ROLE_ARN", "", "EMR Serverless job execution role ARN.")
+EMR_SPARK_SUBMIT_PARAMETERS = Setting("SYNTHEA_EMR_SPARK_SUBMIT_PARAMETERS", "",
+                                      "Extra spark-submit parameters of EMR Serverless job runs.")
+STAGING_DATABASE_NAME = Setting("SYNTHEA_STAGING_DATABASE", STAGING_DATABASE,
+                           "Catalog database of the staging views (Iceberg tables: <name>_iceberg).")
+MARTS_DATABASE_NAME = Setting("SYNTHEA_MARTS_DATABASE", MARTS_DATABASE,
+                         "Catalog database of the mart and BI views (Iceberg tables: <name>_iceberg).")
+ATHENA_WORKGROUP = Setting("SYNTHEA_ATHENA_WORKGROUP", "synthea-pipeline", "Athena workgroup queries run in.")
+ATHENA_OUTPUT = Setting("SYNTHEA_ATHENA_OUTPUT", "",
+                        "s3:// location of Athena query results when the workgroup sets none.")
+
+SETTINGS = (LAKE_ROOT, UPLOAD_QUIET_SECONDS, SPARK_ENGINE, GLUE_JOB_PREFIX, PIPES_URI, CODE_URI, EMR_APPLICATION_ID,
+            EMR_EXECUTION_ROLE_ARN, EMR_SPARK_SUBMIT_PARAMETERS, STAGING_DATABASE_NAME, MARTS_DATABASE_NAME, ATHENA_WORKGROUP,
+            ATHENA_OUTPUT)
+
+
+def apply_local_defaults() -> None:
+    """Sets every unset setting to its local default; never changes one the environment sets."""
+    for setting in SETTINGS:
+        os.environ.setdefault(setting.env_var, setting.default)
