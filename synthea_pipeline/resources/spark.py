@@ -36,6 +36,7 @@ from synthea_pipeline.settings import (
     SPARK_ENGINE,
 )
 from synthea_pipeline.transforms.iceberg import GLUE_CATALOG, HADOOP_CATALOG
+from synthea_pipeline.transforms.lake import aws_endpoint
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed, Report
 from synthea_pipeline.transforms.staging import SPARK_CONF, configure
 
@@ -75,7 +76,7 @@ def start_sail(glue_catalog: bool) -> tuple[object, str]:
         import boto3
 
         region = boto3.Session().region_name or "us-east-1"
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = aws_endpoint("glue")
         glue = f'{{type="glue", name="{GLUE_CATALOG}", region="{region}"' + (
             f', endpoint_url="{endpoint}"}}' if endpoint else "}")
         os.environ["SAIL_CATALOG__LIST"] = f'[{{name="sail", type="memory", initial_database=["default"]}}, {glue}]'
@@ -116,8 +117,7 @@ def jvm_iceberg_conf(lake_root: str) -> dict[str, str]:
         "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
     })
     conf.update({f"spark.hadoop.fs.s3a.{key}": value for key, value in aws_credentials().items()})
-    glue_endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
-    s3_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    glue_endpoint, s3_endpoint = aws_endpoint("glue"), aws_endpoint("s3")
     if glue_endpoint:
         conf[f"{glue}.glue.endpoint"] = glue_endpoint
     if s3_endpoint:

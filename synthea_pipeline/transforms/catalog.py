@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from synthea_pipeline.transforms.iceberg import (
     UPLOADS,
     IcebergLake,
 )
+from synthea_pipeline.transforms.lake import aws_endpoint
 from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS
 
 PRESTO_TYPES = {"string": "varchar", "int": "integer", "bigint": "bigint", "double": "double",
@@ -149,7 +149,7 @@ def s3_secret() -> str:
                "REGION": session.region_name or "us-east-1"}
     if credentials.token:
         options["SESSION_TOKEN"] = credentials.token
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = aws_endpoint("s3")
     settings = [f"{key} {_literal(value)}" for key, value in options.items()]
     if endpoint:
         host = endpoint.split("://", 1)[-1].rstrip("/")

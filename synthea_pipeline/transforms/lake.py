@@ -34,10 +34,16 @@ def upload_id_for_folder(folder: str) -> str:
     return validate_upload_id(cleaned[:128])
 
 
+def aws_endpoint(service: str) -> str | None:
+    """The endpoint the AWS SDKs use for `service` (`s3`, `glue`): AWS_ENDPOINT_URL_<SERVICE>, else
+    AWS_ENDPOINT_URL (a local stand-in such as moto), else None (AWS itself). Read when called."""
+    return os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it for a local path or an s3:// URI."""
     if uri.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = aws_endpoint("s3")
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         options = {"region": region}
         if endpoint:
