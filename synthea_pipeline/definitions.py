@@ -4,7 +4,7 @@ local defaults (`settings.apply_local_defaults`)."""
 
 import warnings
 
-from dagster import BetaWarning, Definitions, EnvVar, PreviewWarning, with_source_code_references
+from dagster import BetaWarning, Definitions, PreviewWarning, with_source_code_references
 
 from synthea_pipeline import settings
 from synthea_pipeline.assets.bi import build_bi_assets
@@ -33,24 +33,8 @@ defs = Definitions(
     schedules=[maintain_lake_schedule],
     sensors=[upload_sensor, rebuild_marts_after_removal, dead_runs],
     resources={
-        "lake": LakeResource(
-            root=EnvVar(settings.LAKE_ROOT.env_var),
-            upload_quiet_seconds=EnvVar.int(settings.UPLOAD_QUIET_SECONDS.env_var),
-        ),
-        "spark": SparkResource(
-            engine=EnvVar(settings.SPARK_ENGINE.env_var),
-            glue_job_prefix=EnvVar(settings.GLUE_JOB_PREFIX.env_var),
-            pipes_uri=EnvVar(settings.PIPES_URI.env_var),
-            code_uri=EnvVar(settings.CODE_URI.env_var),
-            emr_application_id=EnvVar(settings.EMR_APPLICATION_ID.env_var),
-            emr_execution_role_arn=EnvVar(settings.EMR_EXECUTION_ROLE_ARN.env_var),
-            emr_spark_submit_parameters=EnvVar(settings.EMR_SPARK_SUBMIT_PARAMETERS.env_var),
-        ),
-        "catalog": CatalogResource(
-            staging_database=EnvVar(settings.STAGING_DATABASE_NAME.env_var),
-            marts_database=EnvVar(settings.MARTS_DATABASE_NAME.env_var),
-            athena_workgroup=EnvVar(settings.ATHENA_WORKGROUP.env_var),
-            athena_output=EnvVar(settings.ATHENA_OUTPUT.env_var),
-        ),
+        "lake": LakeResource(**settings.as_env_vars(settings.LAKE_FIELDS)),
+        "spark": SparkResource(**settings.as_env_vars(settings.SPARK_FIELDS)),
+        "catalog": CatalogResource(**settings.as_env_vars(settings.CATALOG_FIELDS)),
     },
 )

@@ -18,19 +18,7 @@ from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import REMOTE_ENGINES, SparkResource
 from synthea_pipeline.run_tags import HOST_TAG, ORIGIN_TAG
-from synthea_pipeline.settings import (
-    ATHENA_OUTPUT,
-    ATHENA_WORKGROUP,
-    CODE_URI,
-    EMR_APPLICATION_ID,
-    EMR_EXECUTION_ROLE_ARN,
-    EMR_SPARK_SUBMIT_PARAMETERS,
-    GLUE_JOB_PREFIX,
-    MARTS_DATABASE_NAME,
-    PIPES_URI,
-    SPARK_ENGINE,
-    STAGING_DATABASE_NAME,
-)
+from synthea_pipeline.settings import CATALOG_FIELDS, SPARK_ENGINE, SPARK_FIELDS, current_values
 from synthea_pipeline.transforms.catalog import defined_views
 from synthea_pipeline.transforms.uploads import upload_export
 
@@ -80,17 +68,11 @@ def dagster_instance() -> DagsterInstance:
 def spark_from_environment(engine: str | None = None) -> SparkResource:
     """The Spark resource of a command-line run: `engine` when given, every other setting from the environment
     (the resources of a Dagster run resolve the same variables themselves)."""
-    return SparkResource(
-        engine=SPARK_ENGINE.current(engine), glue_job_prefix=GLUE_JOB_PREFIX.current(), pipes_uri=PIPES_URI.current(),
-        code_uri=CODE_URI.current(), emr_application_id=EMR_APPLICATION_ID.current(),
-        emr_execution_role_arn=EMR_EXECUTION_ROLE_ARN.current(),
-        emr_spark_submit_parameters=EMR_SPARK_SUBMIT_PARAMETERS.current())
+    return SparkResource(**{**current_values(SPARK_FIELDS), "engine": SPARK_ENGINE.current(engine)})
 
 
 def catalog_from_environment() -> CatalogResource:
-    return CatalogResource(staging_database=STAGING_DATABASE_NAME.current(),
-                           marts_database=MARTS_DATABASE_NAME.current(), athena_workgroup=ATHENA_WORKGROUP.current(),
-                           athena_output=ATHENA_OUTPUT.current())
+    return CatalogResource(**current_values(CATALOG_FIELDS))
 
 
 def run_upload(

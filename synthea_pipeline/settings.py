@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dagster import EnvVar
+
 from synthea_pipeline.transforms.bi import MARTS_DATABASE, STAGING_DATABASE
 
 
@@ -18,16 +20,21 @@ class Setting:
     env_var: str
     default: str
     description: str
+    integer: bool = False
 
     def current(self, given: str | None = None) -> str:
         """`given` (e.g. a command-line option) when set, else the environment's value, else the default."""
         return given or os.environ.get(self.env_var) or self.default
 
+    def resource_value(self) -> EnvVar:
+        """The setting as a resource field's value, which Dagster resolves when the resource is used."""
+        return EnvVar.int(self.env_var) if self.integer else EnvVar(self.env_var)
+
 
 LAKE_ROOT = Setting("SYNTHEA_LAKE_ROOT", "lake", "The lake root: a local folder or s3://bucket/prefix.")
 UPLOAD_QUIET_SECONDS = Setting(
     "SYNTHEA_UPLOAD_QUIET_SECONDS", "300",
-    "Seconds an upload without a manifest must stay unchanged before the sensor runs it.")
+    "Seconds an upload without a manifest must stay unchanged before the sensor runs it.", integer=True)
 SPARK_ENGINE = Setting("SYNTHEA_SPARK_ENGINE", "sail", "Where Spark layers run: sail, local-jvm, glue or emr-serverless.")
 GLUE_JOB_PREFIX = Setting("SYNTHEA_GLUE_JOB_PREFIX", "synthea-pipeline",
                           "Glue job names are <prefix>-staging and <prefix>-marts (created by `deploy`).")
@@ -50,6 +57,25 @@ ATHENA_OUTPUT = Setting("SYNTHEA_ATHENA_OUTPUT", "",
 SETTINGS = (LAKE_ROOT, UPLOAD_QUIET_SECONDS, SPARK_ENGINE, GLUE_JOB_PREFIX, PIPES_URI, CODE_URI, EMR_APPLICATION_ID,
             EMR_EXECUTION_ROLE_ARN, EMR_SPARK_SUBMIT_PARAMETERS, STAGING_DATABASE_NAME, MARTS_DATABASE_NAME, ATHENA_WORKGROUP,
             ATHENA_OUTPUT)
+
+
+LAKE_FIELDS = {"root": LAKE_ROOT, "upload_quiet_seconds": UPLOAD_QUIET_SECONDS}
+SPARK_FIELDS = {"engine": SPARK_ENGINE, "glue_job_prefix": GLUE_JOB_PREFIX, "pipes_uri": PIPES_URI,
+                "code_uri": CODE_URI, "emr_application_id": EMR_APPLICATION_ID,
+                "emr_execution_role_arn": EMR_EXECUTION_ROLE_ARN,
+                "emr_spark_submit_parameters": EMR_SPARK_SUBMIT_PARAMETERS}
+CATALOG_FIELDS = {"staging_database": STAGING_DATABASE_NAME, "marts_database": MARTS_DATABASE_NAME,
+                  "athena_workgroup": ATHENA_WORKGROUP, "athena_output": ATHENA_OUTPUT}
+"""Which resource field each setting fills: as `EnvVar`s in the definitions, as current values on the command
+line."""
+
+
+def as_env_vars(fields: dict[str, Setting]) -> dict[str, EnvVar]:
+    return {name: setting.resource_value() for name, setting in fields.items()}
+
+
+def current_values(fields: dict[str, Setting]) -> dict[str, str]:
+    return {name: setting.current() for name, setting in fields.items()}
 
 
 def apply_local_defaults() -> None:
