@@ -17,8 +17,9 @@ UUID = re.compile(rb"\b[0-9a-f]{8}(-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 PLACEHOLDER = b"\x00COPY\x00"
 
 
-def scale(sample: Path, patients: int, out: Path) -> int:
-    """Write enough copies of `sample` to `out` for at least `patients` patients; returns the patient count."""
+def scale(sample: Path, patients: int, out: Path, first_copy: int = 0) -> int:
+    """Write enough copies of `sample` to `out` for at least `patients` patients; returns the patient count.
+    Copies are numbered from `first_copy`, so exports scaled with disjoint numbers hold different patients."""
     with open(sample / "patients.csv", "rb") as lines:
         per_copy = sum(1 for _ in lines) - 1
     copies = math.ceil(patients / per_copy)
@@ -35,7 +36,8 @@ def scale(sample: Path, patients: int, out: Path) -> int:
                 target.write(body)
                 continue
             template = UUID.sub(lambda m: m[0] if m[0] in shared_ids else PLACEHOLDER + m[1], body)
-            target.writelines(template.replace(PLACEHOLDER, b"%08x" % copy) for copy in range(copies))
+            target.writelines(template.replace(PLACEHOLDER, b"%08x" % copy)
+                              for copy in range(first_copy, first_copy + copies))
     return copies * per_copy
 
 
@@ -44,8 +46,9 @@ def main() -> None:
     parser.add_argument("sample", type=Path)
     parser.add_argument("patients", type=int)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--first-copy", type=int, default=0, help="number of the first copy (default 0)")
     args = parser.parse_args()
-    print(scale(args.sample, args.patients, args.out))
+    print(scale(args.sample, args.patients, args.out, args.first_copy))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""A run started by the upload sensor or from the UI against `synthea-pipeline run` on the same export.
+"""An upload processed by the upload sensor or from the UI against `synthea-pipeline run` on the same export.
 
-Starts a real `dagster dev` (webserver, daemon, sensor, run queue) with the repository's dagster.yaml on a fresh
-lake, uploads the export (the sensor starts its run), then launches the same upload again through the webserver's
-GraphQL API (what the UI's Materialize sends). A Dagster run's time is from its creation (queued) to its end, as
-the UI shows it; the command's is its wall time, start-up included. Target: both ratios <= 1.5.
+Starts a real `dagster dev` (webserver, daemon, sensors, run queue) with the repository's dagster.yaml on a fresh
+lake, uploads the export (the sensor starts its run to staging, the marts automation the marts run after it), then
+launches the same upload again through the webserver's GraphQL API (`ingest_upload`, every layer in one run). The
+sensor's time is from its run's creation (queued) to the end of the marts run that followed it; the UI run's from
+its creation to its end, as the UI shows it; the command's is its wall time, start-up included. Target: both
+ratios <= 1.5.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ REPOSITORY = HERE.parent
 SAMPLE = REPOSITORY / "synthea_pipeline" / "samples" / "v3.3_au_11p"
 UPLOAD = "bench-upload"
 TIMEOUT_SECONDS = 900
+AUTOMATION_RUNS = RunsFilter(tags={"dagster/from_automation_condition": "true"})
 
 
 def free_port() -> int:
@@ -52,7 +55,7 @@ def command_seconds(source: Path, work: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def run_seconds(instance: DagsterInstance, run_id: str) -> float:
+def finished_record(instance: DagsterInstance, run_id: str):
     def finished():
         record = instance.get_run_record_by_id(run_id)
         return record if record.dagster_run.is_finished else None
@@ -60,7 +63,20 @@ def run_seconds(instance: DagsterInstance, run_id: str) -> float:
     record = wait_for(finished, f"run {run_id}")
     if record.dagster_run.status != DagsterRunStatus.SUCCESS:
         raise SystemExit(f"run {run_id} ended {record.dagster_run.status}")
+    return record
+
+
+def run_seconds(instance: DagsterInstance, run_id: str) -> float:
+    record = finished_record(instance, run_id)
     return record.end_time - record.create_timestamp.timestamp()
+
+
+def sensor_seconds(instance: DagsterInstance) -> float:
+    """From the creation of the sensor's run to the end of the marts automation's run after it."""
+    [staged] = wait_for(lambda: instance.get_runs(RunsFilter(job_name="stage_upload")), "the sensor's run")
+    start = finished_record(instance, staged.run_id).create_timestamp.timestamp()
+    [marts] = wait_for(lambda: instance.get_runs(AUTOMATION_RUNS), "the marts automation's run")
+    return finished_record(instance, marts.run_id).end_time - start
 
 
 def main() -> None:
@@ -86,8 +102,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "upload", str(args.source), "--to",
                             str(lake / "source"), "--upload-id", UPLOAD], env=ui_env, check=True,
                            stdout=subprocess.DEVNULL)
-            [sensor_run] = wait_for(lambda: instance.get_runs(RunsFilter(job_name="ingest_upload")), "the sensor's run")
-            sensor = run_seconds(instance, sensor_run.run_id)
+            sensor = sensor_seconds(instance)
             client = DagsterGraphQLClient("127.0.0.1", port_number=port)
             ui_run = client.submit_job_execution("ingest_upload", tags={"dagster/partition": UPLOAD})
             ui = run_seconds(instance, ui_run)
@@ -95,8 +110,8 @@ def main() -> None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{'synthea-pipeline run s':>23}{'sensor run s':>14}{'ratio':>7}{'UI run s':>10}{'ratio':>7}")
-    print(f"{command:>23.1f}{sensor:>14.1f}{sensor / command:>7.2f}{ui:>10.1f}{ui / command:>7.2f}")
+    print(f"{'synthea-pipeline run s':>23}{'sensor runs s':>15}{'ratio':>7}{'UI run s':>10}{'ratio':>7}")
+    print(f"{command:>23.1f}{sensor:>15.1f}{sensor / command:>7.2f}{ui:>10.1f}{ui / command:>7.2f}")
 
 
 if __name__ == "__main__":

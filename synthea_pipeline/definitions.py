@@ -4,14 +4,21 @@ local defaults (`settings.apply_local_defaults`)."""
 
 import warnings
 
-from dagster import BetaWarning, Definitions, PreviewWarning, with_source_code_references
+from dagster import BetaWarning, Definitions, PreviewWarning, in_process_executor, with_source_code_references
 
 from synthea_pipeline import settings
 from synthea_pipeline.assets.bi import build_bi_assets
-from synthea_pipeline.assets.ingest import build_raw_assets, build_source_assets, build_staging_assets
+from synthea_pipeline.assets.ingest import build_source_assets, build_staging_assets
 from synthea_pipeline.assets.marts import build_mart_assets
+from synthea_pipeline.automation import marts_automation
 from synthea_pipeline.dead_runs import dead_runs
-from synthea_pipeline.jobs import ingest_upload_job, maintain_lake_job, rebuild_marts_job, remove_upload_job
+from synthea_pipeline.jobs import (
+    ingest_upload_job,
+    maintain_lake_job,
+    rebuild_marts_job,
+    remove_upload_job,
+    stage_upload_job,
+)
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
@@ -24,14 +31,17 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", BetaWarning)  # source code references
     warnings.simplefilter("ignore", PreviewWarning)  # partitioned asset checks
     assets = with_source_code_references([
-        build_source_assets(), build_raw_assets(), build_staging_assets(), build_mart_assets(), build_bi_assets(),
+        build_source_assets(), build_staging_assets(), build_mart_assets(), build_bi_assets(),
     ])
 
 defs = Definitions(
     assets=assets,
-    jobs=[ingest_upload_job, rebuild_marts_job, remove_upload_job, maintain_lake_job],
+    jobs=[stage_upload_job, ingest_upload_job, rebuild_marts_job, remove_upload_job, maintain_lake_job],
     schedules=[maintain_lake_schedule],
-    sensors=[upload_sensor, rebuild_marts_after_removal, dead_runs],
+    sensors=[upload_sensor, marts_automation, rebuild_marts_after_removal, dead_runs],
+    # Runs of a selection rather than a job (the UI's Materialize, `marts_automation`) take one process too, as the
+    # jobs do: one Spark session per run instead of a process and a session per step.
+    executor=in_process_executor,
     resources={
         "lake": LakeResource(**settings.as_env_vars(settings.LAKE_FIELDS)),
         "spark": SparkResource(**settings.as_env_vars(settings.SPARK_FIELDS)),

@@ -1,9 +1,20 @@
-"""The jobs: every upload's run, the marts rebuild, and the lake's upkeep."""
+"""The jobs: an upload's runs (to staging, or through every layer), the marts rebuild, and the lake's upkeep."""
 
 from dagster import AssetSelection, define_asset_job, in_process_executor, job
 
+from synthea_pipeline.automation import DOWNSTREAM_OF_STAGING
 from synthea_pipeline.ops import clean_lake, remove_upload_from_lake
 from synthea_pipeline.partitions import uploads_partitions
+
+stage_upload_job = define_asset_job(
+    "stage_upload",
+    selection=AssetSelection.all() - DOWNSTREAM_OF_STAGING,
+    partitions_def=uploads_partitions,
+    executor_def=in_process_executor,
+    description="Carries one upload through source, raw and staging: the upload sensor's runs. The marts, BI views "
+    "and dashboard follow by declarative automation (`marts_automation`), once for uploads staged together. One "
+    "process, one Spark session for the run.",
+)
 
 ingest_upload_job = define_asset_job(
     "ingest_upload",
@@ -11,13 +22,13 @@ ingest_upload_job = define_asset_job(
     partitions_def=uploads_partitions,
     executor_def=in_process_executor,
     description="Carries one upload through every layer, then rebuilds the marts over all uploads, registers the "
-    "catalog and redraws the dashboard. Its steps run one after another in one process, which starts one Spark "
-    "session for the run (a process per step would start one per step).",
+    "catalog and redraws the dashboard: what `synthea-pipeline run` executes. Its steps run one after another in "
+    "one process, which starts one Spark session for the run (a process per step would start one per step).",
 )
 
 rebuild_marts_job = define_asset_job(
     "rebuild_marts",
-    selection=AssetSelection.groups("marts", "bi", "reports"),
+    selection=DOWNSTREAM_OF_STAGING,
     executor_def=in_process_executor,
     description="Rebuilds the marts over every upload in the lake, registers the catalog and redraws the "
     "dashboard; started after an upload is removed.",

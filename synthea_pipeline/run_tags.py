@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 ORIGIN_TAG = "synthea/origin"
-"""`cli run`, `cli backfill`, `cli remove` or `cli maintain` (set by `synthea-pipeline`), else `sensor`,
-`schedule`, `backfill` or `ui` (the UI or Dagster's GraphQL API), derived from Dagster's own tags at run start."""
+"""`cli run`, `cli backfill`, `cli remove` or `cli maintain` (set by `synthea-pipeline`), else `automation`
+(`marts_automation`), `sensor`, `schedule`, `backfill` or `ui` (the UI or Dagster's GraphQL API), derived from
+Dagster's own tags at run start."""
 LAKE_TAG = "synthea/lake"
 ENGINE_TAG = "synthea/engine"
 HOST_TAG = "synthea/host"
 CHECKSUM_TAG = "synthea/upload_checksum"
-DAGSTER_ORIGINS = (("dagster/sensor_name", "sensor"), ("dagster/schedule_name", "schedule"),
-                   ("dagster/backfill", "backfill"))
+DAGSTER_ORIGINS = (("dagster/from_automation_condition", "automation"), ("dagster/sensor_name", "sensor"),
+                   ("dagster/schedule_name", "schedule"), ("dagster/backfill", "backfill"))
 
 
 def origin_of(tags: Mapping[str, str]) -> str:

@@ -1,6 +1,6 @@
 """The upload sensor (the original design's Lambda trigger): each complete, new upload under `source/` becomes a
-dynamic partition and one run of `ingest_upload`. And the sensor that rebuilds the marts once an upload is
-removed."""
+dynamic partition and one run of `stage_upload` (the marts follow by declarative automation, `automation.py`).
+And the sensor that rebuilds the marts once an upload is removed."""
 
 import time
 
@@ -17,7 +17,7 @@ from dagster import (
     sensor,
 )
 
-from synthea_pipeline.jobs import ingest_upload_job, rebuild_marts_job, remove_upload_job
+from synthea_pipeline.jobs import rebuild_marts_job, remove_upload_job, stage_upload_job
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.run_tags import CHECKSUM_TAG
@@ -42,12 +42,12 @@ def processed_checksum(context: SensorEvaluationContext, upload_id: str) -> str 
 
 
 @sensor(
-    job=ingest_upload_job,
+    job=stage_upload_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description="Watches `<lake>/source/` for complete uploads (a manifest whose files are all present, or, without"
     " one, patients.csv and no change for the lake's `upload_quiet_seconds`, default 300) and"
-    " starts one run per new upload or changed content.",
+    " starts one run of `stage_upload` per new upload or changed content.",
 )
 def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
     watcher = UploadWatcher(lake.source_storage(), quiet_seconds=lake.upload_quiet_seconds)

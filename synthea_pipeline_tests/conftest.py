@@ -24,6 +24,16 @@ SAMPLES = {
 
 
 BAD_START = "2020-13-45T99:00:00Z"
+MEMORY_FILESYSTEM = Path("/dev/shm")
+
+
+def pytest_configure(config):
+    """Lakes, Dagster instances and `dagster dev` homes of the tests live on the machine's memory filesystem when
+    it has one (and TMPDIR is not set): Dagster's SQLite storage commits every event to disk, which made each
+    pipeline run about a quarter slower on these machines. Still real files, real SQLite."""
+    if "TMPDIR" not in os.environ and MEMORY_FILESYSTEM.is_dir() and os.access(MEMORY_FILESYSTEM, os.W_OK):
+        os.environ["TMPDIR"] = str(MEMORY_FILESYSTEM)
+        tempfile.tempdir = None
 
 
 def write_rows(path, header, rows):

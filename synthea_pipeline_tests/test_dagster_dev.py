@@ -1,7 +1,7 @@
-"""The project under a real `dagster dev` (webserver, daemon, sensor, run queue, run monitoring), with the
-instance configured by the repository's `dagster.yaml`: ten uploads landing at once become ten successful runs
-and complete marts, each run tagged as the sensor's; a run whose worker is killed is marked failed by the
-`dead_runs` sensor instead of staying STARTED."""
+"""The project under a real `dagster dev` (webserver, daemon, sensors, declarative automation, run queue, run
+monitoring), with the instance configured by the repository's `dagster.yaml`: ten uploads landing at once become
+ten successful runs to staging, each tagged as the sensor's, then one automation run that builds all of them into
+the marts; a run whose worker is killed is marked failed by the `dead_runs` sensor instead of staying STARTED."""
 
 import os
 import signal
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 
 from synthea_pipeline.dead_runs import run_worker
 from synthea_pipeline.resources.catalog import CatalogResource
@@ -26,6 +26,7 @@ REPOSITORY = Path(__file__).parents[1]
 UPLOADS = [f"ward-{n}" for n in range(10)]
 WAIT_SECONDS = 900
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+AUTOMATION_RUNS = RunsFilter(tags={"dagster/from_automation_condition": "true"})
 
 
 def free_port() -> int:
@@ -77,13 +78,21 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
     assert isinstance(instance.run_launcher, DefaultRunLauncher) and instance.run_monitoring_enabled
 
     def finished_runs():
-        runs = instance.get_runs(RunsFilter(job_name="ingest_upload"))
+        runs = instance.get_runs(RunsFilter(job_name="stage_upload"))
         return runs if len(runs) == len(UPLOADS) and all(r.status in FINISHED for r in runs) else None
 
     runs = wait_for(finished_runs, "ten finished runs", process)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(UPLOADS)
     assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(UPLOADS)
     assert {r.tags.get(ORIGIN_TAG) for r in runs} == {"sensor"}
+
+    def built_marts():
+        return [r for r in instance.get_runs(AUTOMATION_RUNS) if r.status in FINISHED]
+
+    [build] = wait_for(built_marts, "the marts built by automation", process)
+    assert build.status == DagsterRunStatus.SUCCESS and build.tags.get(ORIGIN_TAG) == "automation"
+    assert len(instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=10).records) == 1
+    assert instance.fetch_materializations(AssetKey(["reports", "dashboard"]), limit=1).records[0].run_id == build.run_id
     with CatalogResource().open(lake) as engine:
         assert sorted(u for (u,) in engine.sql("SELECT upload_id FROM synthea_staging.uploads").fetchall()) == UPLOADS
         patients = engine.sql("SELECT count(DISTINCT id) FROM synthea_staging.patients").fetchone()[0]
@@ -92,7 +101,7 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
     assert in_marts == patients
 
     upload(SAMPLES["3.0"], "ward-late", lake, env)
-    late = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="ingest_upload",
+    late = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload",
                                                                       statuses=[DagsterRunStatus.STARTED]))
                              if run_worker(instance, r)], "the late upload's run to start", process)[0]
     os.kill(run_worker(instance, late)[0], signal.SIGKILL)
@@ -100,3 +109,4 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
                       instance.get_run_by_id(late.run_id).status, "the dead_runs sensor", process)
     assert status == DagsterRunStatus.FAILURE
     assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    assert [r.run_id for r in instance.get_runs(AUTOMATION_RUNS)] == [build.run_id]  # the killed run staged nothing

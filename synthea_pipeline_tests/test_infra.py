@@ -82,12 +82,12 @@ ORCHESTRATED = {"source/*", "raw/*", "staging/*", "marts/*", "reports/*", "_pipe
 
 
 @pytest.mark.parametrize("role, reads, writes, deletes", [
-    ("GlueStagingRole", {"code/*", "raw/*", "staging/*", "_pipes/*"}, {"staging/*", "_pipes/*"},
+    ("GlueStagingRole", {"code/*", "source/*", "raw/*", "staging/*", "_pipes/*"}, {"raw/*", "staging/*", "_pipes/*"},
      {"raw/*", "staging/*", "_pipes/*"}),
     ("GlueMartsRole", {"code/*", "staging/*", "marts/*", "_pipes/*"}, {"marts/*", "_pipes/*"},
      {"marts/*", "_pipes/*"}),
-    ("EmrJobRole", {"code/*", "raw/*", "staging/*", "marts/*", "_pipes/*"}, {"staging/*", "marts/*", "_pipes/*"},
-     {"raw/*", "staging/*", "marts/*", "_pipes/*"}),
+    ("EmrJobRole", {"code/*", "source/*", "raw/*", "staging/*", "marts/*", "_pipes/*"},
+     {"raw/*", "staging/*", "marts/*", "_pipes/*"}, {"raw/*", "staging/*", "marts/*", "_pipes/*"}),
     ("UploaderPolicy", {"source/*"}, {"source/*"}, {"source/*"}),
     ("BiReaderPolicy", {"staging/*", "marts/*", "athena-results/*"}, {"athena-results/*"}, set()),
     ("OrchestratorPolicy", ORCHESTRATED, ORCHESTRATED, ORCHESTRATED),

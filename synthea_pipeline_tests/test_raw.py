@@ -2,6 +2,8 @@
 ends up as one raw row, with its file and line, split into the header's fields or rejected with a reason."""
 
 import shutil
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -232,3 +234,39 @@ def test_rows_and_line_numbers_do_not_depend_on_block_boundaries(upload, monkeyp
     assert {r["_line"]: r["_reason"].split(":")[0] for r in raw if r["_reason"]} == expected
     accepted = [r["_line"] for r in raw if r["_reason"] is None]
     assert accepted == [*range(2, 102), *range(105, 204)]
+
+
+STREAM_LIMIT_BYTES = 400 * 1024 * 1024
+STREAMED_FILE_BYTES = 512 * 1024 * 1024
+MEASURE_RAW_PASS = """
+import re, sys
+from synthea_pipeline.tables import TABLES
+from synthea_pipeline.transforms.raw import clean_table
+result = clean_table(TABLES["claims_transactions"], sys.argv[1], ["claims_transactions.csv"], sys.argv[2])
+peak_kib = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]
+print(result.rows_in, result.rows_out, result.quarantined, int(peak_kib) * 1024)
+"""
+"""The peak is the process's own (VmHWM): `ru_maxrss` keeps the high-water mark of the pytest process that forked
+it, across exec."""
+
+
+def test_the_raw_pass_streams_a_file_larger_than_its_memory_limit(tmp_path):
+    """A 512 MiB file with a malformed line in every copy of the sample is read in a process whose peak memory
+    stays under 400 MiB, bad lines and all: neither the file nor its quarantined lines are held in memory."""
+    header, _, body = (SAMPLE / "claims_transactions.csv").read_bytes().partition(b"\n")
+    copy = body + b"a,malformed,line\n"
+    copies = STREAMED_FILE_BYTES // len(copy) + 1
+    source = tmp_path / "source"
+    source.mkdir()
+    with open(source / "claims_transactions.csv", "wb") as out:
+        out.write(header + b"\n")
+        for _ in range(copies):
+            out.write(copy)
+    assert (source / "claims_transactions.csv").stat().st_size > STREAMED_FILE_BYTES > STREAM_LIMIT_BYTES
+    result = subprocess.run([sys.executable, "-c", MEASURE_RAW_PASS, str(source), str(tmp_path / "raw")],
+                            capture_output=True, text=True, check=True)
+    (source / "claims_transactions.csv").unlink()
+    rows_in, rows_out, quarantined, peak_bytes = map(int, result.stdout.split())
+    lines_per_copy = copy.count(b"\n")
+    assert (rows_in, rows_out, quarantined) == (copies * lines_per_copy, copies * (lines_per_copy - 1), copies)
+    assert peak_bytes < STREAM_LIMIT_BYTES, f"peak RSS {peak_bytes / 2**20:.0f} MiB"

@@ -18,6 +18,7 @@ from synthea_pipeline.remote_jobs import EMR_ICEBERG_JAR, PACKAGE_ZIP, glue_conf
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource, start_sail
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
+from synthea_pipeline.transforms import raw as raw_pass
 from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, LocalJobRunner
 from synthea_pipeline_tests.conftest import fresh_instance
 
@@ -62,6 +63,10 @@ def monkeypatch_module():
 def local_reference(tmp_path_factory):
     with fresh_instance() as instance:
         return run_upload(str(SAMPLE_DIR), str(tmp_path_factory.mktemp("local") / "lake"), "u1", instance=instance)
+
+
+def refuse_to_stream(self, stream):
+    raise AssertionError(f"the orchestrator streamed {self.file} itself")
 
 
 def own_lake(monkeypatch, name: str) -> str:
@@ -188,7 +193,9 @@ def test_entry_scripts_import_no_dagster():
 
 @pytest.mark.slow
 def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_reference, monkeypatch):
+    """The raw pass too runs in the job, where the data is: this process must not stream the upload."""
     monkeypatch.setitem(AWS_CLIENTS, "glue", glue := LocalGlue(runner))
+    monkeypatch.setattr(raw_pass._FileWriter, "run", refuse_to_stream)
     with fresh_instance() as instance:
         report = run_upload(str(SAMPLE_DIR), own_lake(monkeypatch, "glue"), "u1", instance=instance,
                             spark=LocalAwsSpark(engine="glue"))
@@ -196,6 +203,10 @@ def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_refer
         assert sorted(glue.jobs.values()) == ["synthea-pipeline-marts", "synthea-pipeline-staging"]
         for run in (runner.runs[run_id] for run_id in glue.jobs):
             assert "--dagster-pipes-context" in run.argv and "--dagster-pipes-messages" in run.argv
+        raw = materializations(instance, report.run_id, "raw")
+        assert raw["raw/patients"]["AWS Glue Job Name"].value == "synthea-pipeline-staging"
+        assert raw["raw/observations"]["rows_in"].value == {t.table: t.rows_in for t in local_reference.tables}[
+            "observations"]
         staging = materializations(instance, report.run_id, "staging")
         assert staging["staging/patients"]["AWS Glue Job Name"].value == "synthea-pipeline-staging"
         assert staging["staging/patients"]["glue_execution_seconds"].value >= 0
@@ -232,16 +243,16 @@ def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner, mo
             resources={**defs.resources, "lake": LakeResource(root=own_lake(monkeypatch, "failing")),
                        "spark": LocalAwsSpark(engine="glue")},
         ).resolve_job_def(ingest_upload_job.name)
-        staging = [key for key in job.asset_layer.executable_asset_keys if key.path[0] == "staging"]
+        raw_and_staging = [key for key in job.asset_layer.executable_asset_keys if key.path[0] in ("raw", "staging")]
         result = job.execute_in_process(instance=instance, partition_key="ghost", raise_on_error=False,
-                                        asset_selection=staging)
+                                        asset_selection=raw_and_staging)
         assert not result.success
         [failure] = [e for e in result.all_events if e.is_step_failure]
         error, message = failure.step_failure_data.error, ""
         while error is not None:
             message, error = message + error.message, error.cause
         assert "completed with status FAILED" in message
-        assert "upload ghost has no raw pass of" in message and "materialize its raw assets first" in message
+        assert "upload ghost: no patients.csv under s3://" in message
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from dagster import (
 
 from synthea_pipeline.assets.marts import MARTS_POOL
 from synthea_pipeline.assets.specs import MARTS_FRESHNESS, layer_spec_fields
+from synthea_pipeline.automation import after_marts
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.transforms.bi import BI_VIEW_READS, BI_VIEWS, TOP_CONDITIONS, view_sql
@@ -108,11 +109,11 @@ def build_bi_assets():
         specs=[
             AssetSpec(AssetKey(["bi", view]), **layer_spec_fields("bi", [BI_VIEWS[view]]),
                       description=VIEW_DESCRIPTIONS[view], deps=[AssetKey(["marts", m]) for m in BI_VIEW_READS[view]],
-                      freshness_policy=MARTS_FRESHNESS)
+                      freshness_policy=MARTS_FRESHNESS, automation_condition=after_marts())
             for view in BI_VIEWS
         ] + [
             AssetSpec(DASHBOARD, **layer_spec_fields("reports"), deps=[AssetKey(["bi", v]) for v in BI_VIEWS],
-                      freshness_policy=MARTS_FRESHNESS,
+                      freshness_policy=MARTS_FRESHNESS, automation_condition=after_marts(),
                       description="Self-contained HTML dashboard: population pyramid, encounters over time, top "
                       "diagnoses, medication costs. Written to `<lake>/reports/dashboard.html`; its `preview` "
                       "entry shows the same figures in the UI."),

@@ -1,11 +1,8 @@
 """Asset factories for source -> raw -> staging: one multi-asset step per layer, one asset per table."""
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -24,8 +21,8 @@ from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.run_tags import CHECKSUM_TAG
 from synthea_pipeline.tables import TABLES, Table
-from synthea_pipeline.transforms.layers import PARALLEL_TABLES, SCHEMA_KEY, table_schema
-from synthea_pipeline.transforms.raw import TableError, clean_table, find_source_files, upload_release
+from synthea_pipeline.transforms.layers import SCHEMA_KEY, table_schema
+from synthea_pipeline.transforms.raw import find_source_files, upload_release
 from synthea_pipeline.transforms.uploads import UPLOADING_SUFFIX, missing_or_different, read_manifest
 
 STAGING_CHECKS = {
@@ -102,91 +99,29 @@ def build_source_assets(tables: Sequence[str] = tuple(TABLES)):
     return source_upload
 
 
-def build_raw_assets(tables: Sequence[str] = tuple(TABLES)):
-    @multi_asset(
-        name="raw_tables",
-        specs=[
-            _spec("raw", TABLES[t], f"Every line of `{t}` as text columns with its file and line number (BOM, "
-                  "CRLF and unnamed columns removed; lines that cannot be split into the header's fields carry "
-                  f"their reason instead). Parquet under `raw/{t}/upload_id=<id>/load_id=<run>/`.", "source")
-            for t in tables
-        ],
-        check_specs=[
-            AssetCheckSpec("no_quarantined_rows", asset=AssetKey(["raw", t]), partitions_def=uploads_partitions,
-                           description="Every source line could be split into the header's fields (warning only).")
-            for t in tables
-        ],
-        partitions_def=uploads_partitions,
-    )
-    def raw_tables(context: AssetExecutionContext, lake: LakeResource) -> Iterator:
-        """Reads every table of the upload into raw Parquet of this run's own, two files at a time (pyarrow and
-        I/O release the GIL); a table that cannot be read at all fails the step after the others are done,
-        naming table, file, line and reason."""
-        layout = lake.layout()
-        upload = context.partition_key
-        files, _ = find_source_files(layout.source(upload))
-        release = upload_release(layout.source(upload))
-        errors: list[str] = []
-
-        def clean(table: Table):
-            try:
-                return clean_table(table, layout.source(upload), files.get(table.name, []),
-                                   layout.raw(table.name, upload, context.run_id), release)
-            except TableError as error:
-                return error
-
-        selected = list(TABLES.values())
-        with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
-            outcomes = list(pool.map(clean, selected))
-        for table, result in zip(selected, outcomes):
-            if isinstance(result, TableError):
-                errors.append(str(result))
-                context.log.error(str(result))
-                continue
-            for warning in result.warnings:
-                context.log.warning(f"{table.name}: {warning}")
-            key = AssetKey(["raw", table.name])
-            yield MaterializeResult(
-                asset_key=key,
-                metadata={
-                    "dagster/row_count": result.rows_out,
-                    "rows_in": result.rows_in,
-                    "quarantined": result.quarantined,
-                    "quarantine_reasons": result.quarantine_reasons,
-                    "blank_lines": result.blank_lines,
-                    "files": result.files,
-                    "bytes": result.bytes_in,
-                    "unknown_columns": result.unknown_columns,
-                    "dropped_columns": result.dropped_columns,
-                    "releases_matching_header": result.releases,
-                    "location": MetadataValue.path(layout.raw(table.name, upload, context.run_id)),
-                },
-            )
-            yield AssetCheckResult(
-                asset_key=key,
-                check_name="no_quarantined_rows",
-                passed=result.quarantined == 0,
-                severity=AssetCheckSeverity.WARN,
-                metadata={"quarantined": result.quarantined, "reasons": result.quarantine_reasons},
-            )
-        if errors:
-            raise Failure(description="\n".join(errors), metadata={"failed_tables": len(errors)})
-
-    return raw_tables
+RAW_DESCRIPTION = ("Every line of `{t}` as text columns with its file and line number (BOM, CRLF and unnamed "
+                   "columns removed; lines that cannot be split into the header's fields carry their reason "
+                   "instead). Parquet under `raw/{t}/upload_id=<id>/load_id=<run>/`, written by the staging step "
+                   "where the data is (this process, or the Glue / EMR Serverless job).")
+STAGING_DESCRIPTION = ("`{t}` typed, trimmed and deduplicated, in the canonical schema of every Synthea release; the "
+                       "Iceberg table `staging/{t}/`, one load per run, which readers see once the whole upload is "
+                       "committed. Rows that cannot be staged go to the Iceberg table `staging/quarantine/` with "
+                       "their reason.")
 
 
 def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
     @multi_asset(
-        name="staging_tables",
-        specs=[
-            _spec("staging", TABLES[t], f"`{t}` typed, trimmed and deduplicated, in the canonical schema of "
-                  f"every Synthea release; the Iceberg table `staging/{t}/`, one load per run, which readers see "
-                  "once the whole upload is committed. Rows that cannot be staged go to the Iceberg table "
-                  "`staging/quarantine/` with their reason.", "raw",
-                  **{SCHEMA_KEY: column_schema(table_schema(TABLES[t]))})
-            for t in tables
-        ],
+        name="raw_and_staging_tables",
+        specs=[_spec("raw", TABLES[t], RAW_DESCRIPTION.format(t=t), "source") for t in tables]
+        + [_spec("staging", TABLES[t], STAGING_DESCRIPTION.format(t=t), "raw",
+                 **{SCHEMA_KEY: column_schema(table_schema(TABLES[t]))})
+           for t in tables],
         check_specs=[
+            AssetCheckSpec("no_quarantined_rows", asset=AssetKey(["raw", t]), partitions_def=uploads_partitions,
+                           description="Every source line could be split into the header's fields (warning only).")
+            for t in tables
+        ]
+        + [
             AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description, blocking=True,
                            partitions_def=uploads_partitions)
             for t in tables
@@ -200,11 +135,14 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
         ],
         partitions_def=uploads_partitions,
     )
-    def staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource,
-                       catalog: CatalogResource) -> Iterator:
-        """Types, deduplicates and checks every table of the upload in one Spark layer run (in this process, or
-        one Glue / EMR Serverless job run) under this run's load, and commits the load for the whole upload at
-        once: readers see every table of the upload as before or every table as after."""
+    def raw_and_staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource,
+                               catalog: CatalogResource) -> Iterator:
+        """Reads every table of the upload into raw Parquet, then types, deduplicates and checks it, in one
+        Spark layer run (in this process, or one Glue / EMR Serverless job run, so an upload on S3 is read
+        there and never streams through this process) under this run's load, and commits the load for the whole
+        upload at once: readers see every table of the upload as before or every table as after. A table that
+        cannot be read at all (a required column missing) fails the step before any data is read, naming table,
+        file, line and reason."""
         databases = catalog.databases()
         manifest = read_manifest(lake.source_storage(), context.partition_key)
         yield from spark.run_layer(context, "staging", {
@@ -216,4 +154,4 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
             "marts_database": databases.marts,
         })
 
-    return staging_tables
+    return raw_and_staging_tables

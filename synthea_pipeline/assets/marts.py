@@ -6,6 +6,7 @@ from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetSpec, 
 from pydantic import Field
 
 from synthea_pipeline.assets.specs import MARTS_FRESHNESS, layer_spec_fields
+from synthea_pipeline.automation import after_staging
 from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
@@ -53,6 +54,7 @@ def build_mart_assets():
                 description=f"Star-schema mart over every upload. Grain: {mart.grain}. Key: `{mart.key}`.",
                 deps=[AssetKey(["staging", t]) for t in mart.reads],
                 freshness_policy=MARTS_FRESHNESS,
+                automation_condition=after_staging(),
             )
             for name, mart in MARTS.items()
         ],

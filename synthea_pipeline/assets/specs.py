@@ -28,7 +28,7 @@ LAYER_CODE = {
     "reports": (dashboard, bi),
 }
 MARTS_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(days=7), warn_window=timedelta(days=1))
-"""Every upload rebuilds the marts and BI views: a day without a rebuild warns, a week fails."""
+"""Uploads are followed by a rebuild of the marts and BI views: a day without one warns, a week fails."""
 
 
 def code_version(layer: str, contract: Iterable[object] = ()) -> str:

@@ -83,6 +83,13 @@ def files_in(uri: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
 
 
+def sizes_in(uri: str) -> dict[str, int]:
+    """The size of each file directly under a folder URI, by name."""
+    fs, path = filesystem_for(uri)
+    info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {posixpath.basename(i.path): i.size for i in info if i.type == pafs.FileType.File}
+
+
 def write_text(uri: str, text: str) -> None:
     """Replace one small file at once: a single PUT on S3, a temporary file renamed over it locally."""
     fs, path = filesystem_for(uri)

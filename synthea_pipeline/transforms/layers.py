@@ -23,7 +23,7 @@ from synthea_pipeline.transforms.iceberg import (
     LoadRecord,
     now,
 )
-from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline.transforms.lake import Lake, sizes_in
 from synthea_pipeline.transforms.marts import (
     MARTS,
     Mart,
@@ -33,7 +33,15 @@ from synthea_pipeline.transforms.marts import (
     discard_stale_builds,
     write_marts,
 )
-from synthea_pipeline.transforms.raw import current_raw, load_manifest
+from synthea_pipeline.transforms.raw import (
+    RawPlan,
+    RawResult,
+    TableError,
+    find_source_files,
+    plan_table,
+    upload_release,
+    write_raw,
+)
 from synthea_pipeline.transforms.staging import discard_load, discard_stale_loads, stage_table, staging_checks
 
 PARALLEL_TABLES = 2
@@ -172,33 +180,78 @@ def schema_differences(mart: Mart, written: list[tuple[str, str]]) -> list[str]:
     return differences
 
 
+def raw_reports(table: Table, raw: RawResult, raw_uri: str) -> list[Report]:
+    """What the raw pass did to one table, as the raw asset's materialization and its warning check."""
+    key = f"raw/{table.name}"
+    return [
+        AssetReport(key, external_metadata({
+            "dagster/row_count": raw.rows_out,
+            "rows_in": raw.rows_in,
+            "quarantined": raw.quarantined,
+            "quarantine_reasons": raw.quarantine_reasons,
+            "blank_lines": raw.blank_lines,
+            "files": raw.files,
+            "bytes": raw.bytes_in,
+            "unknown_columns": raw.unknown_columns,
+            "dropped_columns": raw.dropped_columns,
+            "releases_matching_header": raw.releases,
+            "location": raw_uri,
+        })),
+        CheckReport(key, "no_quarantined_rows", raw.quarantined == 0, "WARN", external_metadata({
+            "quarantined": raw.quarantined, "reasons": raw.quarantine_reasons})),
+    ]
+
+
+def plan_upload(source_uri: str, upload_id: str) -> list[RawPlan]:
+    """Every table's raw plan, largest files first (so the largest table starts first and the others fill in
+    around it); LayerFailed naming each table that cannot be processed at all, before any data is read."""
+    files, _ = find_source_files(source_uri)
+    if "patients" not in files:
+        raise LayerFailed(f"upload {upload_id}: no patients.csv under {source_uri}")
+    sizes = sizes_in(source_uri)
+    release = upload_release(source_uri)
+    plans, errors = [], []
+    for table in TABLES.values():
+        try:
+            plans.append(plan_table(table, source_uri, files.get(table.name, []), release))
+        except TableError as error:
+            errors.append(str(error))
+    if errors:
+        raise LayerFailed("\n".join(errors))
+    return sorted(plans, key=lambda p: -sum(sizes.get(file, 0) for file, *_ in p.headers))
+
+
 def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, load_id: str, catalog: str = "path",
                 staging_database: str = "synthea_staging", marts_database: str = "synthea_marts",
                 upload_checksum: str | None = None) -> list[Report]:
-    """Types every table of the upload into the staging Iceberg tables under a new load, two tables at a time so
-    the many small Spark queries overlap, checks each, and commits the load for the whole upload at once (one
-    record in the uploads log) only when every blocking check of every table passes. A load that is not
-    committed is deleted and was never visible."""
+    """Reads the upload's CSV files into raw Parquet and types every table into the staging Iceberg tables under
+    a new load, table by table, two at a time, so one table's raw pass (pyarrow, where the data is: this
+    process, or the Glue / EMR driver) overlaps another's Spark queries; checks each, and commits the load for
+    the whole upload at once (one record in the uploads log) only when every blocking check of every table
+    passes. A load that is not committed is deleted with its raw files and was never visible."""
+    layout = Lake(lake_root)
+    plans = plan_upload(layout.source(upload_id), upload_id)
     lake = IcebergLake(lake_root, catalog, staging_database, marts_database)
     commits = CommitLog(spark, lake)
     begun = now()
     commits.record(LoadRecord(upload_id, load_id, "begun", begun))
     lake.ensure(spark, STAGING_LAYER, QUARANTINE, QUARANTINE_COLUMNS, LOAD_PARTITIONING)
-    layout = Lake(lake_root)
 
-    def stage(table: Table):
-        raw_uri = current_raw(layout, table.name, upload_id)
-        raw = load_manifest(raw_uri)
-        return raw, *stage_table(spark, table, raw, raw_uri, lake, upload_id, load_id)
+    def ingest(plan: RawPlan):
+        raw_uri = layout.raw(plan.table.name, upload_id, load_id)
+        raw = write_raw(plan, raw_uri)
+        for warning in raw.warnings:
+            log.warning(f"{plan.table.name}: {warning}")
+        return raw, raw_uri, *stage_table(spark, plan.table, raw, raw_uri, lake, upload_id, load_id)
 
-    selected = list(TABLES.values())
     with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
-        outcomes = list(pool.map(stage, selected))
+        outcomes = dict(zip([p.table.name for p in plans], pool.map(ingest, plans)))
     materializations: list[Report] = []
     checks: list[Report] = []
-    release = "unknown"
-    for table, (raw, result, facts) in zip(selected, outcomes):
-        release = raw.upload_release
+    release = plans[0].result.upload_release
+    for table in TABLES.values():
+        raw, raw_uri, result, facts = outcomes[table.name]
+        materializations += raw_reports(table, raw, raw_uri)
         key = f"staging/{table.name}"
         outcome = staging_checks(table, raw, result, facts)
         if result.unparseable_values:
@@ -235,7 +288,7 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
     commits.record(LoadRecord(upload_id, load_id, "committed", at, commits.uploads().registered_at(upload_id, at),
                               upload_checksum, release))
     discard_stale_loads(spark, lake, commits, begun, upload_id)
-    log.info(f"committed load {load_id} of upload {upload_id} ({len(selected)} tables)")
+    log.info(f"committed load {load_id} of upload {upload_id} ({len(plans)} tables)")
     return materializations + checks
 
 

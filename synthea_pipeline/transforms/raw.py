@@ -21,19 +21,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
 from synthea_pipeline.tables import TABLES, Table, detect_release
-from synthea_pipeline.transforms.lake import Lake, delete_folder, files_in, filesystem_for, write_text
+from synthea_pipeline.transforms.lake import files_in, filesystem_for
 
-BLOCK_BYTES = 32 * 1024 * 1024
+BLOCK_BYTES = 16 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
 NEWLINE, COMMA, CARRIAGE_RETURN = 10, 44, 13
 SOURCE_FILE = re.compile(r"^(?P<table>[A-Za-z_]+?)(?:-(?P<part>\d+))?\.csv$")
 UNNAMED = re.compile(r"^(Unnamed: \d+.*)?$")
 MANIFEST = "_manifest.json"
-CURRENT = "_current"
-"""Beside an upload's raw loads of a table: the load id of the latest complete raw pass, which staging reads."""
 LINEAGE = (("_file", pa.string()), ("_line", pa.int64()), ("_reason", pa.string()), ("_text", pa.string()))
 """Columns every raw row carries besides the header's: where it came from, and why and what it was when it
 could not be split into fields."""
@@ -154,9 +151,21 @@ def unique_names(names: list[str]) -> list[str]:
     return unique
 
 
-def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, release: str = "unknown") -> RawResult:
-    """Write the raw Parquet of one table to `raw_uri`, a folder of this run's own (its load), replacing what
-    a retry of the run wrote there."""
+@dataclass
+class RawPlan:
+    """An upload's table with its headers read and judged: what the raw pass will write, before any data is
+    read. `headers` holds, per file, its header names, the bytes up to the end of its header line and the
+    header's line number."""
+
+    table: Table
+    source_uri: str
+    result: RawResult
+    headers: list[tuple[str, list[str], int, int]]
+
+
+def plan_table(table: Table, source_uri: str, files: list[str], release: str = "unknown") -> RawPlan:
+    """Read and judge the headers of one table's files; TableError when the table cannot be processed at all
+    (a required column missing, files with different headers), so a run can fail before reading any data."""
     result = RawResult(table=table.name, upload_release=release)
     headers = [(file, *read_header(source_uri, file, table.name)) for file in files]
     kept_header: list[str] | None = None
@@ -181,15 +190,21 @@ def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, r
                 result.warnings.append(f"unknown column(s) kept in raw, not staged: {', '.join(match.unknown)}")
         elif header != kept_header:
             raise TableError(table.name, file, number, f"header differs from {headers[0][0]}: {','.join(names)}")
+    return RawPlan(table, source_uri, result, headers)
 
+
+def write_raw(plan: RawPlan, raw_uri: str) -> RawResult:
+    """Write the raw Parquet of a planned table to `raw_uri`, a folder of this run's own (its load), replacing
+    what a retry of the run wrote there, streaming each file in blocks."""
+    result = plan.result
     fs, raw_root = filesystem_for(raw_uri)
     fs.create_dir(raw_root)
     fs.delete_dir_contents(raw_root, missing_dir_ok=True)
     reasons: Counter = Counter()
-    for file, names, header_bytes, header_line_number in headers:
+    for file, names, header_bytes, header_line_number in plan.headers:
         if not names:
             continue
-        source_fs, source_path = filesystem_for(f"{source_uri}/{file}")
+        source_fs, source_path = filesystem_for(f"{plan.source_uri}/{file}")
         with source_fs.open_input_stream(source_path) as stream, \
                 fs.open_output_stream(f"{raw_root}/{raw_file_name(file)}") as out:
             header_line = stream.read(header_bytes)
@@ -205,32 +220,12 @@ def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, r
     result.quarantine_reasons = dict(reasons)
     with fs.open_output_stream(f"{raw_root}/{MANIFEST}") as out:
         out.write(result.to_json().encode())
-    partition, load = raw_uri.rstrip("/").rsplit("/load_id=", 1)
-    write_text(f"{partition}/{CURRENT}", load)
     return result
 
 
-def current_raw(lake: Lake, table: str, upload_id: str) -> str:
-    """Where the latest complete raw pass of an upload's table is."""
-    pointer = f"{lake.raw(table, upload_id)}/{CURRENT}"
-    fs, path = filesystem_for(pointer)
-    try:
-        with fs.open_input_stream(path) as stream:
-            return lake.raw(table, upload_id, stream.read().decode().strip())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"upload {upload_id} has no raw pass of {table} ({pointer} is missing): "
-                                "materialize its raw assets first") from None
-
-
-def discard_stale_raw(lake: Lake, table: str, upload_id: str) -> None:
-    """Delete an upload's raw loads of a table other than the current one (runs that died or were replaced)."""
-    partition = lake.raw(table, upload_id)
-    keep = current_raw(lake, table, upload_id)
-    fs, path = filesystem_for(partition)
-    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        if (info.type == pafs.FileType.Directory and info.base_name.startswith("load_id=")
-                and f"{partition}/{info.base_name}" != keep):
-            delete_folder(f"{partition}/{info.base_name}")
+def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, release: str = "unknown") -> RawResult:
+    """Plan and write one table's raw Parquet."""
+    return write_raw(plan_table(table, source_uri, files, release), raw_uri)
 
 
 def load_manifest(raw_uri: str) -> RawResult:

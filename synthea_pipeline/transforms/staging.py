@@ -33,7 +33,8 @@ from synthea_pipeline.transforms.iceberg import (
     quoted,
     retry,
 )
-from synthea_pipeline.transforms.raw import RawResult, discard_stale_raw, raw_file_name
+from synthea_pipeline.transforms.lake import delete_folder
+from synthea_pipeline.transforms.raw import RawResult, raw_file_name
 
 SPARK_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -248,9 +249,10 @@ def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str,
     """Append one table's staged and quarantined rows of one upload to their Iceberg tables under `load_id`,
     where readers do not look until the upload is committed, and profile them for the checks.
 
-    Exact duplicates (rows equal once typed) go in one `distinct`; rows that share a natural key but differ are
-    rare, so the costlier window that resolves them runs only when the profile shows any, and then replaces the
-    load's partition with the kept rows. The quarantined count is read back from the quarantine table, so
+    The typed rows are written as they are: duplicates are rare, and the profile of what was written (one
+    distinct count of the key) shows whether there are any. Only then is the load's partition rewritten without
+    them: exact duplicates (rows equal once typed) go in one `distinct`, and rows that share a natural key but
+    differ are resolved by the costlier window. The quarantined count is read back from the quarantine table, so
     `rows_reconcile` fails if a rejected row was not written."""
     target = lake.ensure(spark, STAGING_LAYER, table.name, staging_schema(table), LOAD_PARTITIONING)
     quarantine_table = lake.ensure(spark, STAGING_LAYER, QUARANTINE, QUARANTINE_COLUMNS, LOAD_PARTITIONING)
@@ -258,9 +260,8 @@ def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str,
     lines = read_raw(spark, table, raw, raw_uri).withColumn("_problem", rejection(table))
     rows_read, raw_rejected, rejected, unparseable = read_stats(table, lines)
     stageable = lines.where(F.col("_reason").isNull() & F.col("_problem").isNull())
-    staged = type_columns(table, stageable).distinct().withColumn("upload_id", F.lit(upload_id)).withColumn(
-        "load_id", F.lit(load_id))
-    lake.append(staged, target)
+    lake.append(type_columns(table, stageable).withColumn("upload_id", F.lit(upload_id))
+                .withColumn("load_id", F.lit(load_id)), target)
     written = spark.table(target).where(this_load)
     facts = profile(table, written)
     if raw_rejected or rejected:
@@ -268,13 +269,17 @@ def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str,
                                     F.coalesce("_reason", "_problem"), table.name, upload_id, load_id),
                     quarantine_table)
     losing_lines = 0
-    if facts.key_duplicates and table.has_natural_key:
-        rows = type_columns(table, stageable, "_file", "_line", "_position", "_text")
-        losers = key_conflict_losers(table, written, rows)
-        losing_lines = int(losers.count())
-        lake.append(quarantine_rows(losers, F.col("_reason"), table.name, upload_id, load_id), quarantine_table)
-        kept = written.withColumn("_content", row_key(table)).join(
-            losers.select("_content"), "_content", "left_anti").drop("_content")
+    if facts.key_duplicates:
+        kept = written.distinct()
+        if table.has_natural_key:
+            rows = type_columns(table, stageable, "_file", "_line", "_position", "_text")
+            losers = key_conflict_losers(table, kept, rows)
+            losing_lines = int(losers.count())
+            if losing_lines:
+                lake.append(quarantine_rows(losers, F.col("_reason"), table.name, upload_id, load_id),
+                            quarantine_table)
+                kept = kept.withColumn("_content", row_key(table)).join(
+                    losers.select("_content"), "_content", "left_anti").drop("_content")
         with lake.commit_lock(target):
             retry(lambda: kept.writeTo(target).overwrite(this_load))
         facts = profile(table, spark.table(target).where(this_load))
@@ -298,15 +303,14 @@ def discard_stale_loads(spark: SparkSession, lake: IcebergLake, commits: CommitL
     for upload, load in stale:
         discard_load(spark, lake, list(TABLES), upload, load)
         commits.record(LoadRecord(upload, load, "discarded", now()))
-    for upload in {upload for upload, _ in stale}:
-        for table in TABLES:
-            discard_stale_raw(lake.lake, table, upload)
     return stale
 
 
 def discard_load(spark: SparkSession, lake: IcebergLake, tables: list[str], upload_id: str, load_id: str) -> None:
-    """Delete one load's rows from the given staging tables and from the quarantine."""
+    """Delete one load's rows from the given staging tables and from the quarantine, and its raw files."""
     condition = f"upload_id = {quoted(upload_id)} AND load_id = {quoted(load_id)}"
+    for table in tables:
+        delete_folder(lake.lake.raw(table, upload_id, load_id))
     for name in [*tables, QUARANTINE]:
         identifier = lake.open(spark, STAGING_LAYER, name)
         if identifier:

@@ -96,7 +96,7 @@ def upload_export(
     folder = os.path.abspath(folder)
     names = export_files(folder)
     with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
-        digests = list(pool.map(lambda n: digest_file(f"{folder}/{n}", part_size), names))
+        digests = list(pool.map(lambda n: digest_file(f"{folder}/{n}", part_size, storage.verifies_etag), names))
     manifest = build_manifest(upload_id, digests, export_release(folder, names))
     existing_objects = list(storage.list_objects(upload_id))
     previous = read_manifest(storage, upload_id)
