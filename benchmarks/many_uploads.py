@@ -25,6 +25,7 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from synthea_pipeline.resources.catalog import CatalogResource
+from synthea_pipeline.run_tags import AUTOMATION_TAG
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.storage import storage_for
 from synthea_pipeline.transforms.uploads import upload_export
@@ -33,7 +34,6 @@ HERE = Path(__file__).parent
 REPOSITORY = HERE.parent
 SAMPLE = REPOSITORY / "synthea_pipeline_tests" / "fixtures" / "v3.0.0_27p"
 TIMEOUT_SECONDS = 3600
-AUTOMATION_TAG = "dagster/from_automation_condition"
 
 
 def free_port() -> int:

@@ -24,12 +24,14 @@ from pathlib import Path
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 
+from synthea_pipeline.run_tags import AUTOMATION_TAG
+
 HERE = Path(__file__).parent
 REPOSITORY = HERE.parent
 SAMPLE = REPOSITORY / "synthea_pipeline" / "samples" / "v3.3_au_11p"
 UPLOAD = "bench-upload"
 TIMEOUT_SECONDS = 900
-AUTOMATION_RUNS = RunsFilter(tags={"dagster/from_automation_condition": "true"})
+AUTOMATION_RUNS = RunsFilter(tags={AUTOMATION_TAG: "true"})
 
 
 def free_port() -> int:

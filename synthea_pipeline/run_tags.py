@@ -13,7 +13,9 @@ LAKE_TAG = "synthea/lake"
 ENGINE_TAG = "synthea/engine"
 HOST_TAG = "synthea/host"
 CHECKSUM_TAG = "synthea/upload_checksum"
-DAGSTER_ORIGINS = (("dagster/from_automation_condition", "automation"), ("dagster/sensor_name", "sensor"),
+AUTOMATION_TAG = "dagster/from_automation_condition"
+"""Dagster's tag on the runs declarative automation launches."""
+DAGSTER_ORIGINS = ((AUTOMATION_TAG, "automation"), ("dagster/sensor_name", "sensor"),
                    ("dagster/schedule_name", "schedule"), ("dagster/backfill", "backfill"))
 
 

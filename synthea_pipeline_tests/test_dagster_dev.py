@@ -16,7 +16,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultRunLaunc
 
 from synthea_pipeline.dead_runs import run_worker
 from synthea_pipeline.resources.catalog import CatalogResource
-from synthea_pipeline.run_tags import ORIGIN_TAG
+from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline_tests.conftest import SAMPLES
 
@@ -26,7 +26,7 @@ REPOSITORY = Path(__file__).parents[1]
 UPLOADS = [f"ward-{n}" for n in range(10)]
 WAIT_SECONDS = 900
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
-AUTOMATION_RUNS = RunsFilter(tags={"dagster/from_automation_condition": "true"})
+AUTOMATION_RUNS = RunsFilter(tags={AUTOMATION_TAG: "true"})
 
 
 def free_port() -> int:

@@ -78,13 +78,11 @@ class Lake:
 
 def files_in(uri: str) -> list[str]:
     """Files directly under a folder URI (empty when it does not exist), sorted by name."""
-    fs, path = filesystem_for(uri)
-    info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
+    return sorted(sizes_in(uri))
 
 
 def sizes_in(uri: str) -> dict[str, int]:
-    """The size of each file directly under a folder URI, by name."""
+    """The size of each file directly under a folder URI (empty when it does not exist), by name."""
     fs, path = filesystem_for(uri)
     info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return {posixpath.basename(i.path): i.size for i in info if i.type == pafs.FileType.File}

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from pyspark.sql import SparkSession
 
-from synthea_pipeline.tables import TABLES, Table
+from synthea_pipeline.tables import TABLES, Table, detect_release
 from synthea_pipeline.transforms.iceberg import (
     ABANDONED_AFTER,
     LOAD_PARTITIONING,
@@ -39,7 +39,6 @@ from synthea_pipeline.transforms.raw import (
     TableError,
     find_source_files,
     plan_table,
-    upload_release,
     write_raw,
 )
 from synthea_pipeline.transforms.staging import discard_load, discard_stale_loads, stage_table, staging_checks
@@ -204,20 +203,23 @@ def raw_reports(table: Table, raw: RawResult, raw_uri: str) -> list[Report]:
 
 def plan_upload(source_uri: str, upload_id: str) -> list[RawPlan]:
     """Every table's raw plan, largest files first (so the largest table starts first and the others fill in
-    around it); LayerFailed naming each table that cannot be processed at all, before any data is read."""
+    around it), with the upload's release detected from the headers the plans read; LayerFailed naming each
+    table that cannot be processed at all, before any data is read."""
     files, _ = find_source_files(source_uri)
     if "patients" not in files:
         raise LayerFailed(f"upload {upload_id}: no patients.csv under {source_uri}")
     sizes = sizes_in(source_uri)
-    release = upload_release(source_uri)
     plans, errors = [], []
     for table in TABLES.values():
         try:
-            plans.append(plan_table(table, source_uri, files.get(table.name, []), release))
+            plans.append(plan_table(table, source_uri, files.get(table.name, [])))
         except TableError as error:
             errors.append(str(error))
     if errors:
         raise LayerFailed("\n".join(errors))
+    release = detect_release({plan.table.name: plan.result.header for plan in plans})
+    for plan in plans:
+        plan.result.upload_release = release
     return sorted(plans, key=lambda p: -sum(sizes.get(file, 0) for file, *_ in p.headers))
 
 
