@@ -1,4 +1,5 @@
-"""Asset factories for source -> raw -> staging: one multi-asset step per layer, one asset per table."""
+"""Asset factories for source -> raw -> staging, one asset per table: a step that takes stock of an upload, then one
+step for raw and staging (each table's raw pass, then its staging)."""
 
 from collections.abc import Iterator, Sequence
 
