@@ -87,12 +87,17 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
     assert {r.tags.get(ORIGIN_TAG) for r in runs} == {"sensor"}
 
     def built_marts():
-        return [r for r in instance.get_runs(AUTOMATION_RUNS) if r.status in FINISHED]
+        runs = instance.get_runs(AUTOMATION_RUNS)
+        return runs if runs and all(r.status in FINISHED for r in runs) else None
 
-    [build] = wait_for(built_marts, "the marts built by automation", process)
-    assert build.status == DagsterRunStatus.SUCCESS and build.tags.get(ORIGIN_TAG) == "automation"
-    assert len(instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=10).records) == 1
-    assert instance.fetch_materializations(AssetKey(["reports", "dashboard"]), limit=1).records[0].run_id == build.run_id
+    # One build, or two when a tick sees the last staging commit only after it requested the first
+    # (`automation.after_staging` then builds it again rather than risk leaving it out): seen once under CI load.
+    builds = wait_for(built_marts, "the marts built by automation", process)
+    assert 1 <= len(builds) <= 2
+    assert all(b.status == DagsterRunStatus.SUCCESS and b.tags.get(ORIGIN_TAG) == "automation" for b in builds)
+    assert 1 <= len(instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=10).records) <= 2
+    dashboard = instance.fetch_materializations(AssetKey(["reports", "dashboard"]), limit=1).records[0]
+    assert AUTOMATION_TAG in instance.get_run_by_id(dashboard.run_id).tags
     with CatalogResource().open(lake) as engine:
         assert sorted(u for (u,) in engine.sql("SELECT upload_id FROM synthea_staging.uploads").fetchall()) == UPLOADS
         patients = engine.sql("SELECT count(DISTINCT id) FROM synthea_staging.patients").fetchone()[0]
@@ -109,4 +114,6 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
                       instance.get_run_by_id(late.run_id).status, "the dead_runs sensor", process)
     assert status == DagsterRunStatus.FAILURE
     assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-    assert [r.run_id for r in instance.get_runs(AUTOMATION_RUNS)] == [build.run_id]  # the killed run staged nothing
+    late_created = instance.get_run_record_by_id(late.run_id).create_timestamp
+    assert all(instance.get_run_record_by_id(r.run_id).create_timestamp < late_created
+               for r in instance.get_runs(AUTOMATION_RUNS))  # the killed run staged nothing: no build after it
