@@ -1,21 +1,28 @@
 """How long one upload-sensor tick takes on a `source/` prefix holding 100k objects, against a moto S3 server
-over HTTP, next to a plain paginated listing of every object under the prefix (the reference, same process).
+over HTTP, next to a plain paginated listing of every object under the prefix (the reference, same process); and
+how many ticks of the sensor itself, with the default time budget, a burst of new uploads takes.
 
-    .venv/bin/python benchmarks/sensor_listing.py [--uploads 5000] [--files 19]
+    .venv/bin/python benchmarks/sensor_listing.py [--uploads 5000] [--files 19] [--burst 300] 2>/dev/null
 
-moto's server scans the whole bucket for every list request, so request counts matter more here than on S3."""
+moto's server scans the whole bucket for every list request, so request counts matter more here than on S3. The
+sensor's tick log goes to stderr."""
 
 import argparse
+import functools
 import json
 import logging
 import os
 import time
 
 import boto3
+from dagster import DagsterInstance, build_sensor_context
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 from moto.server import ThreadedMotoServer
 
+from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.sensors import INSPECTION_SHARE, upload_sensor
+from synthea_pipeline.settings import UPLOAD_SENSOR_BUDGET_SECONDS
 from synthea_pipeline.transforms.storage import S3Storage
 from synthea_pipeline.transforms.uploads import UploadWatcher, content_checksum
 
@@ -46,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--uploads", type=int, default=5000)
     parser.add_argument("--files", type=int, default=19)
+    parser.add_argument("--burst", type=int, default=300)
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -62,9 +70,12 @@ def main() -> None:
     print(f"{objects} objects under source/ ({args.uploads} uploads)")
     print(f"reference: one paginated listing of every object: {flat_seconds:.1f} s")
 
-    cold_seconds, cold = timed(lambda: watcher.tick(None, time.time()))
-    print(f"first tick on an unseen prefix: {cold_seconds:.1f} s, {len(cold.ready)} uploads handed out, "
-          f"{len(cold.skipped)} left for later ticks")
+    budget = int(UPLOAD_SENSOR_BUDGET_SECONDS.default)
+    inspecting = budget * INSPECTION_SHARE
+    cold_seconds, cold = timed(lambda: watcher.tick(None, time.time(), deadline=time.monotonic() + inspecting))
+    print(f"first tick on an unseen prefix, inspecting for at most {inspecting:g} s of the sensor's {budget} s "
+          f"budget: {cold_seconds:.1f} s, {len(cold.ready)} uploads handed out, {len(cold.skipped)} left for later "
+          "ticks")
 
     listing, _ = storage.list_children("")
     steady = {"done": {o.key[: -len(".manifest.json")]: [o.version, json.loads(storage.read_bytes(o.key))["checksum"]]
@@ -79,6 +90,20 @@ def main() -> None:
     assert len(outcome.ready) == 50
     print(f"tick with 50 new uploads landed: {landing_seconds:.1f} s "
           f"({landing_seconds / flat_seconds:.2f}x the reference), 50 handed out")
+
+    populate(args.burst, args.files, first=args.uploads + 50)
+    lake = LakeResource(root=f"s3://{BUCKET}")
+    cursor, requested, tick_seconds = outcome.cursor, [], []
+    with DagsterInstance.ephemeral() as instance:
+        while len(requested) < args.burst:
+            context = build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
+            seconds, result = timed(functools.partial(upload_sensor, context))
+            requested += [r.partition_key for r in result.run_requests]
+            cursor = result.cursor
+            tick_seconds.append(seconds)
+    assert len(set(requested)) == len(requested) == args.burst
+    print(f"burst of {args.burst} new uploads: {len(tick_seconds)} sensor ticks with the default {budget} s budget "
+          f"(longest {max(tick_seconds):.1f} s), each upload requested once")
     server.stop()
 
 

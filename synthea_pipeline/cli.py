@@ -64,6 +64,20 @@ def _parser() -> argparse.ArgumentParser:
                         help="Glue job names are <job-prefix>-staging and <job-prefix>-marts")
     deploy.add_argument("--workers", type=int, default=2, help="G.1X workers of Glue jobs created (default: 2); existing jobs keep theirs")
     deploy.add_argument("--dry-run", action="store_true", help="print what would be uploaded and created")
+    dagster_deploy = commands.add_parser(
+        "deploy-dagster", help="build and push the image to ECR, then create or update the Dagster stack "
+        "(infra/dagster-ecs.yaml) with the lake stack's outputs; run from the repository's root")
+    dagster_deploy.add_argument("--stack", default="synthea-pipeline-dagster", help="the Dagster stack's name")
+    dagster_deploy.add_argument("--lake-stack", default="synthea-pipeline",
+                                help="the stack made from infra/synthea-pipeline.yaml")
+    dagster_deploy.add_argument("--vpc-id", required=True)
+    dagster_deploy.add_argument("--subnets", required=True,
+                                help="comma-separated private subnet ids (two availability zones or more)")
+    dagster_deploy.add_argument("--allowed-cidr", required=True, help="the only network that may open the UI")
+    dagster_deploy.add_argument("--repository-name", default="synthea-pipeline", help="ECR repository (created "
+                                "when absent)")
+    dagster_deploy.add_argument("--tag", help="image tag (default: the commit and the time)")
+    dagster_deploy.add_argument("--dry-run", action="store_true", help="print the image, commands and parameters")
     return parser
 
 
@@ -125,6 +139,19 @@ def deploy_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(("dry run, nothing uploaded or created\n" if args.dry_run else "") + plan.describe())
+    return 0
+
+
+def deploy_dagster_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.deploy_dagster import DeployError, deploy_dagster
+
+    try:
+        plan = deploy_dagster(args.stack, args.lake_stack, args.vpc_id, args.subnets.split(","), args.allowed_cidr,
+                              repository_name=args.repository_name, tag=args.tag, dry_run=args.dry_run)
+    except DeployError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(("dry run, nothing built, pushed or deployed\n" if args.dry_run else "") + plan.describe())
     return 0
 
 
@@ -252,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     commands = {"run": run_command, "upload": upload_command, "backfill": backfill_command,
-                "query": query_command, "deploy": deploy_command, "remove": remove_command,
+                "query": query_command, "deploy": deploy_command,
+                "deploy-dagster": deploy_dagster_command, "remove": remove_command,
                 "maintain": maintain_command}
     try:
         return commands[args.command](args)

@@ -3,6 +3,7 @@ dynamic partition and one run of `stage_upload` (the marts follow by declarative
 And the sensor that rebuilds the marts once an upload is removed."""
 
 import time
+from collections.abc import Callable
 
 from dagster import (
     AssetKey,
@@ -11,6 +12,7 @@ from dagster import (
     DefaultSensorStatus,
     RunRequest,
     RunStatusSensorContext,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     run_status_sensor,
@@ -24,6 +26,9 @@ from synthea_pipeline.run_tags import CHECKSUM_TAG
 from synthea_pipeline.transforms.uploads import ReadyUpload, UploadWatcher
 
 UPLOAD_MARKER_ASSET = AssetKey(["source", "patients"])
+INSPECTION_SHARE = 0.5
+"""The part of a tick's time budget the watcher may spend reading manifests and listing uploads; the rest is for
+the instance look-ups of the uploads it found ready (up to three queries each)."""
 
 
 def processed_checksum(context: SensorEvaluationContext, upload_id: str) -> str | None:
@@ -41,41 +46,59 @@ def processed_checksum(context: SensorEvaluationContext, upload_id: str) -> str 
     return value.value if value is not None else None
 
 
-@sensor(
-    job=stage_upload_job,
-    minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Watches `<lake>/source/` for complete uploads (a manifest whose files are all present, or, without"
-    " one, patients.csv and no change for the lake's `upload_quiet_seconds`, default 300) and"
-    " starts one run of `stage_upload` per new upload or changed content.",
-)
-def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
-    watcher = UploadWatcher(lake.source_storage(), quiet_seconds=lake.upload_quiet_seconds)
-    outcome = watcher.tick(context.cursor, time.time())
-    launch: list[ReadyUpload] = []
-    processed: list[str] = []
-    for ready in outcome.ready:
-        if processed_checksum(context, ready.upload_id) == ready.checksum:
-            processed.append(ready.upload_id)
-        else:
-            launch.append(ready)
-    new_partitions = [
-        r.upload_id for r in launch if not context.instance.has_dynamic_partition(uploads_partitions.name, r.upload_id)
-    ]
-    summary = (f"saw {outcome.uploads_seen} uploads: {len(launch)} to run, {outcome.unchanged} unchanged, "
-               f"{len(processed)} already processed, {len(outcome.skipped)} waiting or invalid")
-    details = [f"{upload}: {why}" for upload, why in outcome.skipped.items()]
-    details += [f"{upload}: this content was already processed" for upload in processed]
-    context.log.info(summary + "".join(f"; run {r.upload_id} ({r.run_key})" for r in launch))
-    return SensorResult(
-        run_requests=[
-            RunRequest(partition_key=r.upload_id, run_key=r.run_key, tags={CHECKSUM_TAG: r.checksum})
-            for r in launch
-        ],
-        dynamic_partitions_requests=[uploads_partitions.build_add_request(new_partitions)] if new_partitions else [],
-        cursor=outcome.cursor,
-        skip_reason=None if launch else "; ".join([summary, *details]),
+def build_upload_sensor(clock: Callable[[], float] = time.monotonic) -> SensorDefinition:
+    """The upload sensor, timing its budget by `clock` (tests pass one they advance themselves)."""
+
+    @sensor(
+        job=stage_upload_job,
+        minimum_interval_seconds=30,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Watches `<lake>/source/` for complete uploads (a manifest whose files are all present, or,"
+        " without one, patients.csv and no change for the lake's `upload_quiet_seconds`, default 300) and"
+        " starts one run of `stage_upload` per new upload or changed content. A tick stops within the lake's"
+        " `upload_sensor_budget_seconds` (default 8) and leaves the rest to the next.",
     )
+    def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
+        budget = lake.upload_sensor_budget_seconds
+        started = clock()
+        watcher = UploadWatcher(lake.source_storage(), quiet_seconds=lake.upload_quiet_seconds, clock=clock)
+        outcome = watcher.tick(context.cursor, time.time(), deadline=started + budget * INSPECTION_SHARE)
+        launch: list[ReadyUpload] = []
+        processed: list[str] = []
+        new_partitions: list[str] = []
+        for ready in outcome.ready:
+            if (launch or processed) and clock() >= started + budget:
+                break
+            if processed_checksum(context, ready.upload_id) == ready.checksum:
+                processed.append(ready.upload_id)
+                continue
+            launch.append(ready)
+            if not context.instance.has_dynamic_partition(uploads_partitions.name, ready.upload_id):
+                new_partitions.append(ready.upload_id)
+        handed_out = len(launch) + len(processed)
+        held_back = [r.upload_id for r in outcome.ready[handed_out:]]
+        summary = (f"saw {outcome.uploads_seen} uploads: {len(launch)} to run, {outcome.unchanged} unchanged, "
+                   f"{len(processed)} already processed, {len(outcome.skipped) + len(held_back)} waiting or invalid")
+        details = [f"{upload}: {why}" for upload, why in outcome.skipped.items()]
+        details += [f"{upload}: left for a later tick (the sensor's {budget} s budget ran out)" for upload in held_back]
+        details += [f"{upload}: this content was already processed" for upload in processed]
+        context.log.info(summary + "".join(f"; run {r.upload_id} ({r.run_key})" for r in launch))
+        return SensorResult(
+            run_requests=[
+                RunRequest(partition_key=r.upload_id, run_key=r.run_key, tags={CHECKSUM_TAG: r.checksum})
+                for r in launch
+            ],
+            dynamic_partitions_requests=(
+                [uploads_partitions.build_add_request(new_partitions)] if new_partitions else []
+            ),
+            cursor=outcome.cursor_handing_out(handed_out),
+            skip_reason=None if launch else "; ".join([summary, *details]),
+        )
+
+    return upload_sensor
+
+
+upload_sensor = build_upload_sensor()
 
 
 @run_status_sensor(

@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -12,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
-from dagster import AssetKey, AssetMaterialization, build_sensor_context
+from dagster import AssetKey, AssetMaterialization, DagsterResourceFunctionError, build_sensor_context
+from pydantic import ValidationError
 
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.sensors import upload_sensor
+from synthea_pipeline.sensors import build_upload_sensor, upload_sensor
+from synthea_pipeline.settings import UPLOAD_SENSOR_BUDGET_SECONDS
 from synthea_pipeline.transforms.storage import S3Storage, UploadVerificationError, digest_file, storage_for
 from synthea_pipeline.transforms.uploads import UploadWatcher, upload_export
 from synthea_pipeline_tests.conftest import SAMPLES, fresh_instance
@@ -269,6 +272,92 @@ def test_uploads_that_keep_waiting_do_not_starve_the_others(tmp_path, small_expo
     first = watcher.tick(None, now=0)
     assert first.ready == [] and "left for a later tick" in first.skipped["z9"]
     assert [r.upload_id for r in watcher.tick(first.cursor, now=0).ready] == ["z9"]
+
+
+def seconds_per_reading():
+    """A monotonic clock that moves one second each time it is read: the watcher reads it before starting each
+    inspection but the first, the sensor before each upload it hands out but the first."""
+    readings = itertools.count()
+    return lambda: next(readings)
+
+
+def test_a_tick_stops_at_its_time_budget_and_the_next_ticks_carry_on(tmp_path, small_export):
+    storage = storage_for(str(tmp_path / "source"))
+    ids = [f"u{n:02d}" for n in range(12)]
+    for upload in ids:
+        upload_export(str(small_export), storage, upload)
+    clock = seconds_per_reading()
+    watcher = UploadWatcher(storage, quiet_seconds=0, clock=clock)
+    first = watcher.tick(None, now=0, deadline=clock() + 5)
+    assert [r.upload_id for r in first.ready] == ids[:5]
+    assert first.skipped == {upload: "left for a later tick (12 uploads to inspect, 5 inspected: the tick's time "
+                                     "budget ran out; in turn)" for upload in ids[5:]}
+    handed_out, cursor, ticks = [r.upload_id for r in first.ready], first.cursor, 1
+    while any("left for a later tick" in why for why in first.skipped.values()):
+        first = watcher.tick(cursor, now=0, deadline=clock() + 5)
+        handed_out += [r.upload_id for r in first.ready]
+        cursor, ticks = first.cursor, ticks + 1
+    assert handed_out == ids and ticks == 3
+    after = watcher.tick(cursor, now=0, deadline=clock() + 5)
+    assert after.ready == [] and after.skipped == {} and after.unchanged == 12
+
+
+def test_uploads_a_caller_holds_back_come_first_on_the_next_tick(tmp_path, small_export):
+    storage = storage_for(str(tmp_path / "source"))
+    ids = [f"u{n}" for n in range(5)]
+    for upload in ids:
+        upload_export(str(small_export), storage, upload)
+    watcher = UploadWatcher(storage, quiet_seconds=0, max_inspections=3)
+    first = watcher.tick(None, now=0)
+    assert [r.upload_id for r in first.ready] == ["u0", "u1", "u2"]
+    second = watcher.tick(first.cursor_handing_out(2), now=0)
+    assert [r.upload_id for r in second.ready] == ["u2", "u3", "u4"]
+    assert watcher.tick(second.cursor, now=0).ready == []
+
+
+def test_a_held_back_reupload_keeps_what_was_handed_out_before(tmp_path, small_export):
+    storage = storage_for(str(tmp_path / "source"))
+    for upload in ("u0", "u1"):
+        upload_export(str(small_export), storage, upload)
+    watcher = UploadWatcher(storage, quiet_seconds=0)
+    handed_out = watcher.tick(None, now=0).cursor
+    changed = tmp_path / "changed"
+    shutil.copytree(small_export, changed)
+    shutil.copy(SAMPLES["3.0"] / "payers.csv", changed / "payers.csv")
+    new_checksums = [upload_export(str(changed), storage, upload)["checksum"] for upload in ("u0", "u1")]
+    reuploaded = watcher.tick(handed_out, now=0)
+    assert [r.checksum for r in reuploaded.ready] == new_checksums
+    held_back = watcher.tick(reuploaded.cursor_handing_out(0), now=0)
+    assert [r.checksum for r in held_back.ready] == new_checksums
+    assert watcher.tick(held_back.cursor, now=0).ready == []
+
+
+def test_the_sensor_splits_its_budget_between_inspecting_and_handing_out(instance, tmp_path, small_export):
+    lake_root = str(tmp_path / "lake")
+    ids = [f"budget-{n}" for n in range(5)]
+    for upload in ids:
+        upload_export(str(small_export), storage_for(f"{lake_root}/source"), upload)
+    budgeted_sensor = build_upload_sensor(clock=seconds_per_reading())
+    lake = LakeResource(root=lake_root, upload_sensor_budget_seconds=5)
+    requested, cursor = [], None
+    for _ in range(3):
+        result = budgeted_sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake}))
+        requested.append([r.partition_key for r in result.run_requests])
+        cursor = result.cursor
+    # Of 5 s, the watcher inspects until 2.5 s (three uploads), the sensor hands out two and holds one back.
+    assert requested == [ids[:2], ids[2:], []]
+    assert "5 unchanged" in reason(result)
+
+
+def test_the_budget_must_be_positive(instance, tmp_path, monkeypatch):
+    with pytest.raises(ValidationError, match="must be positive"):
+        LakeResource(upload_sensor_budget_seconds=0)
+    monkeypatch.setenv(UPLOAD_SENSOR_BUDGET_SECONDS.env_var, "0")
+    lake = LakeResource(root=str(tmp_path / "lake"),
+                        upload_sensor_budget_seconds=UPLOAD_SENSOR_BUDGET_SECONDS.resource_value())
+    with pytest.raises(DagsterResourceFunctionError) as refused:
+        upload_sensor(build_sensor_context(instance=instance, resources={"lake": lake}))
+    assert "upload_sensor_budget_seconds must be positive, not 0" in str(refused.value.__cause__)
 
 
 def test_sensor_watches_a_local_lake_too(instance, tmp_path, small_export):

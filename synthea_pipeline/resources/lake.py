@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from synthea_pipeline.run_tags import LAKE_TAG, ORIGIN_TAG, origin_of, tag_run
-from synthea_pipeline.settings import LAKE_ROOT, UPLOAD_QUIET_SECONDS
+from synthea_pipeline.settings import LAKE_ROOT, UPLOAD_QUIET_SECONDS, UPLOAD_SENSOR_BUDGET_SECONDS
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.storage import Storage, storage_for
 
@@ -19,6 +19,17 @@ class LakeResource(ConfigurableResource):
     root: str = Field(default=LAKE_ROOT.default, description=LAKE_ROOT.description)
     upload_quiet_seconds: int = Field(default=int(UPLOAD_QUIET_SECONDS.default),
                                       description=UPLOAD_QUIET_SECONDS.description)
+    upload_sensor_budget_seconds: int = Field(default=int(UPLOAD_SENSOR_BUDGET_SECONDS.default),
+                                              description=UPLOAD_SENSOR_BUDGET_SECONDS.description)
+
+    @field_validator("upload_sensor_budget_seconds", mode="before")
+    @classmethod
+    def budget_is_positive(cls, value: object) -> object:
+        """Checked on the raw value: an `EnvVar.int` (an int subclass) stands for the setting until Dagster
+        resolves it and builds the resource again with the plain int, which is checked then."""
+        if type(value) is int and value <= 0:
+            raise ValueError(f"upload_sensor_budget_seconds must be positive, not {value}")
+        return value
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Tags the run with where it came from and the lake it writes (every job uses the lake), so the runs

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -24,6 +26,7 @@ from synthea_pipeline.transforms.storage import PART_SIZE, FileDigest, Storage, 
 MANIFEST_SUFFIX = ".manifest.json"
 UPLOADING_SUFFIX = ".uploading"
 PARALLEL_FILES = 4
+INSPECTING_THREADS = PARALLEL_FILES * 2
 
 
 class UploadError(Exception):
@@ -148,11 +151,41 @@ class ReadyUpload:
 
 @dataclass
 class TickOutcome:
+    """What a tick found, and the state its cursor saves: `done` and `pending` with every ready upload handed out,
+    `before` the entries the ready uploads had when the tick began, `inspected` the uploads read this tick in
+    turn order, which began after the cursor's `started_after` and goes on after `after` next tick."""
+
     ready: list[ReadyUpload] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     uploads_seen: int = 0
     unchanged: int = 0
-    cursor: str = ""
+    done: dict[str, list] = field(default_factory=dict)
+    pending: dict[str, list] = field(default_factory=dict)
+    before: dict[str, tuple[list | None, list | None]] = field(default_factory=dict)
+    inspected: list[str] = field(default_factory=list)
+    started_after: str = ""
+    after: str = ""
+
+    @property
+    def cursor(self) -> str:
+        return self.cursor_handing_out(len(self.ready))
+
+    def cursor_handing_out(self, count: int) -> str:
+        """The cursor when only the first `count` ready uploads are handed out, for a caller that runs out of
+        time: the others get their entries back and come first on the next tick, so none is lost or repeated."""
+        done, pending, after = dict(self.done), dict(self.pending), self.after
+        held_back = [ready.upload_id for ready in self.ready[count:]]
+        for upload in held_back:
+            for entries, previous in zip((done, pending), self.before[upload]):
+                if previous is None:
+                    entries.pop(upload, None)
+                else:
+                    entries[upload] = previous
+        if held_back:
+            position = self.inspected.index(held_back[0])
+            after = self.inspected[position - 1] if position else self.started_after
+        return json.dumps({"done": dict(sorted(done.items())), "pending": dict(sorted(pending.items())),
+                           "after": after}, separators=(",", ":"))
 
 
 class UploadWatcher:
@@ -166,15 +199,20 @@ class UploadWatcher:
       ETags) has not changed for `quiet_seconds`; handed out once.
     The cursor does not depend on object timestamps, and everything it needs survives in it across restarts.
     A tick lists `source/` once (folders and manifests); only new, changed or waiting uploads are read and
-    listed, at most `max_inspections` of them (in parallel), taking turns across ticks so uploads that keep
-    waiting cannot starve the others, and a tick stays short however many uploads land at once."""
+    listed, at most `max_inspections` of them (in parallel) and none started past the tick's deadline, taking
+    turns across ticks so uploads that keep waiting cannot starve the others, and a tick stays short however
+    many uploads land at once. `clock` (monotonic) times the deadline; tests pass one they advance themselves."""
 
-    def __init__(self, storage: Storage, quiet_seconds: float, max_inspections: int = 200):
+    def __init__(self, storage: Storage, quiet_seconds: float, max_inspections: int = 200,
+                 clock: Callable[[], float] = time.monotonic):
         self.storage = storage
         self.quiet_seconds = quiet_seconds
         self.max_inspections = max_inspections
+        self.clock = clock
 
-    def tick(self, cursor: str | None, now: float) -> TickOutcome:
+    def tick(self, cursor: str | None, now: float, deadline: float | None = None) -> TickOutcome:
+        """`now` is the wall clock of quiet periods; `deadline` (on `clock`) ends the inspections, and the uploads
+        it leaves out keep their turn in the cursor."""
         state = json.loads(cursor) if cursor else {}
         done: dict[str, list[str]] = state.get("done", {})
         pending: dict[str, list] = state.get("pending", {})
@@ -197,25 +235,45 @@ class UploadWatcher:
                 outcome.unchanged += 1
             else:
                 to_inspect.append(upload)
-        after = state.get("after", "")
-        to_inspect = [u for u in to_inspect if u > after] + [u for u in to_inspect if u <= after]
-        for upload in to_inspect[self.max_inspections :]:
-            outcome.skipped[upload] = f"left for a later tick ({len(to_inspect)} uploads to inspect, " \
-                                      f"{self.max_inspections} per tick, in turn)"
-        inspect = to_inspect[: self.max_inspections]
-        with ThreadPoolExecutor(max_workers=PARALLEL_FILES * 2) as pool:
-            found = list(pool.map(lambda u: self._inspect(u, manifests.get(u)), inspect))
-        for upload, (content, listed) in zip(inspect, found):
+        outcome.started_after = state.get("after", "")
+        to_inspect = ([u for u in to_inspect if u > outcome.started_after]
+                      + [u for u in to_inspect if u <= outcome.started_after])
+        found = self._inspect_in_order(to_inspect[: self.max_inspections], manifests, deadline)
+        outcome.inspected = to_inspect[: len(found)]
+        if len(found) < len(to_inspect):
+            limit = (f"at most {self.max_inspections} per tick" if len(found) == self.max_inspections
+                     else "the tick's time budget ran out")
+            for upload in to_inspect[len(found) :]:
+                outcome.skipped[upload] = (f"left for a later tick ({len(to_inspect)} uploads to inspect, "
+                                           f"{len(found)} inspected: {limit}; in turn)")
+            outcome.after = outcome.inspected[-1]
+        before = {upload: (done.get(upload), pending.get(upload)) for upload in outcome.inspected}
+        for upload, (content, listed) in zip(outcome.inspected, found):
             if upload in manifests:
                 self._with_manifest(upload, manifests[upload], content, listed, done, pending, outcome)
             else:
                 self._without_manifest(upload, listed, now, done, pending, outcome)
-        outcome.cursor = json.dumps({
-            "done": {u: v for u, v in sorted(done.items()) if u in present},
-            "pending": {u: v for u, v in sorted(pending.items()) if u in present},
-            "after": inspect[-1] if len(to_inspect) > self.max_inspections else "",
-        }, separators=(",", ":"))
+        outcome.before = {ready.upload_id: before[ready.upload_id] for ready in outcome.ready}
+        outcome.done = {u: v for u, v in done.items() if u in present}
+        outcome.pending = {u: v for u, v in pending.items() if u in present}
         return outcome
+
+    def _inspect_in_order(self, uploads: list[str], manifests: dict[str, StoredObject],
+                          deadline: float | None) -> list[tuple[dict | str | None, list[StoredObject]]]:
+        """Inspects `uploads` in order, `INSPECTING_THREADS` at a time, and starts none once `deadline` has passed
+        (except the first, so every tick makes progress). What it returns is for a prefix of `uploads`: the rest
+        can wait their turn behind the cursor's `after`."""
+        started: list[Future] = []
+        with ThreadPoolExecutor(max_workers=INSPECTING_THREADS) as pool:
+            running: set[Future] = set()
+            for upload in uploads:
+                if len(running) == INSPECTING_THREADS:
+                    running = wait(running, return_when=FIRST_COMPLETED).not_done
+                if started and deadline is not None and self.clock() >= deadline:
+                    break
+                started.append(pool.submit(self._inspect, upload, manifests.get(upload)))
+                running.add(started[-1])
+        return [future.result() for future in started]
 
     def _inspect(self, upload: str, manifest: StoredObject | None) -> tuple[dict | str | None, list[StoredObject]]:
         """The manifest's content (or why it cannot be read) and the upload's objects."""

@@ -1,0 +1,29 @@
+# The one image of a deployment: the code-location server, the webserver, the daemon and every run task
+# (infra/dagster-ecs.yaml gives each its command). The project and its dependencies at the versions in
+# deploy/constraints.txt; no credentials (the tasks get theirs from their IAM roles and Secrets Manager).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DAGSTER_HOME=/opt/dagster/home \
+    DAGSTER_POSTGRES_PORT=5432
+
+RUN groupadd --system --gid 10001 dagster \
+    && useradd --system --uid 10001 --gid dagster --home-dir /opt/dagster --shell /usr/sbin/nologin dagster
+
+WORKDIR /opt/dagster/app
+COPY deploy/constraints.txt deploy/constraints.txt
+COPY pyproject.toml README.md ./
+COPY synthea_pipeline synthea_pipeline
+RUN pip install --constraint deploy/constraints.txt .
+
+COPY deploy/workspace.yaml workspace.yaml
+COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
+RUN chown -R dagster:dagster /opt/dagster/home
+
+USER dagster
+# 3000: dagster-webserver; 4000: the code-location server (gRPC).
+EXPOSE 3000 4000
+CMD ["dagster", "code-server", "start", "--host", "0.0.0.0", "--port", "4000", "--module-name", "synthea_pipeline.definitions", "--location-name", "synthea_pipeline"]

@@ -1,0 +1,207 @@
+"""The production instance (`deploy/dagster.yaml`) against a real PostgreSQL server and step logs in a moto S3
+bucket, with only the run launcher swapped for the local one (there is no ECS here): a whole upload and a
+backfill, then the upload sensor under `dagster-daemon` talking to the image's code-location server over gRPC, as
+on ECS. The ECS launcher's own configuration is checked by loading the unchanged file against moto's ECS, with
+the run task definition the orchestrator template declares."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
+from dagster._check import CheckError
+from dagster_aws.ecs import EcsRunLauncher
+from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
+from synthea_pipeline.runs import backfill, run_upload
+from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows
+from synthea_pipeline_tests.postgres import free_port, postgres_server
+
+pytestmark = pytest.mark.slow  # a PostgreSQL server, pipeline runs, dagster-daemon
+
+REPOSITORY = Path(__file__).parents[1]
+PRODUCTION_CONFIG = REPOSITORY / "deploy" / "dagster.yaml"
+LOG_BUCKET, LOG_PREFIX = "lake-for-logs", "dagster/compute-logs"
+WAIT_SECONDS = 600
+FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+def image_environment() -> dict[str, str]:
+    """The ENV lines of the Dockerfile: what every container starts with."""
+    environment = {}
+    lines = (REPOSITORY / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    for line in lines:
+        if line.startswith("ENV "):
+            environment.update(pair.split("=", 1) for pair in line[4:].split())
+    return environment
+
+
+def image_command() -> list[str]:
+    line = next(x for x in (REPOSITORY / "Dockerfile").read_text().splitlines() if x.startswith("CMD "))
+    return yaml.safe_load(line[4:])
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def log_bucket(moto_endpoint):
+    boto3.client("s3").create_bucket(Bucket=LOG_BUCKET)
+    return LOG_BUCKET
+
+
+@pytest.fixture
+def production_home(postgres, log_bucket, tmp_path, request, monkeypatch):
+    """A DAGSTER_HOME whose dagster.yaml is deploy/dagster.yaml with the local run launcher, a database of its
+    own, and the environment the task definitions give (the server's own port: not the image's 5432)."""
+    database = request.node.name.lower()[:60]
+    postgres.create_database(database)
+    config = yaml.safe_load(PRODUCTION_CONFIG.read_text())
+    config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    environment = {**postgres.environment(database), "DAGSTER_COMPUTE_LOG_BUCKET": log_bucket,
+                   "DAGSTER_COMPUTE_LOG_PREFIX": f"{LOG_PREFIX}/{database}", "DAGSTER_HOME": str(home)}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return home, database
+
+
+def compute_log_keys(database: str) -> list[str]:
+    listing = boto3.client("s3").list_objects_v2(Bucket=LOG_BUCKET, Prefix=f"{LOG_PREFIX}/{database}/")
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_an_upload_and_a_backfill_on_postgres(production_home, postgres, tmp_path):
+    home, database = production_home
+    instance = DagsterInstance.from_config(str(home))
+    assert isinstance(instance.run_storage, PostgresRunStorage)
+    assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+    assert isinstance(instance.compute_log_manager, S3ComputeLogManager)
+    assert isinstance(instance.run_launcher, DefaultRunLauncher)
+    lake = Lake(str(tmp_path / "lake"))
+
+    assert run_upload(str(SAMPLES["2.7"]), lake.root, "ward-a", instance=instance).success
+    reports = backfill(None, lake.root, instance=instance)
+    assert [(r.upload_id, r.success) for r in reports] == [("ward-a", True)]
+
+    recorded = postgres.query(database, "SELECT status, count(*) FROM runs GROUP BY status")
+    assert recorded == [("SUCCESS", 2)]
+    staged = postgres.query(database, "SELECT count(*) FROM event_logs WHERE dagster_event_type = "
+                            "'ASSET_MATERIALIZATION' AND asset_key = '[\"staging\", \"patients\"]'")
+    assert staged == [(2,)]
+    assert instance.get_dynamic_partitions("uploads") == ["ward-a"]
+    logs = compute_log_keys(database)
+    assert any(key.endswith(".out") for key in logs) and any(key.endswith(".err") for key in logs)
+    assert catalog_rows(lake, "SELECT load_id FROM synthea_staging.uploads").column("load_id").to_pylist() == [
+        reports[0].run_id]
+
+
+def wait_for(condition, what: str, processes: list[subprocess.Popen]):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (result := condition()):
+        assert all(p.poll() is None for p in processes), f"a server exited while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return result
+
+
+def start(command: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_the_upload_sensor_under_the_daemon_with_the_images_code_server(production_home, postgres, tmp_path):
+    """The code server runs the Dockerfile's CMD (its port moved to a free one); the daemon reads
+    deploy/workspace.yaml (the same port change) and finds the server at DAGSTER_CODE_SERVER_HOST."""
+    home, database = production_home
+    lake = Lake(str(tmp_path / "lake"))
+    port = free_port()
+    workspace = yaml.safe_load((REPOSITORY / "deploy" / "workspace.yaml").read_text())
+    workspace["load_from"][0]["grpc_server"]["port"] = port
+    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+    env = {**os.environ, "SYNTHEA_LAKE_ROOT": lake.root, "DAGSTER_CODE_SERVER_HOST": "127.0.0.1"}
+    subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "upload", str(SAMPLES["3.0"]), "--to",
+                    lake.uri("source"), "--upload-id", "ward-s"], env=env, check=True, capture_output=True,
+                   timeout=120)
+    command = image_command()
+    command[command.index("--port") + 1] = str(port)
+    code_server = start(command, tmp_path / "code-server.log", env, tmp_path)
+    daemon = start(["dagster-daemon", "run", "-w", str(tmp_path / "workspace.yaml")], tmp_path / "daemon.log", env,
+                   tmp_path)
+    try:
+        instance = DagsterInstance.from_config(str(home))
+        staged = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload"))
+                                   if r.status in FINISHED], "the sensor's run", [code_server, daemon])
+        assert [(r.status, r.tags["dagster/partition"], r.tags.get(ORIGIN_TAG)) for r in staged] == [
+            (DagsterRunStatus.SUCCESS, "ward-s", "sensor")]
+        builds = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(tags={AUTOMATION_TAG: "true"}))
+                                   if r.status in FINISHED], "the marts built by automation", [code_server, daemon])
+        assert [b.status for b in builds] == [DagsterRunStatus.SUCCESS]
+        assert instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=1).records
+        ticks = postgres.query(database, "SELECT count(*) FROM job_ticks WHERE job_origin_id IS NOT NULL")
+        assert ticks[0][0] > 0  # the sensor's ticks are kept in Postgres
+        assert any(key.endswith(".out") for key in compute_log_keys(database))
+    finally:
+        stop(daemon)
+        stop(code_server)
+
+
+def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgres, log_bucket, monkeypatch,
+                                                          tmp_path):
+    """deploy/dagster.yaml unchanged: the launcher finds the run task definition and its `run` container; a task
+    definition without that container is refused when the instance loads, naming it."""
+    database = "ecs_launcher"
+    postgres.create_database(database)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(PRODUCTION_CONFIG.read_text())
+    for name, value in {**postgres.environment(database), "DAGSTER_COMPUTE_LOG_BUCKET": log_bucket,
+                        "DAGSTER_COMPUTE_LOG_PREFIX": LOG_PREFIX}.items():
+        monkeypatch.setenv(name, value)
+    ecs = boto3.client("ecs")
+    container = yaml.safe_load(PRODUCTION_CONFIG.read_text())["run_launcher"]["config"]["container_name"]
+    registered = ecs.register_task_definition(
+        family="synthea-pipeline-run", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="1024",
+        memory="4096", containerDefinitions=[{"name": container, "image": "synthea-pipeline:test"}],
+    )["taskDefinition"]
+    monkeypatch.setenv("DAGSTER_RUN_TASK_DEFINITION", "synthea-pipeline-run")
+
+    instance = DagsterInstance.from_config(str(home))
+    launcher = instance.run_launcher
+    assert isinstance(launcher, EcsRunLauncher)
+    assert launcher.task_definition == registered["taskDefinitionArn"]
+    assert launcher.container_name == "run" and launcher.use_current_ecs_task_config
+    assert instance.run_monitoring_enabled and instance.run_retries_enabled
+    assert instance.run_retries_max_retries == 1
+    assert instance.compute_log_manager._s3_bucket == log_bucket  # no public accessor
+    assert image_environment()["DAGSTER_POSTGRES_PORT"] == "5432"  # what the task definitions leave unset
+
+    ecs.register_task_definition(family="no-run-container", containerDefinitions=[
+        {"name": "webserver", "image": "synthea-pipeline:test", "memory": 512}])
+    monkeypatch.setenv("DAGSTER_RUN_TASK_DEFINITION", "no-run-container")
+    with pytest.raises(CheckError, match="Cannot override container 'run'"):
+        DagsterInstance.from_config(str(home)).run_launcher  # noqa: B018 - the launcher loads on first use
