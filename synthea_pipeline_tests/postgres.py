@@ -71,7 +71,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     if os.geteuid() == 0:
         owner = pwd.getpwnam("postgres")
         os.chown(folder, owner.pw_uid, owner.pw_gid)
-        as_owner = ["runuser", "-u", "postgres", "--"]
+        as_owner = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"]
     data, password_file = f"{folder}/data", f"{folder}/password"
     with open(password_file, "w") as out:
         out.write(PASSWORD)

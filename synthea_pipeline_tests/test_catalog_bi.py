@@ -182,11 +182,10 @@ def test_dashboard_renders_four_charts_offline_in_chromium(lake, tmp_path):
 
 
 def test_orchestrator_policy_covers_every_folder_a_run_writes(lake):
-    import yaml
+    from synthea_pipeline_tests.cloudformation import load_template
+    from synthea_pipeline_tests.test_infra import TEMPLATE, object_prefixes
 
-    from synthea_pipeline_tests.test_infra import TEMPLATE, CloudFormationLoader, object_prefixes
-
-    policy = yaml.load(TEMPLATE.read_text(), Loader=CloudFormationLoader)["Resources"]["OrchestratorPolicy"]
+    policy = load_template(TEMPLATE)["Resources"]["OrchestratorPolicy"]
     granted = object_prefixes(policy, {"s3:PutObject"})
     written = {f"{path.name}/*" for path in Path(lake.root).iterdir()
                if path.is_dir() and path.name != LOCKS_FOLDER}  # commit locks: local lakes only

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 from botocore.exceptions import ClientError
 
 from synthea_pipeline.deploy_dagster import (
@@ -21,21 +20,15 @@ from synthea_pipeline.deploy_dagster import (
     stack_parameters,
     template_parameters,
 )
+from synthea_pipeline_tests.cloudformation import load_template
 
 REPOSITORY = Path(__file__).parents[1]
 LAKE_TEMPLATE = REPOSITORY / "infra" / "synthea-pipeline.yaml"
 DAGSTER_TEMPLATE = REPOSITORY / "infra" / "dagster-ecs.yaml"
 
 
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
 def lake_output_names() -> list[str]:
-    return list(yaml.load(LAKE_TEMPLATE.read_text(), Loader=_Loader)["Outputs"])
+    return list(load_template(LAKE_TEMPLATE)["Outputs"])
 
 
 @pytest.fixture(scope="module")

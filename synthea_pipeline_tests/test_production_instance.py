@@ -46,8 +46,14 @@ def image_environment() -> dict[str, str]:
 
 
 def image_command() -> list[str]:
+    """The Dockerfile's CMD, its program taken from this environment's bin folder (the image has it on PATH)."""
     line = next(x for x in (REPOSITORY / "Dockerfile").read_text().splitlines() if x.startswith("CMD "))
-    return yaml.safe_load(line[4:])
+    program, *arguments = yaml.safe_load(line[4:])
+    return [installed(program), *arguments]
+
+
+def installed(program: str) -> str:
+    return str(Path(sys.executable).parent / program)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +156,7 @@ def test_the_upload_sensor_under_the_daemon_with_the_images_code_server(producti
     command = image_command()
     command[command.index("--port") + 1] = str(port)
     code_server = start(command, tmp_path / "code-server.log", env, tmp_path)
-    daemon = start(["dagster-daemon", "run", "-w", str(tmp_path / "workspace.yaml")], tmp_path / "daemon.log", env,
+    daemon = start([installed("dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")], tmp_path / "daemon.log", env,
                    tmp_path)
     try:
         instance = DagsterInstance.from_config(str(home))
