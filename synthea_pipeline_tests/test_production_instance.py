@@ -1,7 +1,7 @@
 """The production instance (`deploy/dagster.yaml`) against a real PostgreSQL server and step logs in a moto S3
-bucket, with only the run launcher swapped for the local one (there is no ECS here): a whole upload and a
-backfill, then the upload sensor under `dagster-daemon` talking to the image's code-location server over gRPC, as
-on ECS. The ECS launcher's own configuration is checked by loading the unchanged file against moto's ECS, with
+bucket, with only the run launcher swapped for the local one (there is no ECS here): an upload carried through by
+the upload sensor under `dagster-daemon`, which talks to the image's code-location server over gRPC as on ECS,
+and the marts automation, then a backfill of it. The ECS launcher's own configuration is checked by loading the unchanged file against moto's ECS, with
 the run task definition the orchestrator template declares."""
 
 import os
@@ -21,7 +21,7 @@ from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
-from synthea_pipeline.runs import backfill, run_upload
+from synthea_pipeline.runs import backfill
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows
 from synthea_pipeline_tests.postgres import free_port, postgres_server
@@ -91,32 +91,6 @@ def compute_log_keys(database: str) -> list[str]:
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
-def test_an_upload_and_a_backfill_on_postgres(production_home, postgres, tmp_path):
-    home, database = production_home
-    instance = DagsterInstance.from_config(str(home))
-    assert isinstance(instance.run_storage, PostgresRunStorage)
-    assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
-    assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
-    assert isinstance(instance.compute_log_manager, S3ComputeLogManager)
-    assert isinstance(instance.run_launcher, DefaultRunLauncher)
-    lake = Lake(str(tmp_path / "lake"))
-
-    assert run_upload(str(SAMPLES["2.7"]), lake.root, "ward-a", instance=instance).success
-    reports = backfill(None, lake.root, instance=instance)
-    assert [(r.upload_id, r.success) for r in reports] == [("ward-a", True)]
-
-    recorded = postgres.query(database, "SELECT status, count(*) FROM runs GROUP BY status")
-    assert recorded == [("SUCCESS", 2)]
-    staged = postgres.query(database, "SELECT count(*) FROM event_logs WHERE dagster_event_type = "
-                            "'ASSET_MATERIALIZATION' AND asset_key = '[\"staging\", \"patients\"]'")
-    assert staged == [(2,)]
-    assert instance.get_dynamic_partitions("uploads") == ["ward-a"]
-    logs = compute_log_keys(database)
-    assert any(key.endswith(".out") for key in logs) and any(key.endswith(".err") for key in logs)
-    assert catalog_rows(lake, "SELECT load_id FROM synthea_staging.uploads").column("load_id").to_pylist() == [
-        reports[0].run_id]
-
-
 def wait_for(condition, what: str, processes: list[subprocess.Popen]):
     deadline = time.monotonic() + WAIT_SECONDS
     while not (result := condition()):
@@ -140,10 +114,17 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_the_upload_sensor_under_the_daemon_with_the_images_code_server(production_home, postgres, tmp_path):
+def test_an_upload_by_the_sensor_under_the_daemon_then_a_backfill(production_home, postgres, tmp_path):
     """The code server runs the Dockerfile's CMD (its port moved to a free one); the daemon reads
-    deploy/workspace.yaml (the same port change) and finds the server at DAGSTER_CODE_SERVER_HOST."""
+    deploy/workspace.yaml (the same port change) and finds the server at DAGSTER_CODE_SERVER_HOST. The sensor's
+    run and the automation's marts build carry the upload through; a backfill of it follows in this process."""
     home, database = production_home
+    instance = DagsterInstance.from_config(str(home))
+    assert isinstance(instance.run_storage, PostgresRunStorage)
+    assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+    assert isinstance(instance.compute_log_manager, S3ComputeLogManager)
+    assert isinstance(instance.run_launcher, DefaultRunLauncher)
     lake = Lake(str(tmp_path / "lake"))
     port = free_port()
     workspace = yaml.safe_load((REPOSITORY / "deploy" / "workspace.yaml").read_text())
@@ -156,10 +137,9 @@ def test_the_upload_sensor_under_the_daemon_with_the_images_code_server(producti
     command = image_command()
     command[command.index("--port") + 1] = str(port)
     code_server = start(command, tmp_path / "code-server.log", env, tmp_path)
-    daemon = start([installed("dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")], tmp_path / "daemon.log", env,
-                   tmp_path)
+    daemon = start([installed("dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")],
+                   tmp_path / "daemon.log", env, tmp_path)
     try:
-        instance = DagsterInstance.from_config(str(home))
         staged = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload"))
                                    if r.status in FINISHED], "the sensor's run", [code_server, daemon])
         assert [(r.status, r.tags["dagster/partition"], r.tags.get(ORIGIN_TAG)) for r in staged] == [
@@ -167,13 +147,24 @@ def test_the_upload_sensor_under_the_daemon_with_the_images_code_server(producti
         builds = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(tags={AUTOMATION_TAG: "true"}))
                                    if r.status in FINISHED], "the marts built by automation", [code_server, daemon])
         assert [b.status for b in builds] == [DagsterRunStatus.SUCCESS]
-        assert instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=1).records
         ticks = postgres.query(database, "SELECT count(*) FROM job_ticks WHERE job_origin_id IS NOT NULL")
         assert ticks[0][0] > 0  # the sensor's ticks are kept in Postgres
-        assert any(key.endswith(".out") for key in compute_log_keys(database))
     finally:
         stop(daemon)
         stop(code_server)
+
+    reports = backfill(None, lake.root, instance=instance)
+    assert [(r.upload_id, r.success) for r in reports] == [("ward-s", True)]
+    recorded = postgres.query(database, "SELECT status, count(*) FROM runs GROUP BY status")
+    assert recorded == [("SUCCESS", 3)]
+    staged_events = postgres.query(database, "SELECT count(*) FROM event_logs WHERE dagster_event_type = "
+                                   "'ASSET_MATERIALIZATION' AND asset_key = '[\"staging\", \"patients\"]'")
+    assert staged_events == [(2,)]
+    assert len(instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=5).records) == 2
+    logs = compute_log_keys(database)
+    assert any(key.endswith(".out") for key in logs) and any(key.endswith(".err") for key in logs)
+    assert catalog_rows(lake, "SELECT load_id FROM synthea_staging.uploads").column("load_id").to_pylist() == [
+        reports[0].run_id]
 
 
 def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgres, log_bucket, monkeypatch,
