@@ -146,7 +146,8 @@ def test_an_upload_by_the_sensor_under_the_daemon_then_a_backfill(production_hom
             (DagsterRunStatus.SUCCESS, "ward-s", "sensor")]
         builds = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(tags={AUTOMATION_TAG: "true"}))
                                    if r.status in FINISHED], "the marts built by automation", [code_server, daemon])
-        assert [b.status for b in builds] == [DagsterRunStatus.SUCCESS]
+        # One build, or two when a tick sees the staging commit only after requesting the first (test_dagster_dev).
+        assert 1 <= len(builds) <= 2 and all(b.status == DagsterRunStatus.SUCCESS for b in builds)
         ticks = postgres.query(database, "SELECT count(*) FROM job_ticks WHERE job_origin_id IS NOT NULL")
         assert ticks[0][0] > 0  # the sensor's ticks are kept in Postgres
     finally:
@@ -155,12 +156,15 @@ def test_an_upload_by_the_sensor_under_the_daemon_then_a_backfill(production_hom
 
     reports = backfill(None, lake.root, instance=instance)
     assert [(r.upload_id, r.success) for r in reports] == [("ward-s", True)]
-    recorded = postgres.query(database, "SELECT status, count(*) FROM runs GROUP BY status")
-    assert recorded == [("SUCCESS", 3)]
+    recorded = postgres.query(database, "SELECT pipeline_name, status FROM runs ORDER BY create_timestamp")
+    assert [r for r in recorded if r[0] != "__ASSET_JOB"] == [("stage_upload", "SUCCESS"), ("ingest_upload", "SUCCESS")]
+    # the automation's builds: done, or a second one still queued when the daemon stopped
+    assert {status for job, status in recorded if job == "__ASSET_JOB"} <= {"SUCCESS", "QUEUED"}
     staged_events = postgres.query(database, "SELECT count(*) FROM event_logs WHERE dagster_event_type = "
                                    "'ASSET_MATERIALIZATION' AND asset_key = '[\"staging\", \"patients\"]'")
     assert staged_events == [(2,)]
-    assert len(instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=5).records) == 2
+    latest_fact = instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=1).records[0]
+    assert latest_fact.run_id == reports[0].run_id
     logs = compute_log_keys(database)
     assert any(key.endswith(".out") for key in logs) and any(key.endswith(".err") for key in logs)
     assert catalog_rows(lake, "SELECT load_id FROM synthea_staging.uploads").column("load_id").to_pylist() == [
