@@ -40,6 +40,25 @@ from synthea_pipeline.transforms.lake import aws_endpoint
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed, Report
 from synthea_pipeline.transforms.staging import SPARK_CONF, configure
 
+
+def _close_connect_clients_once() -> None:
+    """pyspark 3.5: a stopped Spark Connect session closes its client again when it is garbage-collected, and every
+    close shuts down the release thread pool all sessions of the process share, so a later session's queries in
+    the same process (the next run of `backfill`, a test module) fail at random with "Pool not running". Closing
+    a closed client does nothing here."""
+    from pyspark.sql.connect.client.core import SparkConnectClient
+
+    close = SparkConnectClient.close
+
+    def close_once(self: SparkConnectClient) -> None:
+        if not self.is_closed:
+            close(self)
+
+    SparkConnectClient.close = close_once
+
+
+_close_connect_clients_once()
+
 ENGINES = ("sail", "local-jvm", "glue", "emr-serverless")
 REMOTE_ENGINES = ("glue", "emr-serverless")
 CONNECT_MODE_ENV = "SPARK_CONNECT_MODE_ENABLED"
