@@ -83,9 +83,8 @@ def existing_repository(ecr, name: str) -> str | None:
 def ensure_repository(ecr, name: str) -> str:
     """The ECR repository's URI, creating it (immutable tags, scanned on push, encrypted) when absent."""
     return existing_repository(ecr, name) or ecr.create_repository(
-            repositoryName=name, imageTagMutability="IMMUTABLE",
-            imageScanningConfiguration={"scanOnPush": True},
-            encryptionConfiguration={"encryptionType": "AES256"},
+        repositoryName=name, imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True},
+        encryptionConfiguration={"encryptionType": "AES256"},
     )["repository"]["repositoryUri"]
 
 

@@ -2,6 +2,7 @@ import csv
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,12 @@ def pytest_configure(config):
     if "TMPDIR" not in os.environ and MEMORY_FILESYSTEM.is_dir() and os.access(MEMORY_FILESYSTEM, os.W_OK):
         os.environ["TMPDIR"] = str(MEMORY_FILESYSTEM)
         tempfile.tempdir = None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_rows(path, header, rows):

@@ -8,7 +8,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg2
+
+from synthea_pipeline_tests.conftest import free_port
 
 USER = "dagster"
 PASSWORD = "test-only-password"
@@ -54,12 +55,6 @@ def server_binaries() -> str:
         raise RuntimeError("no PostgreSQL server found under /usr/lib/postgresql: apt-get install postgresql "
                            "(.ci/run does)")
     return os.path.dirname(found[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

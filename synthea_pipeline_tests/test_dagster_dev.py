@@ -5,7 +5,6 @@ the marts; a run whose worker is killed is marked failed by the `dead_runs` sens
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from synthea_pipeline.dead_runs import run_worker
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline_tests.conftest import SAMPLES
+from synthea_pipeline_tests.conftest import SAMPLES, free_port
 
 pytestmark = pytest.mark.slow  # dagster dev and its runs
 
@@ -27,12 +26,6 @@ UPLOADS = [f"ward-{n}" for n in range(10)]
 WAIT_SECONDS = 900
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 AUTOMATION_RUNS = RunsFilter(tags={AUTOMATION_TAG: "true"})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def upload(source: Path, upload_id: str, lake: Lake, env: dict) -> None:

@@ -23,8 +23,9 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
 from synthea_pipeline.runs import backfill
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows
-from synthea_pipeline_tests.postgres import free_port, postgres_server
+from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, free_port
+from synthea_pipeline_tests.postgres import postgres_server
+from synthea_pipeline_tests.test_deploy_infra import IMAGE
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server, pipeline runs, dagster-daemon
 
@@ -35,20 +36,9 @@ WAIT_SECONDS = 600
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 
 
-def image_environment() -> dict[str, str]:
-    """The ENV lines of the Dockerfile: what every container starts with."""
-    environment = {}
-    lines = (REPOSITORY / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
-    for line in lines:
-        if line.startswith("ENV "):
-            environment.update(pair.split("=", 1) for pair in line[4:].split())
-    return environment
-
-
 def image_command() -> list[str]:
     """The Dockerfile's CMD, its program taken from this environment's bin folder (the image has it on PATH)."""
-    line = next(x for x in (REPOSITORY / "Dockerfile").read_text().splitlines() if x.startswith("CMD "))
-    program, *arguments = yaml.safe_load(line[4:])
+    program, *arguments = IMAGE["cmd"]
     return [installed(program), *arguments]
 
 
@@ -199,7 +189,7 @@ def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgre
     assert instance.run_monitoring_enabled and instance.run_retries_enabled
     assert instance.run_retries_max_retries == 1
     assert instance.compute_log_manager._s3_bucket == log_bucket  # no public accessor
-    assert image_environment()["DAGSTER_POSTGRES_PORT"] == "5432"  # what the task definitions leave unset
+    assert IMAGE["env"]["DAGSTER_POSTGRES_PORT"] == "5432"  # what the task definitions leave unset
 
     ecs.register_task_definition(family="no-run-container", containerDefinitions=[
         {"name": "webserver", "image": "synthea-pipeline:test", "memory": 512}])
