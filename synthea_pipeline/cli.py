@@ -1,11 +1,13 @@
-"""`synthea-pipeline`: upload Synthea exports, run them through the pipeline, reprocess them."""
+"""`synthea-pipeline`: upload Synthea exports, run them through the pipeline, reprocess, list and remove them."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import os
+import signal
 import sys
+import traceback
 
 from synthea_pipeline.resources.spark import ENGINES
 from synthea_pipeline.settings import LAKE_ROOT, SPARK_ENGINE
@@ -13,26 +15,56 @@ from synthea_pipeline.transforms.lake import InvalidUploadId, upload_id_for_fold
 
 LAKE_HELP = f"lake root (default: ${LAKE_ROOT.env_var}, else ./{LAKE_ROOT.default})"
 ENGINE_HELP = f"Spark engine (default: ${SPARK_ENGINE.env_var}, else {SPARK_ENGINE.default})"
+EXPORT_HELP = "Synthea CSV export: its folder (the output/csv of run_synthea) or a .zip of it"
+REPLACE_HELP = ("confirm that this upload may remove history it supersedes (patients of earlier uploads or of its "
+                "previous version whose tables are absent, cut or shrink); also replaces an upload id that holds a "
+                "different export")
+INTERRUPTED_EXIT = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside a Dagster run (inside one Dagster turns them into the run's failure)."""
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"synthea-pipeline {version('synthea-pipeline')} (dagster {version('dagster')})"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthea-pipeline", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--verbose", action="store_true",
+                        help="print Dagster's own log and the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="process one Synthea CSV folder as one upload")
-    run.add_argument("source_dir", nargs="?", help="Synthea CSV folder (default: the sample shipped with the project)")
+    run = commands.add_parser("run", help="process one Synthea CSV export as one upload, then the marts")
+    run.add_argument("source_dir", nargs="?", metavar="EXPORT",
+                     help=f"{EXPORT_HELP} (default: the sample shipped with the project)")
     run.add_argument("--lake", help=LAKE_HELP)
-    run.add_argument("--upload-id", help="partition key (default: derived from the folder name)")
+    run.add_argument("--upload-id", help="partition key (default: derived from the folder or zip name)")
     run.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    run.add_argument("--replace", action="store_true", help=REPLACE_HELP)
     run.add_argument("--include-identifiers", action="store_true",
                      help="write direct identifiers (SSN, names, addresses, ...) to the marts")
-    upload = commands.add_parser("upload", help="copy a Synthea CSV folder to source/<upload_id>/ with a manifest")
-    upload.add_argument("source_dir", help="Synthea CSV folder (the output/csv of run_synthea)")
+    upload = commands.add_parser("upload", help="copy a Synthea CSV export to source/<upload_id>/ with a manifest")
+    upload.add_argument("source_dir", metavar="EXPORT", help=EXPORT_HELP)
     upload.add_argument("--to", help=f"where uploads land: s3://BUCKET/PREFIX or a folder (default: the lake's "
                         f"source/, ${LAKE_ROOT.env_var}/source, else ./{LAKE_ROOT.default}/source)")
-    upload.add_argument("--upload-id", help="partition key (default: derived from the folder name)")
-    backfill = commands.add_parser("backfill", help="recompute registered uploads from source, then the marts")
-    backfill.add_argument("upload_ids", nargs="*", help="uploads to recompute")
-    backfill.add_argument("--all", action="store_true", help="recompute every registered upload")
+    upload.add_argument("--upload-id", help="partition key (default: derived from the folder or zip name)")
+    upload.add_argument("--replace", action="store_true",
+                        help=REPLACE_HELP + " (written in the manifest, for the upload sensor and the UI)")
+    uploads = commands.add_parser("uploads", help="list every upload: waiting, loading, committed, failed, removed")
+    uploads.add_argument("--lake", help=LAKE_HELP)
+    uploads.add_argument("--format", choices=("table", "csv"), default="table")
+    backfill = commands.add_parser("backfill", help="recompute uploads from source, then the marts")
+    backfill.add_argument("upload_ids", nargs="*", metavar="UPLOAD_ID",
+                          help="uploads to recompute (committed ones, or ones waiting in source/)")
+    backfill.add_argument("--all", action="store_true", help="recompute every upload committed in the lake")
     backfill.add_argument("--lake", help=LAKE_HELP)
     backfill.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     backfill.add_argument("--include-identifiers", action="store_true",
@@ -77,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     dagster_deploy.add_argument("--repository-name", default="synthea-pipeline", help="ECR repository (created "
                                 "when absent)")
     dagster_deploy.add_argument("--tag", help="image tag (default: the commit and the time)")
-    dagster_deploy.add_argument("--dry-run", action="store_true", help="print the image, commands and parameters")
+    dagster_deploy.add_argument("--dry-run", action="store_true",
+                                help="print the image, commands and parameters (no credentials needed)")
     return parser
 
 
@@ -100,26 +133,21 @@ def _duration(text: str) -> dt.timedelta:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m, 0s)") from None
 
 
-def query_command(args: argparse.Namespace) -> int:
-    import csv
+def _age(duration: dt.timedelta) -> str:
+    """A duration as `--older-than` takes it: 7d, 12h, 90m, 0s."""
+    seconds = duration.total_seconds()
+    unit = next(u for u, size in DURATION_UNITS.items() if seconds % size == 0)
+    return f"{seconds / DURATION_UNITS[unit]:g}{unit}"
 
-    from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.runs import catalog_from_environment
 
-    try:
-        lake = LakeResource(root=LAKE_ROOT.current(args.lake)).layout()
-        columns, rows = catalog_from_environment().query(lake, args.sql, args.as_of)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001 - SQL errors are the user's to read, without a traceback
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    if args.format == "csv":
+def _print_rows(columns: list[str], rows: list[list], output_format: str) -> None:
+    if output_format == "csv":
+        import csv
+
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
-        return 0
+        return
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
@@ -127,6 +155,53 @@ def query_command(args: argparse.Namespace) -> int:
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
     print(f"({len(rows)} rows)")
+
+
+def _runs(args: argparse.Namespace):
+    """The module that runs jobs in this process (it imports Dagster and the definitions: only the commands that
+    run something pay for that), printing Dagster's own log with --verbose."""
+    from synthea_pipeline import runs
+
+    if args.verbose:
+        runs.console_log_level = "DEBUG"
+    return runs
+
+
+def _lake_root(args: argparse.Namespace) -> str:
+    from synthea_pipeline.resources.lake import LakeResource
+
+    return LakeResource(root=LAKE_ROOT.current(getattr(args, "lake", None))).layout().root
+
+
+def query_command(args: argparse.Namespace) -> int:
+    from synthea_pipeline.runs import catalog_from_environment
+    from synthea_pipeline.transforms.lake import Lake
+
+    if not args.sql.strip():
+        print('error: no SQL given: pass a statement, e.g. synthea-pipeline query "SELECT * FROM bi_demographics"',
+              file=sys.stderr)
+        return 2
+    try:
+        columns, rows = catalog_from_environment().query(Lake(_lake_root(args)), args.sql, args.as_of)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - SQL errors are the user's to read, without a traceback
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    _print_rows(columns, rows, args.format)
+    return 0
+
+
+UPLOAD_COLUMNS = ("upload_id", "state", "synthea_release", "patients", "registered_at", "committed_at", "removed_at",
+                  "last_run")
+
+
+def uploads_command(args: argparse.Namespace) -> int:
+    rows = _runs(args).list_uploads(_lake_root(args))
+    cells = [[f"{row[c]:%Y-%m-%d %H:%M:%S}" if isinstance(row.get(c), dt.datetime) else row.get(c)
+              for c in UPLOAD_COLUMNS] for row in rows]
+    _print_rows(list(UPLOAD_COLUMNS), cells, args.format)
     return 0
 
 
@@ -155,143 +230,195 @@ def deploy_dagster_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _upload_id(args: argparse.Namespace, source_dir: str) -> str:
-    return validate_upload_id(args.upload_id) if args.upload_id else upload_id_for_folder(source_dir)
+def _upload_id(args: argparse.Namespace, source: str) -> str:
+    from synthea_pipeline.transforms.uploads import export_name
+
+    return validate_upload_id(args.upload_id) if args.upload_id else upload_id_for_folder(export_name(source))
 
 
-def _print_report(report, lake_root: str) -> bool:
-    print(f"upload {report.upload_id} (Synthea {report.release}), Dagster run {report.run_id}")
-    print(f"{'table':<22}{'rows in':>10}{'quarantined':>13}{'duplicates':>12}{'rows out':>10}")
-    for t in report.tables:
-        print(f"{t.table:<22}{t.rows_in:>10}{t.quarantined:>13}{t.duplicates_dropped:>12}{t.rows_out:>10}")
-    print(f"staging (Iceberg): {lake_root}/staging/<table>/, load {report.run_id} of upload {report.upload_id}")
+def _described(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_described(item)}" for key, item in value.items() if item not in (None, "", [], {}))
+    return str(value)
+
+
+def _warnings_of(report, upload_ids: set[str]) -> list[str]:
+    """The warnings that concern the given uploads, each naming its upload: a lake-wide (mart) warning's part for
+    them (`by_upload`), every warning of their own staging and raw checks."""
+    lines = []
+    for name, metadata in report.warnings.items():
+        if "by_upload" in metadata:
+            for upload in sorted(upload_ids & set(metadata["by_upload"])):
+                lines.append(f"warning: upload {upload}: {name}: {_described(metadata['by_upload'][upload])}")
+        elif report.upload_id in upload_ids:
+            lines.append(f"warning: upload {report.upload_id}: {name}: {_described(metadata)}")
+    return lines
+
+
+def _print_report(report, lake_root: str, verbose: bool) -> bool:
+    if report.tables:
+        release = report.release + (f": {report.release_note}" if report.release_note else "")
+        print(f"upload {report.upload_id} (Synthea {release}), Dagster run {report.run_id}")
+        print(f"{'table':<22}{'rows in':>10}{'quarantined':>13}{'duplicates':>12}{'rows out':>10}")
+        for t in report.tables:
+            print(f"{t.table:<22}{t.rows_in:>10}{t.quarantined:>13}{t.duplicates_dropped:>12}{t.rows_out:>10}")
+        print(f"staging (Iceberg): {lake_root}/staging/<table>/, load {report.run_id} of upload {report.upload_id}")
+    for line in report.supersedes:
+        print(f"upload {report.upload_id} {line}")
     if report.marts:
         print("marts (all uploads): " + ", ".join(f"{name} {rows}" for name, rows in report.marts.items()))
         print(f"marts (Iceberg): {lake_root}/marts/<table>/")
-    for name, metadata in report.warnings.items():
-        print(f"warning: {name}: {', '.join(f'{k} {v}' for k, v in metadata.items())}")
+    for line in _warnings_of(report, {report.upload_id} if report.tables else set()):
+        print(line)
     if report.dashboard:
         print(f"dashboard: {report.dashboard}")
     if not report.success or report.errors:
         for error in report.errors or ["the run failed; see the Dagster run log"]:
             print(f"error: {error}", file=sys.stderr)
+        if not verbose and not report.interrupted:
+            print(f"(Dagster run {report.run_id}: `dagster dev` shows its log; --verbose prints it here)",
+                  file=sys.stderr)
         return False
     return True
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.runs import SAMPLE_DIR, run_upload
-    from synthea_pipeline.transforms.storage import UploadVerificationError
-    from synthea_pipeline.transforms.uploads import UploadError
+    from synthea_pipeline.transforms.uploads import export_folder
 
-    source_dir = args.source_dir or str(SAMPLE_DIR)
-    try:
-        upload_id = _upload_id(args, source_dir)
-        lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
-        report = run_upload(source_dir, lake_root, upload_id, engine=args.engine,
-                            include_identifiers=args.include_identifiers, replace=bool(args.upload_id))
-    except (InvalidUploadId, UploadError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except UploadVerificationError as error:
-        print(f"error: upload not verified, nothing was run: {error}", file=sys.stderr)
-        return 1
-    return 0 if _print_report(report, lake_root) else 1
+    runs = _runs(args)
+    source = args.source_dir or str(runs.SAMPLE_DIR)
+    upload_id = _upload_id(args, source)
+    lake_root = _lake_root(args)
+    with export_folder(source) as folder:
+        report = runs.run_upload(folder, lake_root, upload_id, engine=args.engine,
+                                 include_identifiers=args.include_identifiers,
+                                 replace=bool(args.upload_id) or args.replace, replace_history=args.replace)
+    return _exit(report, _print_report(report, lake_root, args.verbose))
+
+
+def _exit(report, succeeded: bool) -> int:
+    if report.interrupted:
+        return INTERRUPTED_EXIT
+    return 0 if succeeded else 1
 
 
 def upload_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.transforms.storage import UploadVerificationError, storage_for
-    from synthea_pipeline.transforms.uploads import UploadError, manifest_key, upload_export
+    from synthea_pipeline.transforms.storage import storage_for
+    from synthea_pipeline.transforms.uploads import export_folder, manifest_key, upload_export
 
-    try:
-        upload_id = _upload_id(args, args.source_dir)
-        storage = storage_for(args.to) if args.to else LakeResource(root=LAKE_ROOT.current()).source_storage()
-        manifest = upload_export(args.source_dir, storage, upload_id, replace=bool(args.upload_id))
-    except (InvalidUploadId, UploadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except UploadVerificationError as error:
-        print(f"error: upload not verified, nothing was marked complete: {error}", file=sys.stderr)
-        return 1
+    upload_id = _upload_id(args, args.source_dir)
+    storage = storage_for(args.to) if args.to else LakeResource(root=LAKE_ROOT.current()).source_storage()
+    with export_folder(args.source_dir) as folder:
+        manifest = upload_export(folder, storage, upload_id, replace=bool(args.upload_id) or args.replace,
+                                 replace_history=args.replace)
     size = sum(f["size"] for f in manifest["files"])
     print(f"uploaded {len(manifest['files'])} files ({size / 1e6:.1f} MB, Synthea {manifest['synthea_release']}) "
-          f"to {storage.uri(upload_id)}/")
+          f"to {storage.uri(upload_id)}/" + (", confirmed to replace history" if args.replace else ""))
     print(f"manifest {storage.uri(manifest_key(upload_id))}, checksum {manifest['checksum'][:16]}")
     return 0
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.runs import backfill
-
-    if bool(args.all) == bool(args.upload_ids):
-        print("error: name the uploads to recompute, or pass --all", file=sys.stderr)
+    if args.all and args.upload_ids:
+        print("error: pass either upload ids or --all, not both", file=sys.stderr)
         return 2
-    lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
+    if not args.all and not args.upload_ids:
+        print("error: name the uploads to recompute (`synthea-pipeline uploads` lists them), or pass --all",
+              file=sys.stderr)
+        return 2
+    lake_root = _lake_root(args)
     try:
-        reports = backfill(None if args.all else args.upload_ids, lake_root, engine=args.engine,
-                           include_identifiers=args.include_identifiers)
-    except (KeyError, ValueError) as error:
+        reports = _runs(args).backfill(None if args.all else args.upload_ids, lake_root, engine=args.engine,
+                                       include_identifiers=args.include_identifiers)
+    except KeyError as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
-    printed = [_print_report(report, lake_root) for report in reports]
+    printed = [_print_report(report, lake_root, args.verbose) for report in reports]
     if not all(printed):
         print(f"error: backfill stopped at {reports[-1].upload_id}; the marts were not rebuilt", file=sys.stderr)
-        return 1
+        return _exit(reports[-1], False)
     return 0
 
 
 def remove_command(args: argparse.Namespace) -> int:
-    from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.runs import remove
-
-    lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
+    lake_root = _lake_root(args)
+    upload_id = validate_upload_id(args.upload_id)
     try:
-        report = remove(validate_upload_id(args.upload_id), lake_root, engine=args.engine,
-                        purge_source=args.purge_source)
-    except (InvalidUploadId, KeyError, ValueError) as error:
+        report = _runs(args).remove(upload_id, lake_root, engine=args.engine, purge_source=args.purge_source)
+    except KeyError as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
-    print(f"removed upload {args.upload_id} from {lake_root}" + (", and its source" if args.purge_source else ""))
-    return 0 if _print_report(report, lake_root) else 1
+    if "loads_deleted" in report.outputs:
+        source = ("its source deleted" if args.purge_source else
+                  "its source kept: the sensor leaves it alone until it is uploaded again")
+        print(f"removed upload {upload_id} from {lake_root}: {report.outputs['loads_deleted']} loads deleted (staging, "
+              f"quarantine and raw rows), its partition removed, {source}")
+    return _exit(report, _print_report(report, lake_root, args.verbose))
 
 
 def maintain_command(args: argparse.Namespace) -> int:
-    from synthea_pipeline.resources.lake import LakeResource
-    from synthea_pipeline.runs import maintain
-
-    lake_root = LakeResource(root=LAKE_ROOT.current(args.lake)).layout().root
+    lake_root = _lake_root(args)
     try:
-        summary = maintain(lake_root, args.older_than.total_seconds() / 86400, engine=args.engine)
+        summary = _runs(args).maintain(lake_root, args.older_than.total_seconds() / 86400, engine=args.engine)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"lake {lake_root}: deleted {summary['stale_loads']} stale loads and {summary['stale_builds']} stale "
-          f"builds; expired {summary['snapshots_expired']} snapshots older than {args.older_than}; deleted "
+          f"builds; expired {summary['snapshots_expired']} snapshots older than {_age(args.older_than)}; deleted "
           f"{summary['files_deleted']} files ({summary['bytes_deleted'] / 1e6:.1f} MB) in {summary['tables']} tables")
     return 0
 
 
+COMMANDS = {"run": run_command, "upload": upload_command, "uploads": uploads_command, "backfill": backfill_command,
+            "query": query_command, "deploy": deploy_command, "deploy-dagster": deploy_dagster_command,
+            "remove": remove_command, "maintain": maintain_command}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every failure ends in one line that says what happened and what to do (exit 2 for what the user can fix in
+    the command, 1 otherwise, 130 when interrupted); a traceback only with --verbose."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from synthea_pipeline.transforms.storage import UploadVerificationError
+    from synthea_pipeline.transforms.uploads import UploadError
+
     args = _parser().parse_args(argv)
-    commands = {"run": run_command, "upload": upload_command, "backfill": backfill_command,
-                "query": query_command, "deploy": deploy_command,
-                "deploy-dagster": deploy_dagster_command, "remove": remove_command,
-                "maintain": maintain_command}
+    handlers = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return commands[args.command](args)
-    except (BotoCoreError, ClientError) as error:
-        print(f"error: AWS: {error}", file=sys.stderr)
-        return 1
+        return COMMANDS[args.command](args)
     except BrokenPipeError:
         # The reader stopped reading (`| head`): what it wanted was written. Point stdout at /dev/null so the
         # interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (InvalidUploadId, UploadError, UploadVerificationError, ValueError, BotoCoreError, ClientError,
+            KeyboardInterrupt) as error:
+        if args.verbose:
+            traceback.print_exception(error)
+        message, status = _explained(error)
+        print(f"error: {message}", file=sys.stderr)
+        return status
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _explained(error: BaseException) -> tuple[str, int]:
+    """A failure as one line that says what happened and what to do, and the exit status."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from synthea_pipeline.transforms.storage import UploadVerificationError
+
+    if isinstance(error, KeyboardInterrupt):
+        signal_name = error.args[0] if error.args else "SIGINT"
+        return f"interrupted ({signal_name}): nothing was committed; run the command again to finish", INTERRUPTED_EXIT
+    if isinstance(error, UploadVerificationError):
+        return f"upload not verified, nothing was run or marked complete: {error}", 1
+    if isinstance(error, (BotoCoreError, ClientError)):
+        return (f"AWS: {error} (credentials and region come from the usual AWS environment: AWS_PROFILE or "
+                "AWS_ACCESS_KEY_ID, AWS_REGION)"), 1
+    return str(error), 2
 
 
 if __name__ == "__main__":

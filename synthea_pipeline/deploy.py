@@ -20,6 +20,7 @@ from synthea_pipeline.remote_jobs import (
     glue_conf_argument,
     glue_job_name,
 )
+from synthea_pipeline.transforms.lake import aws_client
 
 GLUE_VERSION = "5.0"
 EMR_RELEASE = "emr-7.5.0"
@@ -132,10 +133,8 @@ def deploy(bucket: str, prefix: str = "code", job_prefix: str = "synthea-pipelin
         for layer in SPARK_LAYERS}
     if dry_run:
         return plan
-    import boto3
-
-    s3 = s3 or boto3.client("s3")
-    glue = glue or boto3.client("glue")
+    s3 = s3 or aws_client("s3")
+    glue = glue or aws_client("glue")
     key_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     s3.put_object(Bucket=bucket, Key=f"{key_prefix}{PACKAGE_ZIP}", Body=package)
     for name, body in scripts.items():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from synthea_pipeline.transforms.lake import aws_client
+
 TEMPLATE = Path("infra") / "dagster-ecs.yaml"
 DEPLOY_OPTIONS = ("ImageUri", "VpcId", "PrivateSubnetIds", "AllowedCidr")
 """The orchestrator stack's parameters that come from the command, not from the lake stack's outputs."""
@@ -56,9 +58,10 @@ class DagsterDeployPlan:
     parameters: dict[str, str]
     commands: list[list[str]] = field(default_factory=list)
     stack_action: str = "would create or update"
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        lines = [f"image: {self.image_uri}"]
+        lines = [*(f"note: {note}" for note in self.notes), f"image: {self.image_uri}"]
         lines += ["  $ " + " ".join(command) for command in self.commands]
         lines.append(f"stack {self.stack}: {self.stack_action}")
         lines += [f"  {name} = {value}" for name, value in sorted(self.parameters.items())]
@@ -117,23 +120,32 @@ def deploy_dagster(
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> DagsterDeployPlan:
     """Build and push the image, then create or update `stack`. With `dry_run` only the lake stack and the
-    repository are read; the plan says what would be run."""
-    import boto3
+    repository are read, and without credentials (or the lake stack) not even those: what they would give is
+    shown as placeholders. The plan says what would be run."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    cloudformation = cloudformation or boto3.client("cloudformation")
-    ecr = ecr or boto3.client("ecr")
+    cloudformation = cloudformation or aws_client("cloudformation")
+    ecr = ecr or aws_client("ecr")
     template = repository / TEMPLATE
     if not (repository / "Dockerfile").exists() or not template.exists():
         raise DeployError(f"{repository.absolute()} is not a checkout of synthea-pipeline (no Dockerfile or "
                           f"{TEMPLATE}): run deploy-dagster from the repository's root")
+    unread = None
     try:
         lake = cloudformation.describe_stacks(StackName=lake_stack)["Stacks"][0]
-    except cloudformation.exceptions.ClientError as error:
-        raise DeployError(f"lake stack {lake_stack} not found: {error}") from None
-    lake_outputs = {o["OutputKey"]: o["OutputValue"] for o in lake.get("Outputs", [])}
+        lake_outputs = {o["OutputKey"]: o["OutputValue"] for o in lake.get("Outputs", [])}
+    except (BotoCoreError, ClientError) as error:
+        if not dry_run:
+            raise DeployError(f"lake stack {lake_stack} not found: {error}") from None
+        unread = f"lake stack {lake_stack} not read ({error})"
+        lake_outputs = {name: f"<output {name} of {lake_stack}>" for name, has_default in
+                        template_parameters(template).items() if not has_default and name not in DEPLOY_OPTIONS}
     if dry_run:
-        repository_uri = (existing_repository(ecr, repository_name)
-                          or f"<account>.dkr.ecr.<region>.amazonaws.com/{repository_name}")
+        try:
+            repository_uri = existing_repository(ecr, repository_name)
+        except (BotoCoreError, ClientError):
+            repository_uri = None
+        repository_uri = repository_uri or f"<account>.dkr.ecr.<region>.amazonaws.com/{repository_name}"
     else:
         repository_uri = ensure_repository(ecr, repository_name)
     image_uri = f"{repository_uri}:{tag or default_tag(repository)}"
@@ -145,7 +157,7 @@ def deploy_dagster(
         ["docker", "build", "--platform", "linux/amd64", "--tag", image_uri, str(repository)],
         ["docker", "login", "--username", "AWS", "--password-stdin", registry],
         ["docker", "push", image_uri],
-    ])
+    ], notes=[unread] if unread else [])
     if dry_run:
         return plan
     build, login, push = plan.commands

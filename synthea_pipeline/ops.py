@@ -9,10 +9,11 @@ from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.run_tags import origin_of
 from synthea_pipeline.transforms.iceberg import now
 from synthea_pipeline.transforms.lake import delete_folder
 from synthea_pipeline.transforms.upkeep import UnknownUpload, discard_stale, remove_upload
-from synthea_pipeline.transforms.uploads import manifest_key
+from synthea_pipeline.transforms.uploads import manifest_key, read_manifest
 
 DEFAULT_RETENTION_DAYS = 7.0
 
@@ -29,8 +30,13 @@ def remove_upload_from_lake(context: OpExecutionContext, config: RemoveUploadCon
     upload = context.partition_key
     layout = lake.layout()
     iceberg = catalog.databases().iceberg_lake(layout.root, spark.table_catalog(layout.root))
+    storage = lake.source_storage()
+    manifest = read_manifest(storage, upload)
+    in_source = manifest is not None or any(True for _ in storage.list_objects(upload))
     try:
-        deleted = remove_upload(spark.upkeep_session(layout.root), iceberg, upload)
+        deleted = remove_upload(spark.upkeep_session(layout.root), iceberg, upload,
+                                upload_token=(manifest or {}).get("upload_token"),
+                                note=f"{origin_of(context.run.tags)}, run {context.run_id}", in_source=in_source)
     except UnknownUpload as unknown:
         if not context.instance.has_dynamic_partition(uploads_partitions.name, upload):
             raise Failure(description=unknown.args[0]) from None

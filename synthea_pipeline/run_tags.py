@@ -9,9 +9,14 @@ ORIGIN_TAG = "synthea/origin"
 """`cli run`, `cli backfill`, `cli remove` or `cli maintain` (set by `synthea-pipeline`), else `automation`
 (`marts_automation`), `sensor`, `schedule`, `backfill` or `ui` (the UI or Dagster's GraphQL API), derived from
 Dagster's own tags at run start."""
+CLI_RUN = "cli run"
+"""The origin of `synthea-pipeline run`'s runs: an explicit request, which brings back an upload the lake removed."""
 LAKE_TAG = "synthea/lake"
 ENGINE_TAG = "synthea/engine"
 HOST_TAG = "synthea/host"
+PROCESS_TAG = "synthea/process"
+"""`<pid>:<epoch seconds>` of the `synthea-pipeline` process that executes a run in-process, so a run killed before
+it started (no RUN_START event names its process) is found too."""
 CHECKSUM_TAG = "synthea/upload_checksum"
 AUTOMATION_TAG = "dagster/from_automation_condition"
 """Dagster's tag on the runs declarative automation launches."""

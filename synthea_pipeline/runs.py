@@ -1,9 +1,11 @@
-"""Running one upload through the asset graph in-process, as `synthea-pipeline run` does."""
+"""Running uploads through the asset graph in-process, as the `synthea-pipeline` commands do, and what the lake
+knows of its uploads."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,14 +19,25 @@ from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import REMOTE_ENGINES, SparkResource
-from synthea_pipeline.run_tags import HOST_TAG, ORIGIN_TAG
+from synthea_pipeline.run_tags import CLI_RUN, HOST_TAG, ORIGIN_TAG, PROCESS_TAG
 from synthea_pipeline.settings import CATALOG_FIELDS, SPARK_ENGINE, SPARK_FIELDS, current_values
-from synthea_pipeline.transforms.catalog import defined_views
-from synthea_pipeline.transforms.uploads import upload_export
+from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline.transforms.uploads import (
+    MANIFEST_SUFFIX,
+    confirm_replace,
+    read_manifest,
+    removal_holds,
+    removal_notice,
+    upload_export,
+)
 
 SAMPLE_DIR = Path(str(resources.files("synthea_pipeline") / "samples" / "v3.3_au_11p"))
 DEFAULT_DAGSTER_HOME = ".dagster"
 PARTITIONED_LAYERS = ("source", "raw", "staging")
+INTERRUPTED = "DagsterExecutionInterruptedError"
+console_log_level = "CRITICAL"
+"""What Dagster itself prints while a command runs: nothing by default (the command prints its own report and a
+one-line reason for a failure), everything with `--verbose`."""
 
 
 @dataclass
@@ -43,17 +56,21 @@ class RunReport:
     run_id: str
     success: bool
     release: str = "unknown"
+    release_note: str = ""
     tables: list[TableAccount] = field(default_factory=list)
+    supersedes: list[str] = field(default_factory=list)
     marts: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     warnings: dict[str, dict] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
     dashboard: str | None = None
+    outputs: dict[str, object] = field(default_factory=dict)
 
 
 def dagster_instance() -> DagsterInstance:
     """The instance in DAGSTER_HOME, else the local one in ./.dagster; created on first use. Runs of this host
-    left STARTED by a process that died are marked failed first."""
+    left unfinished by a process that died are marked failed first."""
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).absolute()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -84,17 +101,21 @@ def run_upload(
     include_identifiers: bool = False,
     replace: bool = True,
     spark: SparkResource | None = None,
+    replace_history: bool = False,
 ) -> RunReport:
     """Register `upload_id` as a partition, materialize every asset for it in this process, then the marts over
-    all uploads."""
+    all uploads. `replace_history` confirms (in the upload's manifest) that it may remove history it supersedes."""
     lake_resource = LakeResource(root=lake_root)
     spark = spark or spark_from_environment(engine)
     check_engine(spark, lake_root)
+    storage = lake_resource.source_storage()
     if os.path.abspath(source_dir) != lake_resource.layout().source(upload_id):
-        upload_export(source_dir, lake_resource.source_storage(), upload_id, replace)
+        upload_export(source_dir, storage, upload_id, replace, replace_history=replace_history)
+    elif replace_history:
+        confirm_replace(storage, upload_id)
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
-    return _execute(upload_id, lake_resource, spark, instance, include_identifiers, origin="cli run")
+    return _execute(upload_id, lake_resource, spark, instance, include_identifiers, origin=CLI_RUN)
 
 
 def check_engine(spark: SparkResource, lake_root: str) -> None:
@@ -104,16 +125,27 @@ def check_engine(spark: SparkResource, lake_root: str) -> None:
         raise ValueError(f"the {engine} engine needs the lake on S3: --lake s3://bucket/prefix")
 
 
-def lake_uploads(lake_root: str) -> list[str]:
-    """The uploads in the lake (its uploads log), in the order they entered it; the lake, not the Dagster
-    instance, is the source of truth."""
-    catalog = catalog_from_environment()
-    databases = catalog.databases()
-    with catalog.open(LakeResource(root=lake_root).layout()) as engine:
-        if (databases.staging, "uploads") not in defined_views(engine, databases):
-            return []
-        return [row[0] for row in engine.execute(
-            f"SELECT upload_id FROM {databases.staging}.uploads ORDER BY registered_at, upload_id").fetchall()]
+def waiting_uploads(lake: Lake) -> dict[str, dict | None]:
+    """The uploads in `source/` (a folder or a manifest), each with its manifest (None without one)."""
+    storage = LakeResource(root=lake.root).source_storage()
+    objects, folders = storage.list_children("")
+    ids = set(folders) | {o.key[: -len(MANIFEST_SUFFIX)] for o in objects if o.key.endswith(MANIFEST_SUFFIX)}
+    return {upload: read_manifest(storage, upload) for upload in sorted(ids)}
+
+
+def list_uploads(lake_root: str) -> list[dict]:
+    """Every upload the lake knows, as the catalog's `upload_states` view gives it, then those waiting in
+    `source/` (never run, or uploaded again after a removal) in the view's shape with state `waiting`."""
+    lake = Lake(lake_root)
+    states = catalog_from_environment().upload_states(lake)
+    rows = list(states.values())
+    for upload, manifest in waiting_uploads(lake).items():
+        state = states.get(upload)
+        if state is None or (state["state"] == "removed" and not removal_holds(state, manifest)):
+            rows.append({"upload_id": upload, "state": "waiting", "synthea_release": (manifest or {}).get(
+                "synthea_release"), "patients": None, "registered_at": None, "committed_at": None,
+                "removed_at": state and state["removed_at"], "last_run": state and state["last_run"]})
+    return rows
 
 
 def backfill(
@@ -123,18 +155,36 @@ def backfill(
     instance: DagsterInstance | None = None,
     include_identifiers: bool = False,
 ) -> list[RunReport]:
-    """Recompute the given uploads (every upload in the lake when None) from their source folders, in the order
-    they entered the lake, then the marts, catalog and dashboard once: the marts end up as if the uploads had
-    arrived in that order. Stops at the first failed upload, leaving the marts as they were. Uploads missing
-    from the Dagster instance (a new instance, another folder) are registered again."""
-    instance = instance or dagster_instance()
-    in_lake = lake_uploads(lake_root)
-    unknown = sorted(set(upload_ids or []) - set(in_lake))
-    if unknown:
-        raise KeyError(f"uploads not in the lake: {', '.join(unknown)} (in the lake: {', '.join(in_lake) or 'none'})")
-    selected = [u for u in in_lake if upload_ids is None or u in upload_ids]
+    """Recompute the given uploads (every upload committed in the lake when None) from their source folders, in
+    the order they entered the lake (then those never processed yet), then the marts, catalog and dashboard once:
+    the marts end up as if the uploads had arrived in that order. Stops at the first failed upload, leaving the
+    marts as they were. Uploads missing from the Dagster instance (a new instance, another folder) are registered
+    again. KeyError, saying what to do, for an upload the lake removed or does not know."""
+    lake = Lake(lake_root)
+    states = catalog_from_environment().upload_states(lake)
+    committed = [u for u, state in states.items() if state["state"] == "committed"]
+    if upload_ids is None:
+        selected = committed
+    else:
+        waiting = waiting_uploads(lake)
+        problems = []
+        for upload in upload_ids:
+            state = states.get(upload)
+            if upload in committed:
+                continue
+            if removal_holds(state, waiting.get(upload)):
+                problems.append(f"upload {upload} was {removal_notice(upload, state)}")
+            elif upload not in waiting:
+                problems.append(f"upload {upload} is neither in the lake nor in {lake.uri('source')}/ (in the lake: "
+                                f"{', '.join(committed) or 'none'}); upload it first: synthea-pipeline upload EXPORT "
+                                f"--upload-id {upload}")
+        if problems:
+            raise KeyError("; ".join(problems))
+        selected = [u for u in committed if u in upload_ids] + [u for u in upload_ids if u not in committed]
     if not selected:
-        raise KeyError(f"the lake {lake_root} holds no uploads: run or upload one first")
+        raise KeyError(f"the lake {lake_root} holds no committed uploads: run or upload one first "
+                       "(synthea-pipeline run EXPORT)")
+    instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, selected)
     lake_resource = LakeResource(root=lake_root)
     spark = spark_from_environment(engine)
@@ -150,21 +200,27 @@ def backfill(
 
 
 def remove(upload_id: str, lake_root: str, engine: str | None = None, instance: DagsterInstance | None = None,
-           purge_source: bool = False) -> RunReport:
+           purge_source: bool = False, spark: SparkResource | None = None) -> RunReport:
     """Take an upload out of the lake (and its Dagster partition), then rebuild the marts, catalog and
-    dashboard, in this process. KeyError when neither the lake nor the instance knows the upload."""
+    dashboard, in this process; the report's `outputs` hold how many loads were deleted. KeyError when neither
+    the lake, its `source/` nor the instance knows the upload."""
     instance = instance or dagster_instance()
-    in_lake = lake_uploads(lake_root)
-    if upload_id not in in_lake and not instance.has_dynamic_partition(uploads_partitions.name, upload_id):
-        raise KeyError(f"upload {upload_id} is not in the lake (in the lake: {', '.join(in_lake) or 'none'})")
+    lake = Lake(lake_root)
+    states = catalog_from_environment().upload_states(lake)
+    if (upload_id not in states and upload_id not in waiting_uploads(lake)
+            and not instance.has_dynamic_partition(uploads_partitions.name, upload_id)):
+        known = ", ".join(u for u, s in states.items() if s["state"] == "committed") or "none"
+        raise KeyError(f"upload {upload_id} is not in the lake (in the lake: {known})")
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
     lake_resource = LakeResource(root=lake_root)
-    spark = spark_from_environment(engine)
+    spark = spark or spark_from_environment(engine)
     removal = _run_job(remove_upload_job, lake_resource, spark, instance, "cli remove", partition_key=upload_id,
                        ops={"remove_upload_from_lake": {"config": {"purge_source": purge_source}}})
     if not removal.success:
         return _report(removal, upload_id)
-    return _report(_run_job(rebuild_marts_job, lake_resource, spark, instance, "cli remove"), upload_id)
+    report = _report(_run_job(rebuild_marts_job, lake_resource, spark, instance, "cli remove"), upload_id)
+    report.outputs["loads_deleted"] = removal.output_for_node("remove_upload_from_lake")
+    return report
 
 
 def maintain(lake_root: str, older_than_days: float, engine: str | None = None,
@@ -182,7 +238,8 @@ def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: Dagste
              partition_key: str | None = None, asset_selection=None, ops: dict | None = None
              ) -> ExecuteInProcessResult:
     """One job of the project's definitions, in this process, on this lake and engine; tagged with the command
-    that ran it and this host, so a later start finds it if this process dies (`dead_runs.mark_dead_runs`)."""
+    that ran it, this host and this process, so a later start finds it if this process dies, even before the run
+    starts (`dead_runs.mark_dead_runs`)."""
     job = Definitions(
         assets=defs.assets, jobs=defs.jobs, resources={**defs.resources, "lake": lake, "spark": spark}
     ).resolve_job_def(job_def.name)
@@ -191,8 +248,9 @@ def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: Dagste
         partition_key=partition_key,
         asset_selection=asset_selection(job) if asset_selection else None,
         raise_on_error=False,
-        tags={HOST_TAG: socket.gethostname(), ORIGIN_TAG: origin},
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **({"ops": ops} if ops else {})},
+        tags={HOST_TAG: socket.gethostname(), PROCESS_TAG: f"{os.getpid()}:{time.time():.3f}", ORIGIN_TAG: origin},
+        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}},
+                    **({"ops": ops} if ops else {})},
     )
 
 
@@ -224,6 +282,7 @@ def _report(result: ExecuteInProcessResult, upload_id: str) -> RunReport:
                 location=metadata["location"],
             )
             report.release = metadata["synthea_release"]
+            report.release_note = metadata.get("synthea_release_note", "")
         elif layer == "marts":
             report.marts[table] = metadata["dagster/row_count"]
         elif layer == "reports":
@@ -236,16 +295,20 @@ def _report(result: ExecuteInProcessResult, upload_id: str) -> RunReport:
             error = data.error
             while error.cause is not None:
                 error = error.cause
+            if error.cls_name == INTERRUPTED:
+                report.interrupted = True
+                message = "interrupted (SIGINT or SIGTERM): nothing of this run was committed"
             report.errors.append(message or error.message.strip())
     for check in result.get_asset_check_evaluations():
         name = f"{'/'.join(check.asset_key.path)}:{check.check_name}"
         report.checks[name] = check.passed
+        metadata = {key: value.value for key, value in check.metadata.items()}
+        if check.check_name == "history_preserved":
+            report.supersedes = metadata.get("summary", [])
         if check.passed:
             continue
-        metadata = {key: value.value for key, value in check.metadata.items()}
         if check.severity.value == "ERROR":
             report.errors.append(f"check {name} failed: {metadata}")
         else:
             report.warnings[name] = metadata
     return report
-

@@ -21,9 +21,16 @@ from dagster import (
 
 from synthea_pipeline.jobs import rebuild_marts_job, remove_upload_job, stage_upload_job
 from synthea_pipeline.partitions import uploads_partitions
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.run_tags import CHECKSUM_TAG
-from synthea_pipeline.transforms.uploads import ReadyUpload, UploadWatcher
+from synthea_pipeline.transforms.uploads import (
+    ReadyUpload,
+    UploadWatcher,
+    already_committed,
+    removal_holds,
+    removal_notice,
+)
 
 UPLOAD_MARKER_ASSET = AssetKey(["source", "patients"])
 INSPECTION_SHARE = 0.5
@@ -55,33 +62,44 @@ def build_upload_sensor(clock: Callable[[], float] = time.monotonic) -> SensorDe
         default_status=DefaultSensorStatus.RUNNING,
         description="Watches `<lake>/source/` for complete uploads (a manifest whose files are all present, or,"
         " without one, patients.csv and no change for the lake's `upload_quiet_seconds`, default 300) and"
-        " starts one run of `stage_upload` per new upload or changed content. A tick stops within the lake's"
-        " `upload_sensor_budget_seconds` (default 8) and leaves the rest to the next.",
+        " starts one run of `stage_upload` per new upload or changed content. Uploads the lake's log shows removed"
+        " (until uploaded again) or already committed from the same manifest are registered without a run. A tick"
+        " stops within the lake's `upload_sensor_budget_seconds` (default 8) and leaves the rest to the next.",
     )
-    def upload_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
+    def upload_sensor(context: SensorEvaluationContext, lake: LakeResource, catalog: CatalogResource
+                      ) -> SensorResult:
         budget = lake.upload_sensor_budget_seconds
         started = clock()
         watcher = UploadWatcher(lake.source_storage(), quiet_seconds=lake.upload_quiet_seconds, clock=clock)
         outcome = watcher.tick(context.cursor, time.time(), deadline=started + budget * INSPECTION_SHARE)
+        states = catalog.upload_states(lake.layout()) if outcome.ready else {}
         launch: list[ReadyUpload] = []
-        processed: list[str] = []
+        processed: dict[str, str] = {}
         new_partitions: list[str] = []
         for ready in outcome.ready:
             if (launch or processed) and clock() >= started + budget:
                 break
-            if processed_checksum(context, ready.upload_id) == ready.checksum:
-                processed.append(ready.upload_id)
+            state = states.get(ready.upload_id)
+            has_partition = context.instance.has_dynamic_partition(uploads_partitions.name, ready.upload_id)
+            if removal_holds(state, ready.manifest):
+                processed[ready.upload_id] = removal_notice(ready.upload_id, state)
                 continue
-            launch.append(ready)
-            if not context.instance.has_dynamic_partition(uploads_partitions.name, ready.upload_id):
+            if already_committed(state, ready.manifest):
+                processed[ready.upload_id] = f"already in the lake (committed {state['committed_at']:%Y-%m-%d %H:%M:%S})"
+            elif processed_checksum(context, ready.upload_id) == ready.checksum:
+                processed[ready.upload_id] = "this content was already processed"
+            else:
+                launch.append(ready)
+            if not has_partition:
                 new_partitions.append(ready.upload_id)
         handed_out = len(launch) + len(processed)
         held_back = [r.upload_id for r in outcome.ready[handed_out:]]
         summary = (f"saw {outcome.uploads_seen} uploads: {len(launch)} to run, {outcome.unchanged} unchanged, "
-                   f"{len(processed)} already processed, {len(outcome.skipped) + len(held_back)} waiting or invalid")
+                   f"{len(processed)} already processed or removed, "
+                   f"{len(outcome.skipped) + len(held_back)} waiting or invalid")
         details = [f"{upload}: {why}" for upload, why in outcome.skipped.items()]
         details += [f"{upload}: left for a later tick (the sensor's {budget} s budget ran out)" for upload in held_back]
-        details += [f"{upload}: this content was already processed" for upload in processed]
+        details += [f"{upload}: {why}" for upload, why in processed.items()]
         context.log.info(summary + "".join(f"; run {r.upload_id} ({r.run_key})" for r in launch))
         return SensorResult(
             run_requests=[

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from dagster import EnvVar
 
 from synthea_pipeline.transforms.bi import MARTS_DATABASE, STAGING_DATABASE
+from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ UPLOAD_SENSOR_BUDGET_SECONDS = Setting(
     "SYNTHEA_UPLOAD_SENSOR_BUDGET_SECONDS", "8",
     "Seconds an upload sensor tick may work before it saves its cursor and leaves the rest to the next tick "
     "(Dagster cuts a sensor evaluation off at about 15 s on ECS).", integer=True)
+HISTORY_SHRINK_LIMIT = Setting(
+    "SYNTHEA_HISTORY_SHRINK_LIMIT_PERCENT", str(SHRINK_LIMIT_PERCENT),
+    "How far (percent of its rows) a table of the history an upload supersedes may shrink before the commit needs "
+    "--replace (or `replace` in the upload's manifest).", integer=True)
 SPARK_ENGINE = Setting("SYNTHEA_SPARK_ENGINE", "sail", "Where Spark layers run: sail, local-jvm, glue or emr-serverless.")
 GLUE_JOB_PREFIX = Setting("SYNTHEA_GLUE_JOB_PREFIX", "synthea-pipeline",
                           "Glue job names are <prefix>-staging and <prefix>-marts (created by `deploy`).")
@@ -58,13 +63,15 @@ ATHENA_WORKGROUP = Setting("SYNTHEA_ATHENA_WORKGROUP", "synthea-pipeline", "Athe
 ATHENA_OUTPUT = Setting("SYNTHEA_ATHENA_OUTPUT", "",
                         "s3:// location of Athena query results when the workgroup sets none.")
 
-SETTINGS = (LAKE_ROOT, UPLOAD_QUIET_SECONDS, UPLOAD_SENSOR_BUDGET_SECONDS, SPARK_ENGINE, GLUE_JOB_PREFIX, PIPES_URI,
+SETTINGS = (LAKE_ROOT, UPLOAD_QUIET_SECONDS, UPLOAD_SENSOR_BUDGET_SECONDS, HISTORY_SHRINK_LIMIT, SPARK_ENGINE,
+            GLUE_JOB_PREFIX, PIPES_URI,
             CODE_URI, EMR_APPLICATION_ID, EMR_EXECUTION_ROLE_ARN, EMR_SPARK_SUBMIT_PARAMETERS, STAGING_DATABASE_NAME,
             MARTS_DATABASE_NAME, ATHENA_WORKGROUP, ATHENA_OUTPUT)
 
 
 LAKE_FIELDS = {"root": LAKE_ROOT, "upload_quiet_seconds": UPLOAD_QUIET_SECONDS,
-               "upload_sensor_budget_seconds": UPLOAD_SENSOR_BUDGET_SECONDS}
+               "upload_sensor_budget_seconds": UPLOAD_SENSOR_BUDGET_SECONDS,
+               "history_shrink_limit_percent": HISTORY_SHRINK_LIMIT}
 SPARK_FIELDS = {"engine": SPARK_ENGINE, "glue_job_prefix": GLUE_JOB_PREFIX, "pipes_uri": PIPES_URI,
                 "code_uri": CODE_URI, "emr_application_id": EMR_APPLICATION_ID,
                 "emr_execution_role_arn": EMR_EXECUTION_ROLE_ARN,

@@ -33,6 +33,10 @@ UNKNOWN_MEMBER_KEY = "unknown"
 """The key of the marts' unknown members; an id with this value is not staged (it is reserved)."""
 
 
+PATIENT_COLUMNS = ("patient", "patientid", "patient_id")
+"""The canonical names Synthea gives the column that names a row's patient."""
+
+
 def release_index(release: str) -> int:
     return RELEASES.index(release)
 
@@ -104,6 +108,22 @@ class Table:
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def patient_column(self) -> str | None:
+        """The column naming the patient a row belongs to (`id` of patients itself); None for the tables every
+        Synthea run shares (providers, organizations, payers)."""
+        if self.name == "patients":
+            return "id"
+        return next((c for c in PATIENT_COLUMNS if c in self.column_index), None)
+
+    def written_by(self, release: str) -> bool:
+        """Whether `release` (one, or a range such as `3.3-3.4`: its first) writes this table by default; for an
+        `unknown` release, whether any release does."""
+        first = release.split("-", 1)[0]
+        if first not in RELEASES:
+            return self.default
+        return self.default and release_index(first) >= release_index(self.since)
 
     @property
     def has_natural_key(self) -> bool:
@@ -573,6 +593,24 @@ DEFAULT_TABLES = tuple(name for name, t in TABLES.items() if t.default)
 """The 18 tables Synthea writes by default; every table in TABLES is staged when an upload has it."""
 
 
+def _release_range(releases: set[str]) -> str:
+    ordered = sorted(releases, key=release_index)
+    return ordered[0] if len(ordered) == 1 else f"{ordered[0]}-{ordered[-1]}"
+
+
+def release_note(headers: dict[str, list[str]]) -> str:
+    """Why `detect_release` names no release (empty when it names one): the tables' headers match different
+    releases (an export edited, merged from two runs, or from a fork), or none."""
+    if detect_release(headers) != "unknown":
+        return ""
+    groups: dict[str, list[str]] = {}
+    for table, header in headers.items():
+        matching = TABLES[table].releases_matching(header)
+        groups.setdefault(_release_range(matching) if matching else "no release", []).append(table)
+    parts = [f"{', '.join(sorted(tables))} match {releases}" for releases, tables in sorted(groups.items())]
+    return "the tables' headers match different Synthea releases: " + "; ".join(parts)
+
+
 def detect_release(headers: dict[str, list[str]]) -> str:
     """Name the Synthea release(s) consistent with every table's header, e.g. "2.7" or "3.3-3.4"."""
     candidates = set(RELEASES)
@@ -580,7 +618,4 @@ def detect_release(headers: dict[str, list[str]]) -> str:
         matching = TABLES[table].releases_matching(header)
         if matching:
             candidates &= matching
-    if not candidates:
-        return "unknown"
-    ordered = sorted(candidates, key=release_index)
-    return ordered[0] if len(ordered) == 1 else f"{ordered[0]}-{ordered[-1]}"
+    return _release_range(candidates) if candidates else "unknown"

@@ -2,8 +2,12 @@ import csv
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,19 +32,103 @@ BAD_START = "2020-13-45T99:00:00Z"
 MEMORY_FILESYSTEM = Path("/dev/shm")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def pytest_configure(config):
     """Lakes, Dagster instances and `dagster dev` homes of the tests live on the machine's memory filesystem when
     it has one (and TMPDIR is not set): Dagster's SQLite storage commits every event to disk, which made each
-    pipeline run about a quarter slower on these machines. Still real files, real SQLite."""
+    pipeline run about a quarter slower on these machines. Still real files, real SQLite.
+
+    SIGINT and SIGTERM interrupt the run in the main process and in every xdist worker (processes started from
+    some shells and CI inherit both ignored), so fixtures unwind: servers stopped, lakes and instances deleted."""
     if "TMPDIR" not in os.environ and MEMORY_FILESYSTEM.is_dir() and os.access(MEMORY_FILESYSTEM, os.W_OK):
         os.environ["TMPDIR"] = str(MEMORY_FILESYSTEM)
         tempfile.tempdir = None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """An interrupted run deletes its `tmp_path` folders too (a finished one keeps only the failed tests', see
+    `tmp_path_retention_policy`): with the lakes on the memory filesystem they would hold memory until reboot."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED and not hasattr(session.config, "workerinput"):
+        factory = session.config._tmp_path_factory
+        if factory._basetemp is not None and factory._given_basetemp is None:
+            shutil.rmtree(factory._basetemp, ignore_errors=True)
+
+
+def group_members(group: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            members.append(int(entry))
+    return members
+
+
+def stop_group(process: subprocess.Popen, grace_seconds: float = 20) -> None:
+    """SIGTERM to the process group a server leads, SIGKILL to what is left after the grace period."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if group_members(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@contextmanager
+def server_process(command: list[str], log: Path, env: dict, cwd: Path) -> Iterator[subprocess.Popen]:
+    """A server (`dagster dev`, a daemon, a code server) in a process group of its own, logging to `log`; stopped
+    with everything it started when the block ends, however it ends (an interrupted test run included). It takes
+    SIGINT and SIGTERM by default: `pytest_configure` handles both here, and handled signals reset on exec (ignored
+    ones would not)."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop_group(process)
+
+
+def wait_for(condition: Callable, what: str, processes: list[subprocess.Popen], timeout: float = 900):
+    """Polls `condition` until it returns something true, failing when a server exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert all(p.poll() is None for p in processes), f"a server exited while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return result
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def zipped(sample: Path, archive: Path, folder: str = "csv") -> Path:
+    """A sample as the public Synthea data sets ship it: a zip with the CSV files in a folder (`csv/`)."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "a", zipfile.ZIP_DEFLATED) as out:
+        for file in sorted(sample.glob("*.csv")):
+            out.write(file, f"{folder}/{file.name}")
+    return archive
 
 
 def write_rows(path, header, rows):

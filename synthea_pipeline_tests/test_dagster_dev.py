@@ -1,13 +1,14 @@
 """The project under a real `dagster dev` (webserver, daemon, sensors, declarative automation, run queue, run
-monitoring), with the instance configured by the repository's `dagster.yaml`: ten uploads landing at once become
-ten successful runs to staging, each tagged as the sensor's, then one automation run that builds all of them into
-the marts; a run whose worker is killed is marked failed by the `dead_runs` sensor instead of staying STARTED."""
+monitoring), with the instance configured by the repository's `dagster.yaml`, over a lake where an upload was
+removed with another Dagster instance: ten uploads landing at once become ten successful runs to staging, each
+tagged as the sensor's, then one automation run that builds all of them into the marts, and the removed upload is
+neither run nor registered; uploaded again, it runs, and when its worker is killed the `dead_runs` sensor marks the
+run failed instead of leaving it STARTED."""
 
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,15 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultRunLaunc
 from synthea_pipeline.dead_runs import run_worker
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
+from synthea_pipeline.runs import remove, run_upload
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline_tests.conftest import SAMPLES, free_port
+from synthea_pipeline_tests.conftest import SAMPLES, free_port, fresh_instance, server_process, wait_for
 
 pytestmark = pytest.mark.slow  # dagster dev and its runs
 
 REPOSITORY = Path(__file__).parents[1]
 UPLOADS = [f"ward-{n}" for n in range(10)]
-WAIT_SECONDS = 900
+REMOVED = "ward-removed"
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 AUTOMATION_RUNS = RunsFilter(tags={AUTOMATION_TAG: "true"})
 
@@ -33,37 +35,25 @@ def upload(source: Path, upload_id: str, lake: Lake, env: dict) -> None:
                     "--upload-id", upload_id], env=env, check=True, capture_output=True, timeout=120)
 
 
-def wait_for(condition, what: str, process: subprocess.Popen):
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not (result := condition()):
-        assert process.poll() is None, "dagster dev exited"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-    return result
-
-
 @pytest.fixture
 def dagster_dev(tmp_path):
-    """`dagster dev` on a free port with the repository's dagster.yaml (its storage moved under tmp_path)."""
+    """`dagster dev` on a free port with the repository's dagster.yaml (its storage moved under tmp_path), over a
+    lake holding `REMOVED`, processed and then removed (without --purge-source) by another instance, and ten
+    uploads waiting in `source/`."""
     home = tmp_path / "home"
     home.mkdir()
     config = (REPOSITORY / "dagster.yaml").read_text().replace("base_dir: .dagster", f"base_dir: {home / 'storage'}")
     (home / "dagster.yaml").write_text(config)
     lake = Lake(str(tmp_path / "lake"))
+    with fresh_instance() as old_instance:
+        assert run_upload(str(SAMPLES["2.7"]), lake.root, REMOVED, instance=old_instance).success
+        assert remove(REMOVED, lake.root, instance=old_instance).success
     env = {**os.environ, "DAGSTER_HOME": str(home), "SYNTHEA_LAKE_ROOT": lake.root}
     for n, upload_id in enumerate(UPLOADS):
         upload(list(SAMPLES.values())[n % len(SAMPLES)], upload_id, lake, env)
-    with open(tmp_path / "dagster-dev.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions",
-                                    "-p", str(free_port())], cwd=tmp_path, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        instance = DagsterInstance.from_config(str(home))
-        yield process, instance, lake, env
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions", "-p", str(free_port())]
+    with server_process(command, tmp_path / "dagster-dev.log", env, tmp_path) as process:
+        yield process, DagsterInstance.from_config(str(home)), lake, env
 
 
 def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
@@ -74,8 +64,8 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
         runs = instance.get_runs(RunsFilter(job_name="stage_upload"))
         return runs if len(runs) == len(UPLOADS) and all(r.status in FINISHED for r in runs) else None
 
-    runs = wait_for(finished_runs, "ten finished runs", process)
-    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(UPLOADS)
+    runs = wait_for(finished_runs, "ten finished runs", [process])
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(UPLOADS)  # not the removed upload
     assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(UPLOADS)
     assert {r.tags.get(ORIGIN_TAG) for r in runs} == {"sensor"}
 
@@ -85,7 +75,7 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
 
     # One build, or two when a tick sees the last staging commit only after it requested the first
     # (`automation.after_staging` then builds it again rather than risk leaving it out): seen once under CI load.
-    builds = wait_for(built_marts, "the marts built by automation", process)
+    builds = wait_for(built_marts, "the marts built by automation", [process])
     assert 1 <= len(builds) <= 2
     assert all(b.status == DagsterRunStatus.SUCCESS and b.tags.get(ORIGIN_TAG) == "automation" for b in builds)
     assert 1 <= len(instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=10).records) <= 2
@@ -97,14 +87,18 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
         in_marts = engine.sql("SELECT count(*) FROM synthea_marts.patient_fact WHERE patient_key <> 'unknown'"
                               ).fetchone()[0]
     assert in_marts == patients
+    assert REMOVED not in instance.get_dynamic_partitions("uploads")
+    states = CatalogResource().upload_states(lake)
+    assert states[REMOVED]["state"] == "removed" and states[REMOVED]["patients"] is None
 
-    upload(SAMPLES["3.0"], "ward-late", lake, env)
+    upload(SAMPLES["3.0"], REMOVED, lake, env)  # an explicit new upload brings it back
     late = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload",
                                                                       statuses=[DagsterRunStatus.STARTED]))
-                             if run_worker(instance, r)], "the late upload's run to start", process)[0]
+                             if run_worker(instance, r)], "the re-uploaded upload's run to start", [process])[0]
+    assert late.tags["dagster/partition"] == REMOVED
     os.kill(run_worker(instance, late)[0], signal.SIGKILL)
     status = wait_for(lambda: instance.get_run_by_id(late.run_id).status in FINISHED and
-                      instance.get_run_by_id(late.run_id).status, "the dead_runs sensor", process)
+                      instance.get_run_by_id(late.run_id).status, "the dead_runs sensor", [process])
     assert status == DagsterRunStatus.FAILURE
     assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
     late_created = instance.get_run_record_by_id(late.run_id).create_timestamp

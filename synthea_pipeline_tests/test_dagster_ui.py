@@ -17,6 +17,7 @@ from dagster_graphql.test.utils import define_out_of_process_context, execute_da
 from synthea_pipeline import definitions
 from synthea_pipeline.assets.specs import code_version
 from synthea_pipeline.definitions import defs
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.run_tags import ENGINE_TAG, LAKE_TAG, ORIGIN_TAG
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
@@ -163,7 +164,8 @@ def test_query_into_a_closed_pipe_ends_quietly(cli_run):
 
 def test_the_sensor_counts_uploads_it_already_processed(cli_run):
     instance, lake_root, _ = cli_run
-    context = build_sensor_context(instance=instance, resources={"lake": LakeResource(root=lake_root)})
+    context = build_sensor_context(instance=instance,
+                                   resources={"lake": LakeResource(root=lake_root), "catalog": CatalogResource()})
     result = upload_sensor(context)
     assert result.run_requests == []
     reason = result.skip_reason.skip_message

@@ -5,6 +5,7 @@ on these machines (no engine): its commands are recorded, not run."""
 
 import base64
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from synthea_pipeline.cli import main
 from synthea_pipeline.deploy_dagster import (
     DEPLOY_OPTIONS,
     DeployError,
@@ -113,3 +115,20 @@ def test_deploy_dagster_refuses_a_missing_lake_stack_or_checkout(moto_endpoint, 
         deploy_dagster("dagster", "lake", "vpc-1", ["subnet-a"], "10.0.0.0/16", repository=tmp_path)
     with pytest.raises(DeployError, match="lake stack nowhere not found"):
         deploy_dagster("dagster", "nowhere", "vpc-1", ["subnet-a"], "10.0.0.0/16", repository=REPOSITORY)
+
+
+def test_a_dry_run_needs_no_credentials_and_no_lake_stack(monkeypatch, tmp_path, capsys):
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.chdir(REPOSITORY)
+    assert main(["deploy-dagster", "--vpc-id", "vpc-1", "--subnets", "subnet-a,subnet-b", "--allowed-cidr",
+                 "10.0.0.0/16", "--tag", "t1", "--dry-run"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "dry run, nothing built, pushed or deployed"
+    assert printed[1].startswith("note: lake stack synthea-pipeline not read (")  # no credentials, or no network
+    assert printed[2] == "image: <account>.dkr.ecr.<region>.amazonaws.com/synthea-pipeline:t1"
+    assert "  LakeBucket = <output LakeBucket of synthea-pipeline>" in printed
+    assert "  VpcId = vpc-1" in printed

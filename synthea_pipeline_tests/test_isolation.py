@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter
 
-from synthea_pipeline.cli import main
+from synthea_pipeline.cli import _print_report, main
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline.transforms.marts import MARTS, UNKNOWN_KEY
+from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS, UNKNOWN_KEY
 from synthea_pipeline_tests.conftest import BAD_START, SAMPLES, catalog_rows, defective_export, mart, read_rows
 
 
@@ -105,6 +105,41 @@ def test_marts_hold_every_patient_of_every_upload(built, capsys):
     assert keys == expected | {UNKNOWN_KEY}
     [[patients]] = query(capsys, lake, f"SELECT count(*) FROM patient_fact WHERE patient_key <> '{UNKNOWN_KEY}'")
     assert int(patients) == len(expected)
+
+
+def test_unknown_members_are_conformed_so_every_join_of_the_star_keeps_them(built, capsys):
+    lake = built["lake"]
+    for name, references in FOREIGN_KEYS.items():
+        if "is_unknown" in MARTS[name].column_names:
+            [member] = [row for row in mart(lake, name).to_pylist() if row["is_unknown"]]
+            assert member[MARTS[name].key] == UNKNOWN_KEY
+            assert {column: member[column] for column in references} == dict.fromkeys(references, UNKNOWN_KEY)
+        for column, target in references.items():
+            [[joined, referencing]] = query(capsys, lake, f"""
+                SELECT (SELECT count(*) FROM {name} AS m JOIN {target} AS t ON m.{column} = t.{MARTS[target].key}),
+                       (SELECT count(*) FROM {name} WHERE {column} IS NOT NULL)""")
+            assert joined == referencing, (name, column)
+    [[through_encounters, conditions]] = query(capsys, lake, """
+        SELECT (SELECT count(*) FROM condition_dim AS c JOIN encounter_dim AS e ON c.encounter_key = e.encounter_key
+                JOIN patient_fact AS p ON e.patient_key = p.patient_key),
+               (SELECT count(*) FROM condition_dim)""")
+    assert through_encounters == conditions
+    [[members, unknown, in_views]] = query(capsys, lake, """
+        SELECT count(*) FILTER (WHERE NOT is_unknown), count(*) FILTER (WHERE is_unknown),
+               (SELECT sum(patients) FROM bi_demographics) FROM patient_fact""")
+    assert (members, unknown) == (in_views, "1")
+
+
+def test_a_run_prints_the_warnings_of_its_own_upload_naming_it(built, capsys):
+    report = built["reports"]["partial"]
+    assert set(report.warnings["marts/condition_dim:dated_like_encounter"]["by_upload"]) >= {"clean", "partial"}
+    _print_report(report, built["lake"].root, verbose=False)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert warnings and all(line.startswith("warning: upload partial: ") for line in warnings)
+    conditions = report.warnings["marts/condition_dim:references_known"]["by_upload"]["partial"]["encounter_key"]
+    assert f"warning: upload partial: marts/condition_dim:references_known: encounter_key {conditions}" in warnings
+    assert "warning: upload partial: staging/patients:export_complete: absent_tables ['encounters']" in " ".join(
+        warnings)
 
 
 def test_orphans_of_a_partial_export_point_to_unknown_members_and_are_counted(built, capsys):

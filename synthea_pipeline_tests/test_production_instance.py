@@ -5,10 +5,8 @@ and the marts automation, then a backfill of it. The ECS launcher's own configur
 the run task definition the orchestrator template declares."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -23,7 +21,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
 from synthea_pipeline.runs import backfill
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, free_port
+from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, free_port, server_process, wait_for
 from synthea_pipeline_tests.postgres import postgres_server
 from synthea_pipeline_tests.test_deploy_infra import IMAGE
 
@@ -81,29 +79,6 @@ def compute_log_keys(database: str) -> list[str]:
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
-def wait_for(condition, what: str, processes: list[subprocess.Popen]):
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not (result := condition()):
-        assert all(p.poll() is None for p in processes), f"a server exited while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-    return result
-
-
-def start(command: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def test_an_upload_by_the_sensor_under_the_daemon_then_a_backfill(production_home, postgres, tmp_path):
     """The code server runs the Dockerfile's CMD (its port moved to a free one); the daemon reads
     deploy/workspace.yaml (the same port change) and finds the server at DAGSTER_CODE_SERVER_HOST. The sensor's
@@ -126,23 +101,20 @@ def test_an_upload_by_the_sensor_under_the_daemon_then_a_backfill(production_hom
                    timeout=120)
     command = image_command()
     command[command.index("--port") + 1] = str(port)
-    code_server = start(command, tmp_path / "code-server.log", env, tmp_path)
-    daemon = start([installed("dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")],
-                   tmp_path / "daemon.log", env, tmp_path)
-    try:
+    with server_process(command, tmp_path / "code-server.log", env, tmp_path) as code_server, \
+            server_process([installed("dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")],
+                           tmp_path / "daemon.log", env, tmp_path) as daemon:
         staged = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload"))
-                                   if r.status in FINISHED], "the sensor's run", [code_server, daemon])
+                                   if r.status in FINISHED], "the sensor's run", [code_server, daemon], WAIT_SECONDS)
         assert [(r.status, r.tags["dagster/partition"], r.tags.get(ORIGIN_TAG)) for r in staged] == [
             (DagsterRunStatus.SUCCESS, "ward-s", "sensor")]
         builds = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(tags={AUTOMATION_TAG: "true"}))
-                                   if r.status in FINISHED], "the marts built by automation", [code_server, daemon])
+                                   if r.status in FINISHED], "the marts built by automation", [code_server, daemon],
+                          WAIT_SECONDS)
         # One build, or two when a tick sees the staging commit only after requesting the first (test_dagster_dev).
         assert 1 <= len(builds) <= 2 and all(b.status == DagsterRunStatus.SUCCESS for b in builds)
         ticks = postgres.query(database, "SELECT count(*) FROM job_ticks WHERE job_origin_id IS NOT NULL")
         assert ticks[0][0] > 0  # the sensor's ticks are kept in Postgres
-    finally:
-        stop(daemon)
-        stop(code_server)
 
     reports = backfill(None, lake.root, instance=instance)
     assert [(r.upload_id, r.success) for r in reports] == [("ward-s", True)]

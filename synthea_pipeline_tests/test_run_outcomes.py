@@ -4,12 +4,15 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from synthea_pipeline.cli import _age, _duration, main
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.runs import run_upload
-from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline.transforms.lake import Lake, aws_client, aws_region
 from synthea_pipeline.transforms.storage import LocalStorage
 from synthea_pipeline.transforms.uploads import upload_export
 from synthea_pipeline_tests.conftest import SAMPLES, quarantined, read_rows, staged
@@ -92,7 +95,9 @@ def test_missing_required_column_fails_the_run_naming_table_file_and_line(instan
          "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)")
     ]
     assert not Path(tmp_path / "lake" / "raw").exists(), "a table that cannot be read fails the run before any data is read"
-    assert not Path(tmp_path / "lake" / "staging").exists()
+    assert [p.name for p in (tmp_path / "lake" / "staging").iterdir()] == ["uploads"]  # the log says it failed
+    state = CatalogResource().upload_states(Lake(str(tmp_path / "lake")))["bad-header"]
+    assert (state["state"], state["last_run_note"]) == ("failed", report.errors[0])
 
 
 def cli(*args, cwd, env=None):
@@ -135,7 +140,40 @@ def test_cli_failure_exits_1_with_the_reason(tmp_path, export):
     result = cli("run", str(export), "--lake", str(tmp_path / "lake"), cwd=tmp_path)
     assert result.returncode == 1
     assert "error: table patients: patients.csv, line 1: header is not UTF-8 text" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 2, result.stderr
+    assert "--verbose prints it here" in result.stderr.splitlines()[-1]
+
+
+def test_command_line_mistakes_get_one_line_that_says_what_to_do(tmp_path, capsys):
+    lake = str(tmp_path / "lake")
+    mistakes = {
+        ("query", "", "--lake", lake): 'no SQL given: pass a statement, e.g. synthea-pipeline query "SELECT',
+        ("backfill", "--all", "ward", "--lake", lake): "pass either upload ids or --all, not both",
+        ("backfill", "--lake", lake): "name the uploads to recompute (`synthea-pipeline uploads` lists them)",
+        ("run", str(SAMPLE / "patients.csv"), "--lake", lake): "is a file: pass the folder of the export",
+    }
+    for arguments, message in mistakes.items():
+        assert main(list(arguments)) == 2, arguments
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and error.count("\n") == 1, error
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0
+    assert capsys.readouterr().out == f"synthea-pipeline {metadata.version('synthea-pipeline')} (dagster 1.13.27)\n"
+
+
+def test_durations_print_as_they_are_given():
+    assert [_age(_duration(text)) for text in ("7d", "12h", "90m", "0s", "1.5d")] == ["7d", "12h", "90m", "0s", "36h"]
+
+
+def test_the_aws_region_resolves_as_the_aws_sdks_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert aws_region() == "eu-west-3" == aws_client("s3").meta.region_name
+    monkeypatch.delenv("AWS_REGION")
+    assert aws_region() == "us-west-2" == aws_client("glue").meta.region_name
 
 
 def test_definitions_load_without_credentials_or_network(tmp_path):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from synthea_pipeline.tables import DEFAULT_TABLES, RELEASES, TABLES, detect_release
+from synthea_pipeline.tables import DEFAULT_TABLES, RELEASES, TABLES, detect_release, release_note
 from synthea_pipeline_tests.conftest import FIXTURES, SAMPLES, read_rows
 
 REFERENCE_RELEASES = {"2.5.0": "2.5", "2.6.0": "2.6", "2.6.1": "2.6", "2.7.0": "2.7", "3.0.0": "3.0", "3.1.0": "3.1",
@@ -74,3 +74,13 @@ def test_optional_columns_are_mapped_and_do_not_change_the_release():
     match = TABLES["conditions"].match_header(header)
     assert match.mapping["ICD10_CODE"] == "icd10_code" and not match.unknown
     assert TABLES["conditions"].releases_matching(header) == {"3.3", "3.4", "4.1"}
+
+
+def test_an_unknown_release_says_which_tables_disagree():
+    headers = {"patients": read_rows(SAMPLES["2.7"] / "patients.csv")[0],
+               "encounters": read_rows(SAMPLES["2.7"] / "encounters.csv")[0],
+               "providers": read_rows(SAMPLES["3.3-3.4"] / "providers.csv")[0]}
+    assert detect_release(headers) == "unknown"
+    assert release_note(headers) == ("the tables' headers match different Synthea releases: patients match 2.5-3.0; "
+                                     "encounters match 2.6-4.1; providers match 3.2-3.4")
+    assert release_note({"patients": headers["patients"]}) == ""

@@ -8,20 +8,24 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import boto3
 import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterResourceFunctionError, build_sensor_context
 from pydantic import ValidationError
 
+from synthea_pipeline.cli import main
+from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.sensors import build_upload_sensor, upload_sensor
 from synthea_pipeline.settings import UPLOAD_SENSOR_BUDGET_SECONDS
 from synthea_pipeline.transforms.storage import S3Storage, UploadVerificationError, digest_file, storage_for
 from synthea_pipeline.transforms.uploads import UploadWatcher, upload_export
-from synthea_pipeline_tests.conftest import SAMPLES, fresh_instance
+from synthea_pipeline_tests.conftest import SAMPLES, fresh_instance, zipped
 
 SMALL_TABLES = ("patients.csv", "organizations.csv", "providers.csv", "payers.csv")
 
@@ -38,7 +42,8 @@ def small_export(tmp_path):
 
 def tick(instance, lake_root, cursor=None, quiet_seconds=300):
     lake = LakeResource(root=lake_root, upload_quiet_seconds=quiet_seconds)
-    context = build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
+    context = build_sensor_context(instance=instance, cursor=cursor,
+                                   resources={"lake": lake, "catalog": CatalogResource()})
     return upload_sensor(context)
 
 
@@ -341,7 +346,8 @@ def test_the_sensor_splits_its_budget_between_inspecting_and_handing_out(instanc
     lake = LakeResource(root=lake_root, upload_sensor_budget_seconds=5)
     requested, cursor = [], None
     for _ in range(3):
-        result = budgeted_sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake}))
+        result = budgeted_sensor(build_sensor_context(instance=instance, cursor=cursor,
+                                                      resources={"lake": lake, "catalog": CatalogResource()}))
         requested.append([r.partition_key for r in result.run_requests])
         cursor = result.cursor
     # Of 5 s, the watcher inspects until 2.5 s (three uploads), the sensor hands out two and holds one back.
@@ -356,7 +362,8 @@ def test_the_budget_must_be_positive(instance, tmp_path, monkeypatch):
     lake = LakeResource(root=str(tmp_path / "lake"),
                         upload_sensor_budget_seconds=UPLOAD_SENSOR_BUDGET_SECONDS.resource_value())
     with pytest.raises(DagsterResourceFunctionError) as refused:
-        upload_sensor(build_sensor_context(instance=instance, resources={"lake": lake}))
+        upload_sensor(build_sensor_context(instance=instance,
+                                           resources={"lake": lake, "catalog": CatalogResource()}))
     assert "upload_sensor_budget_seconds must be positive, not 0" in str(refused.value.__cause__)
 
 
@@ -370,3 +377,24 @@ def test_sensor_watches_a_local_lake_too(instance, tmp_path, small_export):
     upload_export(str(small_export), storage_for(f"{lake}/source"), "local-1")
     [rerun] = tick(instance, lake, first.cursor).run_requests
     assert rerun.partition_key == "local-1" and rerun.run_key != first.run_requests[0].run_key
+
+
+def test_a_zip_of_an_export_uploads_like_its_folder(tmp_path, capsys):
+    archive = zipped(SAMPLES["2.7"], tmp_path / "synthea_sample_data_csv_apr2020.zip")
+    assert main(["upload", str(archive), "--to", str(tmp_path / "source")]) == 0
+    stored = tmp_path / "source" / "synthea_sample_data_csv_apr2020"
+    assert f"to {stored}/" in capsys.readouterr().out
+    originals = sorted(SAMPLES["2.7"].glob("*.csv"))
+    assert sorted(p.name for p in stored.iterdir()) == [p.name for p in originals]
+    assert all((stored / p.name).read_bytes() == p.read_bytes() for p in originals)
+    assert list(Path(tempfile.gettempdir()).glob("synthea-export-*")) == []  # the extracted copy is gone
+
+
+def test_a_single_csv_or_a_zip_of_two_exports_is_refused_saying_what_to_pass(tmp_path, capsys):
+    assert main(["upload", str(SAMPLES["2.7"] / "patients.csv"), "--to", str(tmp_path / "source")]) == 2
+    assert "is a file: pass the folder of the export (Synthea's output/csv) or a .zip of it" in capsys.readouterr().err
+    two = zipped(SAMPLES["3.0"], zipped(SAMPLES["2.7"], tmp_path / "two.zip", "a/csv"), "b/csv")
+    assert main(["upload", str(two), "--to", str(tmp_path / "source")]) == 2
+    assert "2 folders with patients.csv (a/csv, b/csv); a zip must hold one Synthea CSV export" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "source").exists()

@@ -20,11 +20,18 @@ from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
-from synthea_pipeline.run_tags import CHECKSUM_TAG
+from synthea_pipeline.run_tags import CHECKSUM_TAG, CLI_RUN, origin_of
 from synthea_pipeline.tables import TABLES, Table
 from synthea_pipeline.transforms.layers import SCHEMA_KEY, table_schema
 from synthea_pipeline.transforms.raw import find_source_files, upload_release
-from synthea_pipeline.transforms.uploads import UPLOADING_SUFFIX, missing_or_different, read_manifest
+from synthea_pipeline.transforms.uploads import (
+    REPLACE_FIELD,
+    UPLOADING_SUFFIX,
+    missing_or_different,
+    read_manifest,
+    removal_holds,
+    removal_notice,
+)
 
 STAGING_CHECKS = {
     "rows_reconcile": "Rows in = rows out + quarantined + duplicates dropped.",
@@ -36,6 +43,16 @@ STAGING_WARNINGS = {
     "no_quarantined_rows": "Every row was staged or dropped as an exact duplicate (warning: quarantined rows, "
     "with their reasons, are in the quarantine table).",
 }
+UPLOAD_WARNINGS = {
+    "history_preserved": "Upload-level: the commit removes no history it supersedes (patients moving from earlier "
+    "uploads or from the upload's previous load): no table they had is absent, no file is cut, no table of their "
+    "history shrinks beyond the lake's limit. Unconfirmed (`--replace`) losses refuse the commit; confirmed ones "
+    "warn here.",
+    "export_complete": "Upload-level: every table the upload's Synthea release writes by default is present "
+    "(warning: absent tables are empty for this upload).",
+}
+"""Checks of the whole upload, on `staging/patients` (every upload has patients)."""
+UPLOAD_CHECK_TABLE = "patients"
 
 
 def _spec(layer: str, table: Table, description: str, deps_layer: str | None, **metadata) -> AssetSpec:
@@ -63,9 +80,12 @@ def build_source_assets(tables: Sequence[str] = tuple(TABLES)):
         partitions_def=uploads_partitions,
         can_subset=True,
     )
-    def source_upload(context: AssetExecutionContext, lake: LakeResource) -> Iterator[MaterializeResult]:
+    def source_upload(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource
+                      ) -> Iterator[MaterializeResult]:
         """Takes stock of an upload: which tables have files, their headers and the Synthea release; an upload
-        whose manifest lists files that are absent or of another size fails here, before anything is read."""
+        whose manifest lists files that are absent or of another size fails here, before anything is read. An
+        upload the lake removed is skipped with every later step (a backfill of an instance that still lists it),
+        unless it was uploaded again since or `synthea-pipeline run` asks for it."""
         upload = context.partition_key
         upload_uri = lake.layout().source(upload)
         storage = lake.source_storage()
@@ -73,6 +93,10 @@ def build_source_assets(tables: Sequence[str] = tuple(TABLES)):
             raise Failure(f"upload {upload} is being uploaded ({upload}{UPLOADING_SUFFIX} present): run it once "
                           "the upload has finished")
         manifest = read_manifest(storage, upload)
+        state = catalog.upload_states(lake.layout()).get(upload)
+        if origin_of(context.run.tags) != CLI_RUN and removal_holds(state, manifest):
+            context.log.warning(f"upload {upload} skipped: {removal_notice(upload, state)}")
+            return
         if manifest is not None:
             problems = missing_or_different(manifest, list(storage.list_objects(upload)))
             if problems:
@@ -133,6 +157,11 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
                            partitions_def=uploads_partitions)
             for t in tables
             for name, description in STAGING_WARNINGS.items()
+        ]
+        + [
+            AssetCheckSpec(name, asset=AssetKey(["staging", UPLOAD_CHECK_TABLE]), description=description,
+                           partitions_def=uploads_partitions)
+            for name, description in UPLOAD_WARNINGS.items() if UPLOAD_CHECK_TABLE in tables
         ],
         partitions_def=uploads_partitions,
     )
@@ -145,12 +174,15 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
         cannot be read at all (a required column missing) fails the step before any data is read, naming table,
         file, line and reason."""
         databases = catalog.databases()
-        manifest = read_manifest(lake.source_storage(), context.partition_key)
+        manifest = read_manifest(lake.source_storage(), context.partition_key) or {}
         yield from spark.run_layer(context, "staging", {
             "lake_root": lake.layout().root,
             "upload_id": context.partition_key,
             "load_id": context.run_id,
-            "upload_checksum": manifest["checksum"] if manifest else context.run.tags.get(CHECKSUM_TAG),
+            "upload_checksum": manifest.get("checksum") or context.run.tags.get(CHECKSUM_TAG),
+            "upload_token": manifest.get("upload_token"),
+            "replace_history": bool(manifest.get(REPLACE_FIELD)),
+            "history_shrink_limit_percent": lake.history_shrink_limit_percent,
             "staging_database": databases.staging,
             "marts_database": databases.marts,
         })

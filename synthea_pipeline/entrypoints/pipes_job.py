@@ -22,6 +22,7 @@ from dagster_pipes import (
 from pyspark.sql import SparkSession
 
 from synthea_pipeline.transforms.iceberg import CATALOGS
+from synthea_pipeline.transforms.lake import aws_client
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed
 from synthea_pipeline.transforms.staging import configure
 
@@ -44,9 +45,7 @@ def report(pipes, item) -> None:
 
 
 def run_with_pipes(layer: str) -> int:
-    import boto3
-
-    s3 = boto3.client("s3")
+    s3 = aws_client("s3")
     params_loader = PipesCliArgsParamsLoader() if CLI_CONTEXT_ARGUMENT in sys.argv else PipesEnvVarParamsLoader()
     with open_dagster_pipes(params_loader=params_loader, context_loader=PipesS3ContextLoader(s3),
                             message_writer=PipesS3MessageWriter(s3, interval=2)) as pipes:

@@ -14,6 +14,9 @@ from pydantic import Field
 from synthea_pipeline.settings import ATHENA_OUTPUT, ATHENA_WORKGROUP, MARTS_DATABASE_NAME, STAGING_DATABASE_NAME
 from synthea_pipeline.transforms.bi import BI_VIEWS
 from synthea_pipeline.transforms.catalog import (
+    LAKE_TABLES,
+    UPLOAD_STATE_TABLES,
+    UPLOAD_STATES,
     Databases,
     as_of_query,
     athena_query,
@@ -23,7 +26,7 @@ from synthea_pipeline.transforms.catalog import (
     open_catalog,
     register_glue,
 )
-from synthea_pipeline.transforms.lake import Lake
+from synthea_pipeline.transforms.lake import Lake, aws_client
 from synthea_pipeline.transforms.marts import MARTS
 from synthea_pipeline.transforms.upkeep import GlueMetadata, LocalMetadata, TableUpkeep, expire_and_clean
 
@@ -46,16 +49,27 @@ class CatalogResource(ConfigurableResource):
         return Databases(staging=self.staging_database, marts=self.marts_database)
 
     def aws_client(self, service: str):
-        import boto3
+        return aws_client(service)
 
-        return boto3.client(service)
-
-    def open(self, lake: Lake, as_of: dt.datetime | None = None) -> duckdb.DuckDBPyConnection:
-        """The embedded engine over the lake's Iceberg tables with every catalog view (as at `as_of`)."""
+    def open(self, lake: Lake, as_of: dt.datetime | None = None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES
+             ) -> duckdb.DuckDBPyConnection:
+        """The embedded engine over the lake's Iceberg tables (those of `tables`) with every catalog view they
+        allow (as at `as_of`)."""
         databases = self.databases()
         iceberg = databases.iceberg_lake(lake.root, "glue" if lake.on_s3 else "path")
-        sources = iceberg_sources(iceberg, self.aws_client("glue") if lake.on_s3 else None)
+        sources = iceberg_sources(iceberg, self.aws_client("glue") if lake.on_s3 else None, tables)
         return open_catalog(iceberg, databases, sources, as_of=as_of)
+
+    def upload_states(self, lake: Lake) -> dict[str, dict]:
+        """Every upload the lake's uploads log knows, by id, as the `upload_states` view gives it: read from the
+        Iceberg tables themselves (not the catalog file or Athena), so a sensor tick or a command sees the log as
+        it is now."""
+        view = f"{self.databases().staging}.{UPLOAD_STATES}"
+        with self.open(lake, tables=UPLOAD_STATE_TABLES) as engine:
+            if (self.databases().staging, UPLOAD_STATES) not in defined_views(engine, self.databases()):
+                return {}
+            rows = engine.sql(f"SELECT * FROM {view} ORDER BY registered_at, upload_id").to_arrow_table().to_pylist()
+        return {row["upload_id"]: row for row in rows}
 
     @contextmanager
     def registered(self, lake: Lake) -> Iterator[tuple[duckdb.DuckDBPyConnection, dict[str, str]]]:

@@ -8,7 +8,12 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, field_validator
 
 from synthea_pipeline.run_tags import LAKE_TAG, ORIGIN_TAG, origin_of, tag_run
-from synthea_pipeline.settings import LAKE_ROOT, UPLOAD_QUIET_SECONDS, UPLOAD_SENSOR_BUDGET_SECONDS
+from synthea_pipeline.settings import (
+    HISTORY_SHRINK_LIMIT,
+    LAKE_ROOT,
+    UPLOAD_QUIET_SECONDS,
+    UPLOAD_SENSOR_BUDGET_SECONDS,
+)
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.storage import Storage, storage_for
 
@@ -21,6 +26,8 @@ class LakeResource(ConfigurableResource):
                                       description=UPLOAD_QUIET_SECONDS.description)
     upload_sensor_budget_seconds: int = Field(default=int(UPLOAD_SENSOR_BUDGET_SECONDS.default),
                                               description=UPLOAD_SENSOR_BUDGET_SECONDS.description)
+    history_shrink_limit_percent: int = Field(default=int(HISTORY_SHRINK_LIMIT.default), ge=0, le=100,
+                                              description=HISTORY_SHRINK_LIMIT.description)
 
     @field_validator("upload_sensor_budget_seconds", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ what the layer reported.
 - `glue` and `emr-serverless` run the layer's Pipes entry script (`synthea_pipeline/entrypoints/`) as one AWS
   Glue job run or one EMR Serverless job run, with context and messages exchanged through S3."""
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from synthea_pipeline.settings import (
     SPARK_ENGINE,
 )
 from synthea_pipeline.transforms.iceberg import GLUE_CATALOG, HADOOP_CATALOG
-from synthea_pipeline.transforms.lake import aws_endpoint
+from synthea_pipeline.transforms.lake import aws_client, aws_endpoint, aws_region
 from synthea_pipeline.transforms.layers import LAYERS, AssetReport, LayerFailed, Report
 from synthea_pipeline.transforms.staging import SPARK_CONF, configure
 
@@ -58,6 +59,10 @@ def _close_connect_clients_once() -> None:
 
 
 _close_connect_clients_once()
+if "SPARK_CONNECT_LOG_LEVEL" not in os.environ:
+    # pyspark's Spark Connect client logs every server error with a traceback once a logging configuration
+    # re-enables its logger; the error reaches the caller anyway, so only its message is shown.
+    logging.getLogger("pyspark.sql.connect.client.core").setLevel(logging.CRITICAL)
 
 ENGINES = ("sail", "local-jvm", "glue", "emr-serverless")
 REMOTE_ENGINES = ("glue", "emr-serverless")
@@ -92,9 +97,7 @@ def start_sail(glue_catalog: bool) -> tuple[object, str]:
     session's own, where path-based tables are registered."""
     os.environ.setdefault("RUST_LOG", "error")
     if glue_catalog:
-        import boto3
-
-        region = boto3.Session().region_name or "us-east-1"
+        region = aws_region()
         endpoint = aws_endpoint("glue")
         glue = f'{{type="glue", name="{GLUE_CATALOG}", region="{region}"' + (
             f', endpoint_url="{endpoint}"}}' if endpoint else "}")
@@ -124,15 +127,13 @@ def jvm_iceberg_conf(lake_root: str) -> dict[str, str]:
                 f"spark.sql.catalog.{HADOOP_CATALOG}": "org.apache.iceberg.spark.SparkCatalog",
                 f"spark.sql.catalog.{HADOOP_CATALOG}.type": "hadoop",
                 f"spark.sql.catalog.{HADOOP_CATALOG}.warehouse": os.path.abspath(lake_root)}
-    import boto3
-
     glue = f"spark.sql.catalog.{GLUE_CATALOG}"
     conf.update({
         glue: "org.apache.iceberg.spark.SparkCatalog",
         f"{glue}.catalog-impl": "org.apache.iceberg.aws.glue.GlueCatalog",
         f"{glue}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
         f"{glue}.warehouse": lake_root,
-        f"{glue}.client.region": boto3.Session().region_name or "us-east-1",
+        f"{glue}.client.region": aws_region(),
         "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
     })
     conf.update({f"spark.hadoop.fs.s3a.{key}": value for key, value in aws_credentials().items()})
@@ -253,9 +254,7 @@ class SparkResource(ConfigurableResource):
 
     def aws_client(self, service: str):
         """A boto3 client, built when a run needs it (credentials and region from the environment)."""
-        import boto3
-
-        return boto3.client(service)
+        return aws_client(service)
 
     def get_session(self, lake_root: str) -> SparkSession:
         """The engine's session for a lake; started once and reused by every layer of the run."""

@@ -25,7 +25,7 @@ SELECT
   CAST(SUM(p.encounter_count) AS BIGINT) AS encounters,
   SUM(p.total_claim_cost) AS total_claim_cost
 FROM {marts}.patient_fact AS p
-WHERE p.patient_key <> '{unknown}'
+WHERE NOT p.is_unknown
 GROUP BY p.age_band, p.gender
 """,
     "bi_encounter_trends": """
@@ -37,7 +37,7 @@ SELECT
   SUM(e.total_claim_cost) AS total_claim_cost,
   SUM(e.payer_coverage) AS payer_coverage
 FROM {marts}.encounter_dim AS e
-WHERE e.encounter_key <> '{unknown}'
+WHERE NOT e.is_unknown
 GROUP BY CAST(date_trunc('month', e.start_date) AS DATE), e.encounter_class
 """,
     "bi_diagnosis_breakdown": """
@@ -83,8 +83,8 @@ FROM {marts}.medication_dim AS m
 GROUP BY m.medication_code
 """,
 }
-"""Integer sums are cast to BIGINT, what Athena returns for them, so both engines give one schema. Patient and
-payer counts leave out the marts' unknown members. What each
+"""Integer sums are cast to BIGINT, what Athena returns for them, so both engines give one schema. Counts of
+patients, encounters and payers leave out the marts' unknown members (`is_unknown`, or a reference to one). What each
 view answers: demographics by age band and gender; encounters per month and class; the top
 conditions (by patients) by age band and gender; every medication with its cost, payer coverage and rank."""
 

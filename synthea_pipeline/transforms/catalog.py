@@ -43,7 +43,11 @@ from synthea_pipeline.transforms.iceberg import (
     UPLOADS,
     IcebergLake,
 )
-from synthea_pipeline.transforms.lake import aws_endpoint
+
+UPLOAD_STATES = "upload_states"
+"""The catalog view of every upload the uploads log knows, with its state (`loading`, `committed`, `failed`,
+`removed`), release, patients and times; `synthea-pipeline uploads` adds the ones still waiting in `source/`."""
+from synthea_pipeline.transforms.lake import aws_endpoint, aws_region
 from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS
 
 PRESTO_TYPES = {"string": "varchar", "int": "integer", "bigint": "bigint", "double": "double",
@@ -97,6 +101,61 @@ WHERE n = 1 AND action = 'committed'"""}
 SELECT {', '.join(f's.{_q(c)}' for c in columns)}
 FROM {iceberg}.{table} AS s
 JOIN {staging}.{UPLOADS} AS u ON s.upload_id = u.upload_id AND s.load_id = u.load_id"""
+    views[(staging, UPLOAD_STATES)] = f"""
+WITH loads AS (
+  SELECT upload_id, load_id,
+         MIN(CASE WHEN action = 'begun' THEN logged_at END) AS begun_at,
+         MAX(CASE WHEN action = 'committed' THEN logged_at END) AS committed_at,
+         MAX(CASE WHEN action = 'discarded' THEN logged_at END) AS discarded_at,
+         MAX(CASE WHEN action = 'discarded' THEN note END) AS discard_note
+  FROM {iceberg}.{UPLOADS}
+  WHERE action <> 'removed'
+  GROUP BY upload_id, load_id
+),
+last_load AS (
+  SELECT upload_id, begun_at AS last_run_at,
+         CASE WHEN committed_at IS NOT NULL THEN 'committed' WHEN discarded_at IS NOT NULL THEN 'failed'
+              ELSE 'loading' END AS last_run,
+         CASE WHEN committed_at IS NULL THEN discard_note END AS last_run_note
+  FROM (
+    SELECT l.*, ROW_NUMBER() OVER (PARTITION BY upload_id ORDER BY COALESCE(begun_at, committed_at) DESC, load_id DESC)
+           AS n
+    FROM loads AS l
+  ) AS ranked
+  WHERE n = 1
+),
+decisive AS (
+  SELECT upload_id, action, logged_at, registered_at, upload_checksum, synthea_release, upload_token, note
+  FROM (
+    SELECT l.*, ROW_NUMBER() OVER (PARTITION BY upload_id ORDER BY logged_at DESC, load_id DESC, action DESC) AS n
+    FROM {iceberg}.{UPLOADS} AS l
+    WHERE action IN ('committed', 'removed')
+  ) AS ranked
+  WHERE n = 1
+),
+patients AS (
+  SELECT upload_id, COUNT(*) AS patients FROM {staging}.patients GROUP BY upload_id
+)
+SELECT
+  u.upload_id,
+  CASE WHEN d.action = 'committed' THEN 'committed'
+       WHEN d.action = 'removed' AND (r.last_run_at IS NULL OR r.last_run_at <= d.logged_at) THEN 'removed'
+       ELSE r.last_run END AS state,
+  d.synthea_release,
+  p.patients,
+  CASE WHEN d.action = 'committed' THEN d.registered_at END AS registered_at,
+  CASE WHEN d.action = 'committed' THEN d.logged_at END AS committed_at,
+  CASE WHEN d.action = 'removed' THEN d.logged_at END AS removed_at,
+  CASE WHEN d.action = 'removed' THEN d.note END AS removal_note,
+  r.last_run,
+  r.last_run_at,
+  r.last_run_note,
+  d.upload_checksum,
+  d.upload_token
+FROM (SELECT DISTINCT upload_id FROM {iceberg}.{UPLOADS}) AS u
+LEFT JOIN last_load AS r ON r.upload_id = u.upload_id
+LEFT JOIN decisive AS d ON d.upload_id = u.upload_id
+LEFT JOIN patients AS p ON p.upload_id = u.upload_id"""
     marts = databases.marts
     views[(marts, "current_build")] = f"""
 SELECT build_id, logged_at AS committed_at, includes_identifiers
@@ -146,7 +205,7 @@ def s3_secret() -> str:
     session = boto3.Session()
     credentials = session.get_credentials().get_frozen_credentials()
     options = {"TYPE": "s3", "KEY_ID": credentials.access_key, "SECRET": credentials.secret_key,
-               "REGION": session.region_name or "us-east-1"}
+               "REGION": aws_region()}
     if credentials.token:
         options["SESSION_TOKEN"] = credentials.token
     endpoint = aws_endpoint("s3")
@@ -162,16 +221,20 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-LAKE_TABLES = ([(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)]
-               + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)])
+LAKE_TABLES = tuple([(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)]
+                    + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)])
+UPLOAD_STATE_TABLES = ((STAGING_LAYER, UPLOADS), (STAGING_LAYER, "patients"))
+"""The Iceberg tables the `upload_states` view reads."""
 """Every Iceberg table of a lake, as (layer, table)."""
 
 
-def iceberg_sources(lake: IcebergLake, glue=None) -> dict[tuple[str, str], str]:
-    """Where DuckDB reads each existing Iceberg table, by (layer, table): its folder for a local lake (a version
-    hint names the current metadata), the current metadata file the Glue Data Catalog names for a lake on S3."""
+def iceberg_sources(lake: IcebergLake, glue=None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES
+                    ) -> dict[tuple[str, str], str]:
+    """Where DuckDB reads each existing Iceberg table of `tables`, by (layer, table): its folder for a local lake
+    (a version hint names the current metadata), the current metadata file the Glue Data Catalog names for a lake
+    on S3."""
     sources = {}
-    for layer, table in LAKE_TABLES:
+    for layer, table in tables:
         if glue is None:
             if (Path(lake.location(layer, table)) / "metadata" / "version-hint.text").exists():
                 sources[(layer, table)] = lake.location(layer, table)

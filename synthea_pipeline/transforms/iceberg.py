@@ -44,7 +44,9 @@ ICEBERG_DATABASE_SUFFIX = "_iceberg"
 STAGING_LAYER, MARTS_LAYER = "staging", "marts"
 QUARANTINE, UPLOADS, BUILDS = "quarantine", "uploads", "builds"
 UPLOADS_COLUMNS = ("upload_id string, load_id string, action string, logged_at timestamp, registered_at timestamp, "
-                   "upload_checksum string, synthea_release string")
+                   "upload_checksum string, synthea_release string, upload_token string, note string")
+"""`upload_token` names the manifest a load was made from, or the one a removal took out; `note` says why a load
+was discarded or an upload removed."""
 BUILDS_COLUMNS = "build_id string, action string, logged_at timestamp, includes_identifiers boolean"
 MARTS_SUBJECT = "marts"
 """Builds are kept in the same shape as loads: one subject, the marts, whose versions are builds."""
@@ -112,9 +114,11 @@ class IcebergLake:
 
     def ensure(self, spark: SparkSession, layer: str, table: str, columns: str, partitioned_by: tuple[str, ...] = ()
                ) -> str:
-        """The table's identifier in this session, creating the table (empty) when it does not exist yet."""
+        """The table's identifier in this session, creating the table (empty) when it does not exist yet, and
+        adding the `columns` an existing table (written by an earlier version) lacks."""
         identifier = self.identifier(layer, table)
         if self.open(spark, layer, table):
+            self.add_missing_columns(spark, identifier, columns)
             return identifier
         partitioning = f" PARTITIONED BY ({', '.join(partitioned_by)})" if partitioned_by else ""
         location = "" if self.catalog == "hadoop" else f" LOCATION '{self.location(layer, table)}'"
@@ -131,6 +135,25 @@ class IcebergLake:
                 if not self.open(spark, layer, table):
                     raise
         return identifier
+
+    def add_missing_columns(self, spark: SparkSession, identifier: str, columns: str) -> list[str]:
+        """Iceberg schema evolution: adds the declared `columns` the table lacks (null in its earlier rows) in one
+        commit, and returns their names. JVM Spark alters the table; Sail, which has no `ALTER TABLE ... ADD
+        COLUMNS`, appends no rows with the declared schema, merging it into the table's."""
+        declared = spark.createDataFrame([], columns)
+        missing = [f for f in declared.schema if f.name not in spark.table(identifier).columns]
+        if not missing:
+            return []
+        with self.commit_lock(identifier):
+            missing = [f for f in missing if f.name not in spark.table(identifier).columns]
+            if not missing:
+                return []
+            added = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+            try:
+                spark.sql(f"ALTER TABLE {identifier} ADD COLUMNS ({added})")
+            except Exception:  # noqa: BLE001 - Sail: "unsupported ALTER TABLE operation"
+                retry(lambda: declared.writeTo(identifier).option("mergeSchema", "true").append())
+        return [f.name for f in missing]
 
     def append(self, frame: DataFrame, identifier: str) -> None:
         """Append rows in one Iceberg commit, retried when another writer committed first."""
@@ -198,6 +221,8 @@ class LoadRecord:
     registered_at: dt.datetime | None = None
     upload_checksum: str | None = None
     synthea_release: str | None = None
+    upload_token: str | None = None
+    note: str | None = None
 
 
 @dataclass

@@ -40,12 +40,27 @@ def aws_endpoint(service: str) -> str | None:
     return os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+def aws_region() -> str:
+    """The AWS region as the AWS SDKs resolve it, read when called: AWS_REGION, then AWS_DEFAULT_REGION, then the
+    profile's (boto3 itself reads only the last two); us-east-1 when none is set."""
+    import boto3
+
+    return os.environ.get("AWS_REGION") or boto3.Session().region_name or "us-east-1"
+
+
+def aws_client(service: str):
+    """A boto3 client in `aws_region()`, credentials and endpoint from the usual AWS environment; build it when it
+    is needed, never at import (definitions load without credentials)."""
+    import boto3
+
+    return boto3.client(service, region_name=aws_region())
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it for a local path or an s3:// URI."""
     if uri.startswith("s3://"):
         endpoint = aws_endpoint("s3")
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        options = {"region": region}
+        options = {"region": aws_region()}
         if endpoint:
             options["endpoint_override"] = endpoint
             options["scheme"] = "https" if endpoint.startswith("https") else "http"

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from pyspark.sql import SparkSession
 
-from synthea_pipeline.tables import TABLES, Table, detect_release
+from synthea_pipeline.tables import TABLES, Table, detect_release, release_note
+from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT, TRUNCATED_LINE, HistoryChange, compare
 from synthea_pipeline.transforms.iceberg import (
     ABANDONED_AFTER,
     LOAD_PARTITIONING,
@@ -217,26 +218,97 @@ def plan_upload(source_uri: str, upload_id: str) -> list[RawPlan]:
             errors.append(str(error))
     if errors:
         raise LayerFailed("\n".join(errors))
-    release = detect_release({plan.table.name: plan.result.header for plan in plans})
+    headers = {plan.table.name: plan.result.header for plan in plans if plan.result.header}
+    release, note = detect_release(headers), release_note(headers)
     for plan in plans:
-        plan.result.upload_release = release
+        plan.result.upload_release, plan.result.release_note = release, note
     return sorted(plans, key=lambda p: -sum(sizes.get(file, 0) for file, *_ in p.headers))
 
 
 def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, load_id: str, catalog: str = "path",
                 staging_database: str = "synthea_staging", marts_database: str = "synthea_marts",
-                upload_checksum: str | None = None) -> list[Report]:
+                upload_checksum: str | None = None, upload_token: str | None = None, replace_history: bool = False,
+                history_shrink_limit_percent: float = SHRINK_LIMIT_PERCENT) -> list[Report]:
     """Reads the upload's CSV files into raw Parquet and types every table into the staging Iceberg tables under
     a new load, table by table, two at a time, so one table's raw pass (pyarrow, where the data is: this
     process, or the Glue / EMR driver) overlaps another's Spark queries; checks each, and commits the load for
     the whole upload at once (one record in the uploads log) only when every blocking check of every table
-    passes. A load that is not committed is deleted with its raw files and was never visible."""
+    passes and, unless `replace_history`, the commit would not remove history (`history`). A load that is not
+    committed (refused, failed or interrupted) is deleted with its raw files and was never visible; the log says
+    why."""
     layout = Lake(lake_root)
-    plans = plan_upload(layout.source(upload_id), upload_id)
     lake = IcebergLake(lake_root, catalog, staging_database, marts_database)
     commits = CommitLog(spark, lake)
     begun = now()
-    commits.record(LoadRecord(upload_id, load_id, "begun", begun))
+    commits.record(LoadRecord(upload_id, load_id, "begun", begun, upload_token=upload_token))
+
+    def discard(note: str) -> None:
+        discard_load(spark, lake, list(TABLES), upload_id, load_id)
+        commits.record(LoadRecord(upload_id, load_id, "discarded", now(), upload_token=upload_token, note=note[:2000]))
+
+    try:
+        plans = plan_upload(layout.source(upload_id), upload_id)
+    except LayerFailed as failure:
+        commits.record(LoadRecord(upload_id, load_id, "discarded", now(), upload_token=upload_token,
+                                  note=str(failure)[:2000]))
+        raise
+    try:
+        reports = _stage_and_check(spark, log, lake, layout, plans, upload_id, load_id)
+        checks = [r for r in reports if isinstance(r, CheckReport)]
+        failed = [f"{c.asset_key}:{c.check_name}" for c in checks if c.severity == "ERROR" and not c.passed]
+        if failed:
+            raise LayerFailed(f"upload {upload_id} not committed, blocking checks failed: {', '.join(failed)}",
+                              checks)
+        outcomes = {p.table.name: p.result for p in plans}
+        change = compare(spark, lake, commits.uploads(), upload_id, load_id)
+        present = {name for name, raw in outcomes.items() if raw.files}
+        truncated = [file for raw in outcomes.values() if raw.quarantine_reasons.get(TRUNCATED_LINE)
+                     for file in raw.files]
+        losses = change.losses(present, truncated, history_shrink_limit_percent)
+        reports += upload_reports(change, losses, present, plans[0].result.upload_release, replace_history)
+        for line in change.describe():
+            log.info(f"upload {upload_id} {line}")
+        if losses and not replace_history:
+            raise LayerFailed(
+                f"upload {upload_id} not committed: it would remove history: {'; '.join(losses)}. If that is what you "
+                f"mean, confirm with --replace: `synthea-pipeline run EXPORT --upload-id {upload_id} --replace`, or "
+                f"`synthea-pipeline upload EXPORT --upload-id {upload_id} --replace` for the upload sensor and the UI",
+                [r for r in reports if isinstance(r, CheckReport)])
+    except LayerFailed as failure:
+        discard(str(failure))
+        raise
+    except BaseException:
+        discard("interrupted before its commit")
+        raise
+    at = now()
+    commits.record(LoadRecord(upload_id, load_id, "committed", at, commits.uploads().registered_at(upload_id, at),
+                              upload_checksum, plans[0].result.upload_release, upload_token))
+    discard_stale_loads(spark, lake, commits, begun, upload_id)
+    log.info(f"committed load {load_id} of upload {upload_id} ({len(plans)} tables)")
+    return reports
+
+
+def upload_reports(change: HistoryChange, losses: list[str], present: set[str], release: str,
+                   replace_history: bool) -> list[Report]:
+    """The upload-level results, on `staging/patients` (every upload has patients): what the commit supersedes
+    and whether it removes history (`history_preserved`), and the default tables of its release it lacks
+    (`export_complete`). Both warn: a refused commit fails the step itself."""
+    key = "staging/patients"
+    absent = [t for t, table in TABLES.items() if table.written_by(release) and t not in present]
+    return [
+        CheckReport(key, "history_preserved", not losses, "WARN", external_metadata({
+            "losses": losses, "summary": change.describe(), "supersedes": change.as_metadata(),
+            "confirmed_with_replace": replace_history})),
+        CheckReport(key, "export_complete", not absent, "WARN", external_metadata({
+            "absent_tables": absent, "synthea_release": release,
+            "note": "Synthea 3.4+ writes no file for an empty table" if absent else ""})),
+    ]
+
+
+def _stage_and_check(spark: SparkSession, log: Log, lake: IcebergLake, layout: Lake, plans: list[RawPlan],
+                     upload_id: str, load_id: str) -> list[Report]:
+    """Every table's raw pass and staging under the load, two tables at a time, then each table's materializations
+    and checks. An interruption cancels the tables not started yet."""
     lake.ensure(spark, STAGING_LAYER, QUARANTINE, QUARANTINE_COLUMNS, LOAD_PARTITIONING)
 
     def ingest(plan: RawPlan):
@@ -246,11 +318,13 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
             log.warning(f"{plan.table.name}: {warning}")
         return raw, raw_uri, *stage_table(spark, plan.table, raw, raw_uri, lake, upload_id, load_id)
 
-    with ThreadPoolExecutor(max_workers=PARALLEL_TABLES) as pool:
+    pool = ThreadPoolExecutor(max_workers=PARALLEL_TABLES)
+    try:
         outcomes = dict(zip([p.table.name for p in plans], pool.map(ingest, plans)))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     materializations: list[Report] = []
     checks: list[Report] = []
-    release = plans[0].result.upload_release
     for table in TABLES.values():
         raw, raw_uri, result, facts = outcomes[table.name]
         materializations += raw_reports(table, raw, raw_uri)
@@ -271,6 +345,7 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
             "duplicates_dropped": result.duplicates_dropped,
             "unparseable_values": result.unparseable_values,
             "synthea_release": raw.upload_release,
+            **({"synthea_release_note": raw.release_note} if raw.release_note else {}),
             "source_present": bool(raw.files),
             "load_id": load_id,
             "table": lake.identifier("staging", table.name),
@@ -281,16 +356,6 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
         checks.append(CheckReport(key, "no_quarantined_rows", result.quarantined == 0, "WARN", external_metadata({
             "quarantined": result.quarantined, "reasons": result.quarantine_reasons,
             "table": lake.identifier("staging", "quarantine")})))
-    failed = [f"{c.asset_key}:{c.check_name}" for c in checks if c.severity == "ERROR" and not c.passed]
-    if failed:
-        discard_load(spark, lake, list(TABLES), upload_id, load_id)
-        commits.record(LoadRecord(upload_id, load_id, "discarded", now()))
-        raise LayerFailed(f"upload {upload_id} not committed, blocking checks failed: {', '.join(failed)}", checks)
-    at = now()
-    commits.record(LoadRecord(upload_id, load_id, "committed", at, commits.uploads().registered_at(upload_id, at),
-                              upload_checksum, release))
-    discard_stale_loads(spark, lake, commits, begun, upload_id)
-    log.info(f"committed load {load_id} of upload {upload_id} ({len(plans)} tables)")
     return materializations + checks
 
 
@@ -308,21 +373,23 @@ def run_marts(spark: SparkSession, log: Log, lake_root: str, build_id: str, incl
     order = uploads.order()
     loads = current_loads(spark, uploads)
     commits.record_build(build_id, "begun", include_identifiers)
-    written = write_marts(spark, lake, loads, build_id, include_identifiers)
-    differences = [d for name in MARTS for d in schema_differences(MARTS[name], written_columns(spark, written[name]))]
-    if differences:
+    try:
+        written = write_marts(spark, lake, loads, build_id, include_identifiers)
+        differences = [d for name in MARTS
+                       for d in schema_differences(MARTS[name], written_columns(spark, written[name]))]
+        if differences:
+            raise MartSchemaMismatch("marts not committed, written columns differ from the declared schema (a "
+                                     "pipeline bug): " + "; ".join(differences))
+        checks = check_marts(spark, lake, written, loads, build_id)
+        reports: list[Report] = [CheckReport(f"marts/{c.mart}", c.name, c.passed, "ERROR" if c.blocking else "WARN",
+                                             external_metadata(c.metadata)) for c in checks]
+        failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
+        if failed:
+            raise LayerFailed("marts not committed, blocking checks failed: " + "; ".join(failed), reports)
+    except BaseException:
         discard_build(spark, lake, build_id)
         commits.record_build(build_id, "discarded", include_identifiers)
-        raise MartSchemaMismatch("marts not committed, written columns differ from the declared schema (a pipeline "
-                                 "bug): " + "; ".join(differences))
-    checks = check_marts(spark, lake, written, loads, build_id)
-    reports: list[Report] = [CheckReport(f"marts/{c.mart}", c.name, c.passed, "ERROR" if c.blocking else "WARN",
-                                         external_metadata(c.metadata)) for c in checks]
-    failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
-    if failed:
-        discard_build(spark, lake, build_id)
-        commits.record_build(build_id, "discarded", include_identifiers)
-        raise LayerFailed("marts not committed, blocking checks failed: " + "; ".join(failed), reports)
+        raise
     commits.record_build(build_id, "committed", include_identifiers)
     discard_stale_builds(spark, lake, commits, now() - ABANDONED_AFTER)
     log.info(f"committed build {build_id} of {len(written)} marts over {len(order)} uploads")

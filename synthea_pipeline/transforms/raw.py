@@ -61,6 +61,7 @@ class RawResult:
     dropped_columns: list[str] = field(default_factory=list)
     releases: list[str] = field(default_factory=list)
     upload_release: str = "unknown"
+    release_note: str = ""
     rows_in: int = 0
     rows_out: int = 0
     quarantined: int = 0

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from synthea_pipeline.transforms.lake import aws_client
+
 PART_SIZE = 64 * 1024 * 1024
 
 
@@ -149,9 +151,7 @@ class S3Storage:
     @property
     def client(self):
         if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
+            self._client = aws_client("s3")
         return self._client
 
     def uri(self, key: str = "") -> str:

@@ -49,15 +49,20 @@ class UnknownUpload(KeyError):
         super().__init__(f"upload {upload_id} is not in the lake (in the lake: {', '.join(uploads) or 'none'})")
 
 
-def remove_upload(spark: SparkSession, lake: IcebergLake, upload_id: str) -> list[tuple[str, str]]:
+def remove_upload(spark: SparkSession, lake: IcebergLake, upload_id: str, upload_token: str | None = None,
+                  note: str = "removed", in_source: bool = False) -> list[tuple[str, str]]:
     """Takes an upload out of the lake: one `removed` record in the uploads log hides it from every reader at
-    once (catalog views, the next marts build); then its rows are deleted from every staging table and the
-    quarantine, and its raw files. Returns the (upload, load) pairs deleted."""
+    once (catalog views, the next marts build) and keeps the sensor, backfills and the marts off it until it is
+    uploaded again (a manifest other than `upload_token`, the one in `source/` now); then its rows are deleted
+    from every staging table and the quarantine, and its raw files. An upload that is only waiting in `source/`
+    (`in_source`) or never committed is removed the same way. Returns the (upload, load) pairs deleted."""
     commits = CommitLog(spark, lake)
-    current = commits.uploads().current()
-    if upload_id not in current:
+    log = commits.uploads()
+    current = log.current()
+    if upload_id not in current and not in_source and upload_id not in {r.upload_id for r in log.records}:
         raise UnknownUpload(upload_id, sorted(current))
-    commits.record(LoadRecord(upload_id, current[upload_id].load_id, "removed", now()))
+    load_id = current[upload_id].load_id if upload_id in current else ""
+    commits.record(LoadRecord(upload_id, load_id, "removed", now(), upload_token=upload_token, note=note))
     deleted = discard_stale_loads(spark, lake, commits, now(), upload_id)
     for table in TABLES:
         delete_folder(lake.lake.raw(table, upload_id))

@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
+import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -24,6 +29,8 @@ from synthea_pipeline.transforms.raw import SOURCE_FILE, TableError, read_header
 from synthea_pipeline.transforms.storage import PART_SIZE, FileDigest, Storage, StoredObject, digest_file
 
 MANIFEST_SUFFIX = ".manifest.json"
+REPLACE_FIELD = "replace"
+"""A manifest field: `upload --replace` confirms that this upload may remove history it supersedes (`history`)."""
 UPLOADING_SUFFIX = ".uploading"
 PARALLEL_FILES = 4
 INSPECTING_THREADS = PARALLEL_FILES * 2
@@ -39,12 +46,48 @@ def manifest_key(upload_id: str) -> str:
 
 def export_files(folder: str) -> list[str]:
     """The CSV files directly in an export folder; an export without patients.csv is not a Synthea export."""
+    if os.path.isfile(folder):
+        raise UploadError(f"{folder} is a file: pass the folder of the export (Synthea's output/csv) or a .zip of it")
     if not os.path.isdir(folder):
         raise UploadError(f"source folder {folder} does not exist")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".csv") and os.path.isfile(f"{folder}/{n}"))
     if "patients.csv" not in names:
         raise UploadError(f"{folder} has no patients.csv: not a Synthea CSV export (point at its output/csv folder)")
     return names
+
+
+@contextmanager
+def export_folder(path: str) -> Iterator[str]:
+    """The folder of an export given as a folder, or as a `.zip` of one (the public Synthea sample sets are zips,
+    often with the CSV files in a `csv/` folder inside): its CSV files are extracted to a temporary folder that is
+    deleted when the block ends, however it ends."""
+    if not (os.path.isfile(path) and path.lower().endswith(".zip")):
+        yield path
+        return
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise UploadError(f"{path} is not a readable zip file ({error})") from None
+    with archive, tempfile.TemporaryDirectory(prefix="synthea-export-") as folder:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        exports = sorted({posixpath.dirname(m.filename) for m in members
+                          if posixpath.basename(m.filename).lower() == "patients.csv"})
+        if len(exports) != 1:
+            found = f"{len(exports)} folders with patients.csv ({', '.join(e or '/' for e in exports)})" if exports \
+                else "no patients.csv"
+            raise UploadError(f"{path}: {found}; a zip must hold one Synthea CSV export")
+        for member in members:
+            parent, name = posixpath.split(member.filename)
+            if parent == exports[0] and name.lower().endswith(".csv"):
+                with archive.open(member) as source, open(os.path.join(folder, name), "wb") as target:
+                    shutil.copyfileobj(source, target, PART_SIZE)
+        yield folder
+
+
+def export_name(path: str) -> str:
+    """The name an export's upload id is derived from: its folder's, or its zip file's without `.zip`."""
+    name = path.rstrip("/\\")
+    return name[: -len(".zip")] if name.lower().endswith(".zip") else name
 
 
 def content_checksum(files: list[dict]) -> str:
@@ -66,8 +109,9 @@ def export_release(folder: str, names: list[str]) -> str:
     return detect_release(headers)
 
 
-def build_manifest(upload_id: str, digests: list[FileDigest], release: str) -> dict:
-    """`upload_token` makes every manifest object distinct, so each upload has its own version (ETag)."""
+def build_manifest(upload_id: str, digests: list[FileDigest], release: str, replace_history: bool = False) -> dict:
+    """`upload_token` makes every manifest object distinct, so each upload has its own version (ETag), and names
+    the upload in the lake's log."""
     files = [{"name": d.name, "size": d.size, "sha256": d.sha256} for d in digests]
     return {
         "upload_id": upload_id,
@@ -76,6 +120,7 @@ def build_manifest(upload_id: str, digests: list[FileDigest], release: str) -> d
         "files": files,
         "uploaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "upload_token": uuid.uuid4().hex,
+        REPLACE_FIELD: replace_history,
     }
 
 
@@ -87,20 +132,22 @@ def read_manifest(storage: Storage, upload_id: str) -> dict | None:
 
 
 def upload_export(
-    folder: str, storage: Storage, upload_id: str, replace: bool = True, part_size: int = PART_SIZE
+    folder: str, storage: Storage, upload_id: str, replace: bool = True, part_size: int = PART_SIZE,
+    replace_history: bool = False,
 ) -> dict:
     """Store an export's CSV files under `<upload_id>/` of `storage` (the lake's `source/`), verify each one,
     remove files a previous upload under that id had and this one has not, then write the manifest. Returns
     the manifest. Every file is stored again even when the content is unchanged: cheaper than proving the stored
     copies intact, and the sensor sees the same checksum and starts no run. With `replace=False` an upload id
-    that holds a different export is refused. A failed upload leaves its `.uploading` marker, so the sensor and
+    that holds a different export is refused; `replace_history` confirms in the manifest that the upload may
+    remove history it supersedes. A failed upload leaves its `.uploading` marker, so the sensor and
     the run keep off it until an upload succeeds."""
     validate_upload_id(upload_id)
     folder = os.path.abspath(folder)
     names = export_files(folder)
     with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
         digests = list(pool.map(lambda n: digest_file(f"{folder}/{n}", part_size, storage.verifies_etag), names))
-    manifest = build_manifest(upload_id, digests, export_release(folder, names))
+    manifest = build_manifest(upload_id, digests, export_release(folder, names), replace_history)
     existing_objects = list(storage.list_objects(upload_id))
     previous = read_manifest(storage, upload_id)
     same_content = previous is not None and previous.get("checksum") == manifest["checksum"]
@@ -119,6 +166,45 @@ def upload_export(
     storage.write_bytes(manifest_key(upload_id), json.dumps(manifest, indent=1).encode())
     storage.delete(marker)
     return manifest
+
+
+def confirm_replace(storage: Storage, upload_id: str) -> dict:
+    """Marks an upload already in `source/` as allowed to remove history it supersedes: its manifest again, with
+    `replace` set and a new token (so the sensor sees a new upload)."""
+    manifest = read_manifest(storage, upload_id)
+    if manifest is None:
+        raise UploadError(f"upload {upload_id} has no manifest to confirm --replace in: upload it with "
+                          f"synthea-pipeline upload EXPORT --upload-id {upload_id} --replace")
+    manifest.update({REPLACE_FIELD: True, "upload_token": uuid.uuid4().hex})
+    storage.write_bytes(manifest_key(upload_id), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def removal_holds(state: dict | None, manifest: dict | None) -> bool:
+    """Whether the lake's removal of an upload (`state`, its row of the `upload_states` view) still covers what
+    `source/` holds: until a new manifest, which only `upload` and `run` write, brings the upload back. The
+    removal names the manifest it took out; removals logged before it did are compared by time."""
+    if not state or state["state"] != "removed":
+        return False
+    if manifest is None:
+        return True
+    if state.get("upload_token"):
+        return manifest.get("upload_token") == state["upload_token"]
+    uploaded = datetime.fromisoformat(manifest.get("uploaded_at", "1970-01-01T00:00:00+00:00"))
+    removed = state["removed_at"]
+    return uploaded <= (removed if removed.tzinfo else removed.replace(tzinfo=timezone.utc))
+
+
+def removal_notice(upload_id: str, state: dict) -> str:
+    return (f"removed from the lake at {state['removed_at']:%Y-%m-%d %H:%M:%S} UTC "
+            f"({state.get('removal_note') or 'removed'}); upload it again to bring it back: "
+            f"synthea-pipeline upload EXPORT --upload-id {upload_id}")
+
+
+def already_committed(state: dict | None, manifest: dict | None) -> bool:
+    """Whether the lake's committed load of an upload was made from this very manifest."""
+    return bool(state and manifest and state["state"] == "committed" and state.get("upload_token")
+                and state["upload_token"] == manifest.get("upload_token"))
 
 
 def missing_or_different(manifest: dict, objects: list[StoredObject]) -> list[str]:
@@ -142,6 +228,7 @@ class ReadyUpload:
     upload_id: str
     checksum: str
     version: str = ""
+    manifest: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def run_key(self) -> str:
@@ -305,7 +392,7 @@ class UploadWatcher:
         if previous and previous[1] == checksum:
             outcome.skipped[upload] = f"identical re-upload (checksum {checksum[:16]}): no new run"
             return
-        outcome.ready.append(ReadyUpload(upload, checksum, manifest.version))
+        outcome.ready.append(ReadyUpload(upload, checksum, manifest.version, content))
 
     def _without_manifest(self, upload: str, present: list[StoredObject], now: float, done: dict, pending: dict,
                           outcome: TickOutcome) -> None:
