@@ -136,7 +136,7 @@ def _duration(text: str) -> dt.timedelta:
 def _age(duration: dt.timedelta) -> str:
     """A duration as `--older-than` takes it: 7d, 12h, 90m, 0s."""
     seconds = duration.total_seconds()
-    unit = next(u for u, size in DURATION_UNITS.items() if seconds % size == 0)
+    unit = next((u for u, size in DURATION_UNITS.items() if seconds and seconds % size == 0), "s")
     return f"{seconds / DURATION_UNITS[unit]:g}{unit}"
 
 

@@ -59,18 +59,24 @@ def pytest_sessionfinish(session, exitstatus):
             shutil.rmtree(factory._basetemp, ignore_errors=True)
 
 
-def group_members(group: int) -> list[int]:
-    """The live (not zombie) processes of a process group."""
-    members = []
-    for entry in os.listdir("/proc"):
+def live_processes() -> dict[int, list[str]]:
+    """Every live (not zombie) process by pid, with the fields of its `/proc/<pid>/stat` after the command name
+    (state, parent, process group, ...)."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
+        except (FileNotFoundError, ProcessLookupError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == group:
-            members.append(int(entry))
-    return members
+        if fields[0] != "Z":
+            found[int(entry)] = fields
+    return found
+
+
+def group_members(group: int) -> list[int]:
+    """The live processes of a process group."""
+    return [pid for pid, fields in live_processes().items() if int(fields[2]) == group]
 
 
 def stop_group(process: subprocess.Popen, grace_seconds: float = 20) -> None:

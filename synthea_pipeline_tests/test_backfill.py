@@ -55,8 +55,10 @@ def test_backfill_command_refuses_unknown_uploads(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
     command = [sys.executable, "-m", "synthea_pipeline.cli", "backfill"]
     nothing = subprocess.run(command, env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
-    assert nothing.returncode == 2 and "name the uploads to recompute, or pass --all" in nothing.stderr
+    assert nothing.returncode == 2
+    assert "name the uploads to recompute (`synthea-pipeline uploads` lists them), or pass --all" in nothing.stderr
     unknown = subprocess.run(command + ["nope"], env=env, cwd=tmp_path, check=False, capture_output=True, text=True,
                              timeout=120)
     assert unknown.returncode == 2
-    assert "uploads not in the lake: nope (in the lake: none)" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert "upload nope is neither in the lake nor in " in unknown.stderr and "Traceback" not in unknown.stderr
+    assert "(in the lake: none); upload it first: synthea-pipeline upload EXPORT --upload-id nope" in unknown.stderr

@@ -56,8 +56,10 @@ def moments(lake: Lake) -> dict[str, Callable[[], Callable[[], bool]]]:
 
 
 def pipeline(source: Path, lake: Lake, home: Path) -> subprocess.Popen:
+    """A corrected re-upload of the upload: `--replace`, as the copies have other patients than the first."""
     return subprocess.Popen(
-        [sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", lake.root, "--upload-id", UPLOAD],
+        [sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", lake.root, "--upload-id", UPLOAD,
+         "--replace"],
         env={**os.environ, "DAGSTER_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )

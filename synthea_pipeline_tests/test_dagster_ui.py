@@ -15,6 +15,7 @@ from dagster import AssetKey, DagsterEventType, build_sensor_context, instance_f
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
 from synthea_pipeline import definitions
+from synthea_pipeline.assets.ingest import UPLOAD_WARNINGS
 from synthea_pipeline.assets.specs import code_version
 from synthea_pipeline.definitions import defs
 from synthea_pipeline.resources.catalog import CatalogResource
@@ -105,7 +106,7 @@ def test_a_partition_materialized_from_the_ui_records_its_checks_on_that_partiti
     assert (run.tags[ORIGIN_TAG], run.tags[LAKE_TAG], run.tags[ENGINE_TAG]) == ("ui", lake_root, "sail")
     evaluations = [record.event_log_entry.dagster_event.event_specific_data for record in
                    instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records]
-    assert len(evaluations) == len(TABLES) * 5
+    assert len(evaluations) == len(TABLES) * 5 + len(UPLOAD_WARNINGS)
     assert {e.partition for e in evaluations} == {UPLOAD}
     assert all(e.passed for e in evaluations if e.asset_key.path[0] == "staging" and e.severity.value == "ERROR")
 
@@ -169,8 +170,8 @@ def test_the_sensor_counts_uploads_it_already_processed(cli_run):
     result = upload_sensor(context)
     assert result.run_requests == []
     reason = result.skip_reason.skip_message
-    assert "0 to run, 0 unchanged, 1 already processed, 0 waiting or invalid" in reason
-    assert "ward-cli: this content was already processed" in reason
+    assert "0 to run, 0 unchanged, 1 already processed or removed, 0 waiting or invalid" in reason
+    assert "ward-cli: already in the lake (committed " in reason
 
 
 def test_descriptions_keep_their_placeholders_in_code_spans():

@@ -87,7 +87,7 @@ def test_the_catalog_views_are_athena_views_and_registering_again_changes_nothin
     _, on_s3, _ = lakes
     glue = boto3.client("glue")
     staging_views = {t["Name"]: t for t in glue.get_tables(DatabaseName="synthea_staging")["TableList"]}
-    assert set(staging_views) == {*TABLES, "quarantine", "uploads"}
+    assert set(staging_views) == {*TABLES, "quarantine", "uploads", "upload_states"}
     assert {t["TableType"] for t in staging_views.values()} == {"VIRTUAL_VIEW"}
     view = glue.get_table(DatabaseName="synthea_marts", Name="bi_medication_insights")["Table"]
     encoded = re.fullmatch(r"/\* Presto View: (.+) \*/", view["ViewOriginalText"]).group(1)

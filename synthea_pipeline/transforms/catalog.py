@@ -43,12 +43,12 @@ from synthea_pipeline.transforms.iceberg import (
     UPLOADS,
     IcebergLake,
 )
+from synthea_pipeline.transforms.lake import aws_endpoint, aws_region
+from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS
 
 UPLOAD_STATES = "upload_states"
 """The catalog view of every upload the uploads log knows, with its state (`loading`, `committed`, `failed`,
 `removed`), release, patients and times; `synthea-pipeline uploads` adds the ones still waiting in `source/`."""
-from synthea_pipeline.transforms.lake import aws_endpoint, aws_region
-from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS
 
 PRESTO_TYPES = {"string": "varchar", "int": "integer", "bigint": "bigint", "double": "double",
                 "boolean": "boolean", "date": "date", "timestamp": "timestamp(6) with time zone"}
@@ -125,16 +125,13 @@ last_load AS (
   WHERE n = 1
 ),
 decisive AS (
-  SELECT upload_id, action, logged_at, registered_at, upload_checksum, synthea_release, upload_token, note
+  SELECT upload_id, action, logged_at, registered_at, upload_checksum, synthea_release, upload_token, note, patients
   FROM (
     SELECT l.*, ROW_NUMBER() OVER (PARTITION BY upload_id ORDER BY logged_at DESC, load_id DESC, action DESC) AS n
     FROM {iceberg}.{UPLOADS} AS l
     WHERE action IN ('committed', 'removed')
   ) AS ranked
   WHERE n = 1
-),
-patients AS (
-  SELECT upload_id, COUNT(*) AS patients FROM {staging}.patients GROUP BY upload_id
 )
 SELECT
   u.upload_id,
@@ -142,7 +139,7 @@ SELECT
        WHEN d.action = 'removed' AND (r.last_run_at IS NULL OR r.last_run_at <= d.logged_at) THEN 'removed'
        ELSE r.last_run END AS state,
   d.synthea_release,
-  p.patients,
+  CASE WHEN d.action = 'committed' THEN d.patients END AS patients,
   CASE WHEN d.action = 'committed' THEN d.registered_at END AS registered_at,
   CASE WHEN d.action = 'committed' THEN d.logged_at END AS committed_at,
   CASE WHEN d.action = 'removed' THEN d.logged_at END AS removed_at,
@@ -154,8 +151,7 @@ SELECT
   d.upload_token
 FROM (SELECT DISTINCT upload_id FROM {iceberg}.{UPLOADS}) AS u
 LEFT JOIN last_load AS r ON r.upload_id = u.upload_id
-LEFT JOIN decisive AS d ON d.upload_id = u.upload_id
-LEFT JOIN patients AS p ON p.upload_id = u.upload_id"""
+LEFT JOIN decisive AS d ON d.upload_id = u.upload_id"""
     marts = databases.marts
     views[(marts, "current_build")] = f"""
 SELECT build_id, logged_at AS committed_at, includes_identifiers
@@ -223,9 +219,9 @@ def _literal(text: str) -> str:
 
 LAKE_TABLES = tuple([(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)]
                     + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)])
-UPLOAD_STATE_TABLES = ((STAGING_LAYER, UPLOADS), (STAGING_LAYER, "patients"))
-"""The Iceberg tables the `upload_states` view reads."""
 """Every Iceberg table of a lake, as (layer, table)."""
+UPLOAD_STATE_TABLES = ((STAGING_LAYER, UPLOADS),)
+"""The Iceberg tables the `upload_states` view reads."""
 
 
 def iceberg_sources(lake: IcebergLake, glue=None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES

@@ -44,9 +44,9 @@ ICEBERG_DATABASE_SUFFIX = "_iceberg"
 STAGING_LAYER, MARTS_LAYER = "staging", "marts"
 QUARANTINE, UPLOADS, BUILDS = "quarantine", "uploads", "builds"
 UPLOADS_COLUMNS = ("upload_id string, load_id string, action string, logged_at timestamp, registered_at timestamp, "
-                   "upload_checksum string, synthea_release string, upload_token string, note string")
+                   "upload_checksum string, synthea_release string, upload_token string, note string, patients bigint")
 """`upload_token` names the manifest a load was made from, or the one a removal took out; `note` says why a load
-was discarded or an upload removed."""
+was discarded or an upload removed; `patients` is a committed load's count of staged patients."""
 BUILDS_COLUMNS = "build_id string, action string, logged_at timestamp, includes_identifiers boolean"
 MARTS_SUBJECT = "marts"
 """Builds are kept in the same shape as loads: one subject, the marts, whose versions are builds."""
@@ -223,6 +223,7 @@ class LoadRecord:
     synthea_release: str | None = None
     upload_token: str | None = None
     note: str | None = None
+    patients: int | None = None
 
 
 @dataclass

@@ -282,10 +282,17 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
         raise
     at = now()
     commits.record(LoadRecord(upload_id, load_id, "committed", at, commits.uploads().registered_at(upload_id, at),
-                              upload_checksum, plans[0].result.upload_release, upload_token))
+                              upload_checksum, plans[0].result.upload_release, upload_token,
+                              patients=staged_rows(reports, "patients")))
     discard_stale_loads(spark, lake, commits, begun, upload_id)
     log.info(f"committed load {load_id} of upload {upload_id} ({len(plans)} tables)")
     return reports
+
+
+def staged_rows(reports: list[Report], table: str) -> int:
+    """The rows a load staged into `table`, as its materialization reports them."""
+    [report] = [r for r in reports if isinstance(r, AssetReport) and r.asset_key == f"staging/{table}"]
+    return report.metadata["rows_out"]["raw_value"]
 
 
 def upload_reports(change: HistoryChange, losses: list[str], present: set[str], release: str,
