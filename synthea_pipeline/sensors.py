@@ -63,7 +63,8 @@ def build_upload_sensor(clock: Callable[[], float] = time.monotonic) -> SensorDe
         description="Watches `<lake>/source/` for complete uploads (a manifest whose files are all present, or,"
         " without one, patients.csv and no change for the lake's `upload_quiet_seconds`, default 300) and"
         " starts one run of `stage_upload` per new upload or changed content. Uploads the lake's log shows removed"
-        " (until uploaded again) or already committed from the same manifest are registered without a run. A tick"
+        " are skipped until uploaded again; those it already committed from the same manifest are registered"
+        " without a run. A tick"
         " stops within the lake's `upload_sensor_budget_seconds` (default 8) and leaves the rest to the next.",
     )
     def upload_sensor(context: SensorEvaluationContext, lake: LakeResource, catalog: CatalogResource

@@ -102,7 +102,7 @@ def test_the_catalog_views_are_athena_views_and_registering_again_changes_nothin
     catalog = CatalogResource()
     with catalog.registered(on_s3) as (_, again):
         pass
-    assert set(again.values()) == {"unchanged"} and len(again) == len(TABLES) + 2 + 1 + len(MARTS) + 4
+    assert set(again.values()) == {"unchanged"} and len(again) == len(TABLES) + 3 + 1 + len(MARTS) + 4
     assert snapshot() == before
 
 
