@@ -125,11 +125,17 @@ def check_engine(spark: SparkResource, lake_root: str) -> None:
         raise ValueError(f"the {engine} engine needs the lake on S3: --lake s3://bucket/prefix")
 
 
-def waiting_uploads(lake: Lake) -> dict[str, dict | None]:
-    """The uploads in `source/` (a folder or a manifest), each with its manifest (None without one)."""
+def source_uploads(lake: Lake) -> set[str]:
+    """The ids of the uploads in `source/`: a folder or a manifest, one listing of its top level."""
+    objects, folders = LakeResource(root=lake.root).source_storage().list_children("")
+    return set(folders) | {o.key[: -len(MANIFEST_SUFFIX)] for o in objects if o.key.endswith(MANIFEST_SUFFIX)}
+
+
+def waiting_uploads(lake: Lake, upload_ids: set[str] | None = None) -> dict[str, dict | None]:
+    """The uploads in `source/` (those of `upload_ids` only, when given), each with its manifest (None without
+    one)."""
     storage = LakeResource(root=lake.root).source_storage()
-    objects, folders = storage.list_children("")
-    ids = set(folders) | {o.key[: -len(MANIFEST_SUFFIX)] for o in objects if o.key.endswith(MANIFEST_SUFFIX)}
+    ids = source_uploads(lake) if upload_ids is None else source_uploads(lake) & upload_ids
     return {upload: read_manifest(storage, upload) for upload in sorted(ids)}
 
 
@@ -166,7 +172,7 @@ def backfill(
     if upload_ids is None:
         selected = committed
     else:
-        waiting = waiting_uploads(lake)
+        waiting = waiting_uploads(lake, set(upload_ids) - set(committed))
         problems = []
         for upload in upload_ids:
             state = states.get(upload)
@@ -207,7 +213,7 @@ def remove(upload_id: str, lake_root: str, engine: str | None = None, instance: 
     instance = instance or dagster_instance()
     lake = Lake(lake_root)
     states = catalog_from_environment().upload_states(lake)
-    if (upload_id not in states and upload_id not in waiting_uploads(lake)
+    if (upload_id not in states and upload_id not in source_uploads(lake)
             and not instance.has_dynamic_partition(uploads_partitions.name, upload_id)):
         known = ", ".join(u for u, s in states.items() if s["state"] == "committed") or "none"
         raise KeyError(f"upload {upload_id} is not in the lake (in the lake: {known})")
