@@ -41,6 +41,17 @@ def release_index(release: str) -> int:
     return RELEASES.index(release)
 
 
+EMPTY_FILES_OMITTED_SINCE = "3.4"
+"""From this release on, Synthea writes no CSV file for an empty table."""
+
+
+def may_omit_empty_files(release: str) -> bool:
+    """Whether `release` (one, a range such as `3.3-3.4`, or `unknown`) may be one that writes no file for an
+    empty table, so an absent table may just be empty."""
+    last = release.split("-")[-1]
+    return last not in RELEASES or release_index(last) >= release_index(EMPTY_FILES_OMITTED_SINCE)
+
+
 @dataclass(frozen=True)
 class Column:
     """One canonical column. `header` is the newest Synthea header name; `old_headers` maps an older header

@@ -4,7 +4,14 @@ import re
 
 import pytest
 
-from synthea_pipeline.tables import DEFAULT_TABLES, RELEASES, TABLES, detect_release, release_note
+from synthea_pipeline.tables import (
+    DEFAULT_TABLES,
+    RELEASES,
+    TABLES,
+    detect_release,
+    may_omit_empty_files,
+    release_note,
+)
 from synthea_pipeline_tests.conftest import FIXTURES, SAMPLES, read_rows
 
 REFERENCE_RELEASES = {"2.5.0": "2.5", "2.6.0": "2.6", "2.6.1": "2.6", "2.7.0": "2.7", "3.0.0": "3.0", "3.1.0": "3.1",
@@ -84,3 +91,8 @@ def test_an_unknown_release_says_which_tables_disagree():
     assert release_note(headers) == ("the tables' headers match different Synthea releases: patients match 2.5-3.0; "
                                      "encounters match 2.6-4.1; providers match 3.2-3.4")
     assert release_note({"patients": headers["patients"]}) == ""
+
+
+def test_only_releases_from_3_4_may_leave_out_the_file_of_an_empty_table():
+    assert [may_omit_empty_files(r) for r in ("2.7", "3.0", "3.3", "3.3-3.4", "3.4", "unknown")] == [
+        False, False, False, True, True, True]

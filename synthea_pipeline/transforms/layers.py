@@ -11,7 +11,14 @@ from typing import Any, Protocol
 
 from pyspark.sql import SparkSession
 
-from synthea_pipeline.tables import TABLES, Table, detect_release, release_note
+from synthea_pipeline.tables import (
+    EMPTY_FILES_OMITTED_SINCE,
+    TABLES,
+    Table,
+    detect_release,
+    may_omit_empty_files,
+    release_note,
+)
 from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT, TRUNCATED_LINE, HistoryChange, compare
 from synthea_pipeline.transforms.iceberg import (
     ABANDONED_AFTER,
@@ -308,7 +315,8 @@ def upload_reports(change: HistoryChange, losses: list[str], present: set[str], 
             "confirmed_with_replace": replace_history})),
         CheckReport(key, "export_complete", not absent, "WARN", external_metadata({
             "absent_tables": absent, "synthea_release": release,
-            "note": "Synthea 3.4+ writes no file for an empty table" if absent else ""})),
+            "note": f"Synthea {EMPTY_FILES_OMITTED_SINCE}+ writes no file for an empty table"
+            if absent and may_omit_empty_files(release) else ""})),
     ]
 
 
