@@ -19,6 +19,12 @@ COPY pyproject.toml README.md ./
 COPY synthea_pipeline synthea_pipeline
 RUN pip install --constraint deploy/constraints.txt .
 
+# The repository and commit the image is built from (deploy-dagster passes both): the UI's code references link there.
+ARG GIT_URL=""
+ARG GIT_SHA=""
+ENV SYNTHEA_GIT_URL=${GIT_URL} \
+    SYNTHEA_GIT_SHA=${GIT_SHA}
+
 COPY deploy/workspace.yaml workspace.yaml
 COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
 RUN chown -R dagster:dagster /opt/dagster/home

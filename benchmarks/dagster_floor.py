@@ -51,21 +51,29 @@ def main() -> None:
     parser.add_argument("--home", help="DAGSTER_HOME for the instance (default: a new temporary folder)")
     args = parser.parse_args()
     steps = [without_work(a) for a in defs.resolve_asset_graph().assets_defs if a.is_executable]
-    floor_job = Definitions(assets=steps, jobs=[define_asset_job(
-        "floor", partitions_def=uploads_partitions, executor_def=in_process_executor)]).resolve_job_def("floor")
+    floor_job = Definitions(
+        assets=steps,
+        jobs=[define_asset_job("floor", partitions_def=uploads_partitions, executor_def=in_process_executor)],
+    ).resolve_job_def("floor")
     with tempfile.TemporaryDirectory(dir=args.home) as home:
         instance = DagsterInstance.local_temp(home, overrides={"telemetry": {"enabled": False}})
         instance.add_dynamic_partitions(uploads_partitions.name, ["floor"])
         before_run = time.perf_counter()
         result = floor_job.execute_in_process(  # console logging as quiet as `synthea-pipeline run`'s
-            instance=instance, partition_key="floor",
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+            instance=instance,
+            partition_key="floor",
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
         finished = time.perf_counter()
         events = len(instance.all_logs(result.run_id))
-    print(f"steps {len(steps)}, assets {sum(len(s.specs) for s in steps)}, "
-          f"checks {sum(len(s.check_specs) for s in steps)}, events {events}")
-    print(f"imports {imported - started:.2f} s, run {finished - before_run:.2f} s, "
-          f"total {finished - started:.2f} s ({(finished - before_run) / events * 1000:.1f} ms per event)")
+    print(
+        f"steps {len(steps)}, assets {sum(len(s.specs) for s in steps)}, "
+        f"checks {sum(len(s.check_specs) for s in steps)}, events {events}"
+    )
+    print(
+        f"imports {imported - started:.2f} s, run {finished - before_run:.2f} s, "
+        f"total {finished - started:.2f} s ({(finished - before_run) / events * 1000:.1f} ms per event)"
+    )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,9 @@ def settled(instance: DagsterInstance, uploads: list[str]):
 def measure(instance: DagsterInstance, lake: Path, records: list, dropped: float) -> dict:
     builds = [r for r in records if AUTOMATION_TAG in r.dagster_run.tags]
     with CatalogResource().open(Lake(str(lake))) as engine:
-        in_marts = engine.sql("SELECT count(*) FROM synthea_marts.patient_fact WHERE patient_key <> 'unknown'"
-                              ).fetchone()[0]
+        in_marts = engine.sql(
+            "SELECT count(*) FROM synthea_marts.patient_fact WHERE patient_key <> 'unknown'"
+        ).fetchone()[0]
     return {
         "runs": len(records),
         "runs by marts_automation": len(builds),
@@ -117,9 +118,14 @@ def main() -> None:
         config = (REPOSITORY / "dagster.yaml").read_text().replace("base_dir: .dagster", f"base_dir: {home}/storage")
         (home / "dagster.yaml").write_text(config)
         env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "DAGSTER_HOME": str(home), "SYNTHEA_LAKE_ROOT": str(lake)}
-        server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions",
-                                   "-p", str(free_port())], cwd=work, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions", "-p", str(free_port())],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             instance = DagsterInstance.from_config(str(home))
             wait_for(lambda: ticks(instance, "upload_sensor", 0.0), "the upload sensor's first tick", server)

@@ -12,8 +12,16 @@ import duckdb
 
 from synthea_pipeline.tables import TABLES
 
-DUCKDB_TYPES = {"string": "VARCHAR", "code_system": "VARCHAR", "date": "DATE", "timestamp": "TIMESTAMP",
-                "year_or_timestamp": "TIMESTAMP", "money": "DECIMAL(18,2)", "double": "DOUBLE", "int": "INTEGER"}
+DUCKDB_TYPES = {
+    "string": "VARCHAR",
+    "code_system": "VARCHAR",
+    "date": "DATE",
+    "timestamp": "TIMESTAMP",
+    "year_or_timestamp": "TIMESTAMP",
+    "money": "DECIMAL(18,2)",
+    "double": "DOUBLE",
+    "int": "INTEGER",
+}
 
 MARTS = {
     "encounter_dim": """
@@ -97,8 +105,10 @@ def main(source: Path, out: Path) -> None:
         header = path.open().readline().strip().split(",")
         mapping = table.match_header(header).mapping
         headers = {canonical: name for name, canonical in mapping.items()}
-        columns = ", ".join(typed(c.name, headers[c.name], c.type) if c.name in headers
-                            else f"NULL::{DUCKDB_TYPES[c.type]} AS {c.name}" for c in table.columns)
+        columns = ", ".join(
+            typed(c.name, headers[c.name], c.type) if c.name in headers else f"NULL::{DUCKDB_TYPES[c.type]} AS {c.name}"
+            for c in table.columns
+        )
         varchar = "{" + ", ".join(f"'{h}': 'VARCHAR'" for h in header) + "}"
         db.execute(f"""COPY (SELECT DISTINCT {columns} FROM read_csv('{path}', header=true, quote='',
                        columns={varchar})) TO '{out}/{table.name}.parquet' (FORMAT parquet, COMPRESSION zstd)""")

@@ -37,8 +37,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--patients", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--data", type=Path, default=HERE / "data")
-    parser.add_argument("--skip-sail", action="store_true", help="leave out the Sail reference (at 100k it needs "
-                        "more memory than the pipeline, for a ratio nobody targets)")
+    parser.add_argument(
+        "--skip-sail",
+        action="store_true",
+        help="leave out the Sail reference (at 100k it needs "
+        "more memory than the pipeline, for a ratio nobody targets)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from scale_sample import scale
@@ -51,23 +55,40 @@ def main() -> None:
             scale(SAMPLE, patients, source)
         size = sum(p.stat().st_size for p in source.glob("*.csv")) / 1e9
         with tempfile.TemporaryDirectory(dir=args.data) as work:
-            duckdb_reference = measure([sys.executable, str(HERE / "reference_duckdb.py"), str(source),
-                                        f"{work}/duckdb"], env)
-            reference = None if args.skip_sail else measure(
-                [sys.executable, str(HERE / "reference.py"), str(source), f"{work}/ref"], env)
+            duckdb_reference = measure(
+                [sys.executable, str(HERE / "reference_duckdb.py"), str(source), f"{work}/duckdb"], env
+            )
+            reference = (
+                None
+                if args.skip_sail
+                else measure([sys.executable, str(HERE / "reference.py"), str(source), f"{work}/ref"], env)
+            )
             pipeline = measure(
-                [sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", f"{work}/lake",
-                 "--upload-id", f"bench-{patients}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "synthea_pipeline.cli",
+                    "run",
+                    str(source),
+                    "--lake",
+                    f"{work}/lake",
+                    "--upload-id",
+                    f"bench-{patients}",
+                ],
                 {**env, "DAGSTER_HOME": f"{work}/dagster"},
             )
             shutil.rmtree(work, ignore_errors=True)
         rows.append((patients, size, duckdb_reference, reference, pipeline))
-    print(f"{'patients':>9}{'CSV GB':>8}{'DuckDB s':>10}{'Sail s':>8}{'pipeline s':>12}{'/DuckDB':>9}{'/Sail':>7}"
-          f"{'RSS GB DuckDB / Sail / pipeline':>33}")
+    print(
+        f"{'patients':>9}{'CSV GB':>8}{'DuckDB s':>10}{'Sail s':>8}{'pipeline s':>12}{'/DuckDB':>9}{'/Sail':>7}"
+        f"{'RSS GB DuckDB / Sail / pipeline':>33}"
+    )
     for patients, size, (duck_s, duck_rss), sail, (pipe_s, pipe_rss) in rows:
         sail_s, sail_rss = sail or (float("nan"), float("nan"))
-        print(f"{patients:>9}{size:>8.2f}{duck_s:>10.1f}{sail_s:>8.1f}{pipe_s:>12.1f}{pipe_s / duck_s:>9.2f}"
-              f"{pipe_s / sail_s:>7.2f}{f'{duck_rss:.2f} / {sail_rss:.2f} / {pipe_rss:.2f}':>33}")
+        print(
+            f"{patients:>9}{size:>8.2f}{duck_s:>10.1f}{sail_s:>8.1f}{pipe_s:>12.1f}{pipe_s / duck_s:>9.2f}"
+            f"{pipe_s / sail_s:>7.2f}{f'{duck_rss:.2f} / {sail_rss:.2f} / {pipe_rss:.2f}':>33}"
+        )
 
 
 if __name__ == "__main__":

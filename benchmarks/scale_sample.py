@@ -36,8 +36,9 @@ def scale(sample: Path, patients: int, out: Path, first_copy: int = 0) -> int:
                 target.write(body)
                 continue
             template = UUID.sub(lambda m: m[0] if m[0] in shared_ids else PLACEHOLDER + m[1], body)
-            target.writelines(template.replace(PLACEHOLDER, b"%08x" % copy)
-                              for copy in range(first_copy, first_copy + copies))
+            target.writelines(
+                template.replace(PLACEHOLDER, b"%08x" % copy) for copy in range(first_copy, first_copy + copies)
+            )
     return copies * per_copy
 
 

@@ -59,8 +59,12 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     populate(args.uploads, args.files)
     storage = S3Storage(BUCKET, "source")
@@ -73,23 +77,35 @@ def main() -> None:
     budget = int(UPLOAD_SENSOR_BUDGET_SECONDS.default)
     inspecting = budget * INSPECTION_SHARE
     cold_seconds, cold = timed(lambda: watcher.tick(None, time.time(), deadline=time.monotonic() + inspecting))
-    print(f"first tick on an unseen prefix, inspecting for at most {inspecting:g} s of the sensor's {budget} s "
-          f"budget: {cold_seconds:.1f} s, {len(cold.ready)} uploads handed out, {len(cold.skipped)} left for later "
-          "ticks")
+    print(
+        f"first tick on an unseen prefix, inspecting for at most {inspecting:g} s of the sensor's {budget} s "
+        f"budget: {cold_seconds:.1f} s, {len(cold.ready)} uploads handed out, {len(cold.skipped)} left for later "
+        "ticks"
+    )
 
     listing, _ = storage.list_children("")
-    steady = {"done": {o.key[: -len(".manifest.json")]: [o.version, json.loads(storage.read_bytes(o.key))["checksum"]]
-                       for o in listing if o.key.endswith(".manifest.json")}, "pending": {}}
+    steady = {
+        "done": {
+            o.key[: -len(".manifest.json")]: [o.version, json.loads(storage.read_bytes(o.key))["checksum"]]
+            for o in listing
+            if o.key.endswith(".manifest.json")
+        },
+        "pending": {},
+    }
     steady_seconds, outcome = timed(lambda: watcher.tick(json.dumps(steady), time.time()))
     assert not outcome.ready and outcome.unchanged == args.uploads
-    print(f"steady tick, every upload already handed out: {steady_seconds:.1f} s "
-          f"({steady_seconds / flat_seconds:.2f}x the reference)")
+    print(
+        f"steady tick, every upload already handed out: {steady_seconds:.1f} s "
+        f"({steady_seconds / flat_seconds:.2f}x the reference)"
+    )
 
     populate(50, args.files, first=args.uploads)
     landing_seconds, outcome = timed(lambda: watcher.tick(json.dumps(steady), time.time()))
     assert len(outcome.ready) == 50
-    print(f"tick with 50 new uploads landed: {landing_seconds:.1f} s "
-          f"({landing_seconds / flat_seconds:.2f}x the reference), 50 handed out")
+    print(
+        f"tick with 50 new uploads landed: {landing_seconds:.1f} s "
+        f"({landing_seconds / flat_seconds:.2f}x the reference), 50 handed out"
+    )
 
     populate(args.burst, args.files, first=args.uploads + 50)
     lake = LakeResource(root=f"s3://{BUCKET}")
@@ -102,8 +118,10 @@ def main() -> None:
             cursor = result.cursor
             tick_seconds.append(seconds)
     assert len(set(requested)) == len(requested) == args.burst
-    print(f"burst of {args.burst} new uploads: {len(tick_seconds)} sensor ticks with the default {budget} s budget "
-          f"(longest {max(tick_seconds):.1f} s), each upload requested once")
+    print(
+        f"burst of {args.burst} new uploads: {len(tick_seconds)} sensor ticks with the default {budget} s budget "
+        f"(longest {max(tick_seconds):.1f} s), each upload requested once"
+    )
     server.stop()
 
 

@@ -51,9 +51,22 @@ def wait_for(condition, what: str):
 
 def command_seconds(source: Path, work: Path, env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", str(work / "cli-lake"),
-                    "--upload-id", UPLOAD], env={**env, "DAGSTER_HOME": str(work / "cli-home")}, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synthea_pipeline.cli",
+            "run",
+            str(source),
+            "--lake",
+            str(work / "cli-lake"),
+            "--upload-id",
+            UPLOAD,
+        ],
+        env={**env, "DAGSTER_HOME": str(work / "cli-home")},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -96,14 +109,32 @@ def main() -> None:
         (home / "dagster.yaml").write_text(config)
         ui_env = {**env, "DAGSTER_HOME": str(home), "SYNTHEA_LAKE_ROOT": str(lake)}
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions",
-                                   "-p", str(port)], cwd=work, env=ui_env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions", "-p", str(port)],
+            cwd=work,
+            env=ui_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             instance = DagsterInstance.from_config(str(home))
-            subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "upload", str(args.source), "--to",
-                            str(lake / "source"), "--upload-id", UPLOAD], env=ui_env, check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "synthea_pipeline.cli",
+                    "upload",
+                    str(args.source),
+                    "--to",
+                    str(lake / "source"),
+                    "--upload-id",
+                    UPLOAD,
+                ],
+                env=ui_env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             sensor = sensor_seconds(instance)
             client = DagsterGraphQLClient("127.0.0.1", port_number=port)
             ui_run = client.submit_job_execution("ingest_upload", tags={"dagster/partition": UPLOAD})

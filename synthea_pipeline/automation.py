@@ -29,15 +29,18 @@ def after_staging() -> AutomationCondition:
     `synthea-pipeline run` on the same instance) is followed by one more rebuild."""
     staging_updated = AutomationCondition.any_deps_match(AutomationCondition.newly_updated())
     return (staging_updated.since(AutomationCondition.newly_requested()) & ready_to_build()).with_label(
-        "staging updated since the last request, nothing in progress, blocking checks passed")
+        "staging updated since the last request, nothing in progress, blocking checks passed"
+    )
 
 
 def after_marts() -> AutomationCondition:
     """The BI views and the dashboard: in the same run as the marts they read whenever those are requested, and
     after a run that rebuilt the marts without them (e.g. materialized by hand)."""
     return (
-        (AutomationCondition.any_deps_match(AutomationCondition.will_be_requested())
-         | AutomationCondition.any_deps_updated().since_last_handled())
+        (
+            AutomationCondition.any_deps_match(AutomationCondition.will_be_requested())
+            | AutomationCondition.any_deps_updated().since_last_handled()
+        )
         & ready_to_build()
     ).with_label("marts requested or updated, nothing in progress, blocking checks passed")
 

@@ -9,16 +9,18 @@ import signal
 import sys
 import traceback
 
-from synthea_pipeline.resources.spark import ENGINES
+from synthea_pipeline.engines import ENGINES
 from synthea_pipeline.settings import LAKE_ROOT, SPARK_ENGINE
-from synthea_pipeline.transforms.lake import InvalidUploadId, upload_id_for_folder, validate_upload_id
+from synthea_pipeline.transforms.lake import InvalidUploadId, Lake, upload_id_for_folder, validate_upload_id
 
 LAKE_HELP = f"lake root (default: ${LAKE_ROOT.env_var}, else ./{LAKE_ROOT.default})"
 ENGINE_HELP = f"Spark engine (default: ${SPARK_ENGINE.env_var}, else {SPARK_ENGINE.default})"
 EXPORT_HELP = "Synthea CSV export: its folder (the output/csv of run_synthea) or a .zip of it"
-REPLACE_HELP = ("confirm that this upload may remove history it supersedes (patients of earlier uploads or of its "
-                "previous version whose tables are absent, cut or shrink); also replaces an upload id that holds a "
-                "different export")
+REPLACE_HELP = (
+    "confirm that this upload may remove history it supersedes (patients of earlier uploads or of its "
+    "previous version whose tables are absent, cut or shrink); also replaces an upload id that holds a "
+    "different export"
+)
 INTERRUPTED_EXIT = 130
 
 
@@ -39,43 +41,63 @@ def _version() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthea-pipeline", description=__doc__)
     parser.add_argument("--version", action="version", version=_version())
-    parser.add_argument("--verbose", action="store_true",
-                        help="print Dagster's own log and the traceback of an error")
+    parser.add_argument("--verbose", action="store_true", help="print Dagster's own log and the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="process one Synthea CSV export as one upload, then the marts")
-    run.add_argument("source_dir", nargs="?", metavar="EXPORT",
-                     help=f"{EXPORT_HELP} (default: the sample shipped with the project)")
+    run.add_argument(
+        "source_dir", nargs="?", metavar="EXPORT", help=f"{EXPORT_HELP} (default: the sample shipped with the project)"
+    )
     run.add_argument("--lake", help=LAKE_HELP)
     run.add_argument("--upload-id", help="partition key (default: derived from the folder or zip name)")
     run.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     run.add_argument("--replace", action="store_true", help=REPLACE_HELP)
-    run.add_argument("--include-identifiers", action="store_true",
-                     help="write direct identifiers (SSN, names, addresses, ...) to the marts")
+    run.add_argument(
+        "--include-identifiers",
+        action="store_true",
+        help="write direct identifiers (SSN, names, addresses, ...) to the marts",
+    )
     upload = commands.add_parser("upload", help="copy a Synthea CSV export to source/<upload_id>/ with a manifest")
     upload.add_argument("source_dir", metavar="EXPORT", help=EXPORT_HELP)
-    upload.add_argument("--to", help=f"where uploads land: s3://BUCKET/PREFIX or a folder (default: the lake's "
-                        f"source/, ${LAKE_ROOT.env_var}/source, else ./{LAKE_ROOT.default}/source)")
+    upload.add_argument(
+        "--to",
+        help=f"where uploads land: s3://BUCKET/PREFIX or a folder (default: the lake's "
+        f"source/, ${LAKE_ROOT.env_var}/source, else ./{LAKE_ROOT.default}/source)",
+    )
     upload.add_argument("--upload-id", help="partition key (default: derived from the folder or zip name)")
-    upload.add_argument("--replace", action="store_true",
-                        help=REPLACE_HELP + " (written in the manifest, for the upload sensor and the UI)")
+    upload.add_argument(
+        "--replace",
+        action="store_true",
+        help=REPLACE_HELP + " (written in the manifest, for the upload sensor and the UI)",
+    )
     uploads = commands.add_parser("uploads", help="list every upload: waiting, loading, committed, failed, removed")
     uploads.add_argument("--lake", help=LAKE_HELP)
     uploads.add_argument("--format", choices=("table", "csv"), default="table")
     backfill = commands.add_parser("backfill", help="recompute uploads from source, then the marts")
-    backfill.add_argument("upload_ids", nargs="*", metavar="UPLOAD_ID",
-                          help="uploads to recompute (committed ones, or ones waiting in source/)")
+    backfill.add_argument(
+        "upload_ids",
+        nargs="*",
+        metavar="UPLOAD_ID",
+        help="uploads to recompute (committed ones, or ones waiting in source/)",
+    )
     backfill.add_argument("--all", action="store_true", help="recompute every upload committed in the lake")
     backfill.add_argument("--lake", help=LAKE_HELP)
     backfill.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
-    backfill.add_argument("--include-identifiers", action="store_true",
-                          help="write direct identifiers (SSN, names, addresses, ...) to the marts")
+    backfill.add_argument(
+        "--include-identifiers",
+        action="store_true",
+        help="write direct identifiers (SSN, names, addresses, ...) to the marts",
+    )
     query = commands.add_parser("query", help="run SQL on the catalog (DuckDB locally, Athena for an S3 lake)")
     query.add_argument("sql", help='e.g. "SELECT * FROM bi_demographics" (default database: the marts)')
     query.add_argument("--lake", help=LAKE_HELP)
     query.add_argument("--format", choices=("table", "csv"), default="table")
-    query.add_argument("--as-of", type=_timestamp, metavar="TIMESTAMP",
-                       help="read the marts as they were then (Iceberg time travel), e.g. 2026-11-27T09:30:00Z; "
-                       "UTC when no offset is given")
+    query.add_argument(
+        "--as-of",
+        type=_timestamp,
+        metavar="TIMESTAMP",
+        help="read the marts as they were then (Iceberg time travel), e.g. 2026-11-27T09:30:00Z; "
+        "UTC when no offset is given",
+    )
     remove = commands.add_parser("remove", help="take an upload out of the lake, then rebuild the marts")
     remove.add_argument("upload_id")
     remove.add_argument("--lake", help=LAKE_HELP)
@@ -83,34 +105,56 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     maintain = commands.add_parser("maintain", help="expire old Iceberg snapshots and delete files no one needs")
     maintain.add_argument("--lake", help=LAKE_HELP)
-    maintain.add_argument("--older-than", type=_duration, default=_duration("7d"), metavar="AGE",
-                          help="keep snapshots (time travel) and unreferenced files this recent, e.g. 7d or 12h "
-                          "(default: 7d; keep it longer than the longest run: files of runs still writing are "
-                          "younger than that)")
+    maintain.add_argument(
+        "--older-than",
+        type=_duration,
+        default=_duration("7d"),
+        metavar="AGE",
+        help="keep snapshots (time travel) and unreferenced files this recent, e.g. 7d or 12h "
+        "(default: 7d; keep it longer than the longest run: files of runs still writing are "
+        "younger than that)",
+    )
     maintain.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     deploy = commands.add_parser("deploy", help="upload the Spark job code and create or update the Glue jobs")
     deploy.add_argument("--bucket", required=True, help="bucket for the job code")
     deploy.add_argument("--prefix", default="code", help="key prefix for the job code (default: code)")
-    deploy.add_argument("--glue-role", help="IAM role ARN for Glue jobs that do not exist yet (infra/ creates the jobs with one role each)")
-    deploy.add_argument("--job-prefix", default="synthea-pipeline",
-                        help="Glue job names are <job-prefix>-staging and <job-prefix>-marts")
-    deploy.add_argument("--workers", type=int, default=2, help="G.1X workers of Glue jobs created (default: 2); existing jobs keep theirs")
+    deploy.add_argument(
+        "--glue-role",
+        help="IAM role ARN for Glue jobs that do not exist yet (infra/ creates the jobs with one role each)",
+    )
+    deploy.add_argument(
+        "--job-prefix",
+        default="synthea-pipeline",
+        help="Glue job names are <job-prefix>-staging and <job-prefix>-marts",
+    )
+    deploy.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="G.1X workers of Glue jobs created (default: 2); existing jobs keep theirs",
+    )
     deploy.add_argument("--dry-run", action="store_true", help="print what would be uploaded and created")
     dagster_deploy = commands.add_parser(
-        "deploy-dagster", help="build and push the image to ECR, then create or update the Dagster stack "
-        "(infra/dagster-ecs.yaml) with the lake stack's outputs; run from the repository's root")
+        "deploy-dagster",
+        help="build and push the image to ECR, then create or update the Dagster stack "
+        "(infra/dagster-ecs.yaml) with the lake stack's outputs; run from the repository's root",
+    )
     dagster_deploy.add_argument("--stack", default="synthea-pipeline-dagster", help="the Dagster stack's name")
-    dagster_deploy.add_argument("--lake-stack", default="synthea-pipeline",
-                                help="the stack made from infra/synthea-pipeline.yaml")
+    dagster_deploy.add_argument(
+        "--lake-stack", default="synthea-pipeline", help="the stack made from infra/synthea-pipeline.yaml"
+    )
     dagster_deploy.add_argument("--vpc-id", required=True)
-    dagster_deploy.add_argument("--subnets", required=True,
-                                help="comma-separated private subnet ids (two availability zones or more)")
+    dagster_deploy.add_argument(
+        "--subnets", required=True, help="comma-separated private subnet ids (two availability zones or more)"
+    )
     dagster_deploy.add_argument("--allowed-cidr", required=True, help="the only network that may open the UI")
-    dagster_deploy.add_argument("--repository-name", default="synthea-pipeline", help="ECR repository (created "
-                                "when absent)")
+    dagster_deploy.add_argument(
+        "--repository-name", default="synthea-pipeline", help="ECR repository (created when absent)"
+    )
     dagster_deploy.add_argument("--tag", help="image tag (default: the commit and the time)")
-    dagster_deploy.add_argument("--dry-run", action="store_true",
-                                help="print the image, commands and parameters (no credentials needed)")
+    dagster_deploy.add_argument(
+        "--dry-run", action="store_true", help="print the image, commands and parameters (no credentials needed)"
+    )
     return parser
 
 
@@ -150,10 +194,10 @@ def _print_rows(columns: list[str], rows: list[list], output_format: str) -> Non
         return
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=False)))
     print("  ".join("-" * w for w in widths))
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)))
     print(f"({len(rows)} rows)")
 
 
@@ -168,39 +212,48 @@ def _runs(args: argparse.Namespace):
 
 
 def _lake_root(args: argparse.Namespace) -> str:
-    from synthea_pipeline.resources.lake import LakeResource
-
-    return LakeResource(root=LAKE_ROOT.current(getattr(args, "lake", None))).layout().root
+    return Lake.at(LAKE_ROOT.current(getattr(args, "lake", None))).root
 
 
 def query_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.runs import catalog_from_environment
-    from synthea_pipeline.transforms.lake import Lake
 
     if not args.sql.strip():
-        print('error: no SQL given: pass a statement, e.g. synthea-pipeline query "SELECT * FROM bi_demographics"',
-              file=sys.stderr)
+        print(
+            'error: no SQL given: pass a statement, e.g. synthea-pipeline query "SELECT * FROM bi_demographics"',
+            file=sys.stderr,
+        )
         return 2
     try:
         columns, rows = catalog_from_environment().query(Lake(_lake_root(args)), args.sql, args.as_of)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # noqa: BLE001 - SQL errors are the user's to read, without a traceback
+    except Exception as error:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     _print_rows(columns, rows, args.format)
     return 0
 
 
-UPLOAD_COLUMNS = ("upload_id", "state", "synthea_release", "patients", "registered_at", "committed_at", "removed_at",
-                  "last_run")
+UPLOAD_COLUMNS = (
+    "upload_id",
+    "state",
+    "synthea_release",
+    "patients",
+    "registered_at",
+    "committed_at",
+    "removed_at",
+    "last_run",
+)
 
 
 def uploads_command(args: argparse.Namespace) -> int:
     rows = _runs(args).list_uploads(_lake_root(args))
-    cells = [[f"{row[c]:%Y-%m-%d %H:%M:%S}" if isinstance(row.get(c), dt.datetime) else row.get(c)
-              for c in UPLOAD_COLUMNS] for row in rows]
+    cells = [
+        [f"{row[c]:%Y-%m-%d %H:%M:%S}" if isinstance(row.get(c), dt.datetime) else row.get(c) for c in UPLOAD_COLUMNS]
+        for row in rows
+    ]
     _print_rows(list(UPLOAD_COLUMNS), cells, args.format)
     return 0
 
@@ -221,8 +274,16 @@ def deploy_dagster_command(args: argparse.Namespace) -> int:
     from synthea_pipeline.deploy_dagster import DeployError, deploy_dagster
 
     try:
-        plan = deploy_dagster(args.stack, args.lake_stack, args.vpc_id, args.subnets.split(","), args.allowed_cidr,
-                              repository_name=args.repository_name, tag=args.tag, dry_run=args.dry_run)
+        plan = deploy_dagster(
+            args.stack,
+            args.lake_stack,
+            args.vpc_id,
+            args.subnets.split(","),
+            args.allowed_cidr,
+            repository_name=args.repository_name,
+            tag=args.tag,
+            dry_run=args.dry_run,
+        )
     except DeployError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -276,8 +337,9 @@ def _print_report(report, lake_root: str, verbose: bool) -> bool:
         for error in report.errors or ["the run failed; see the Dagster run log"]:
             print(f"error: {error}", file=sys.stderr)
         if not verbose and not report.interrupted:
-            print(f"(Dagster run {report.run_id}: `dagster dev` shows its log; --verbose prints it here)",
-                  file=sys.stderr)
+            print(
+                f"(Dagster run {report.run_id}: `dagster dev` shows its log; --verbose prints it here)", file=sys.stderr
+            )
         return False
     return True
 
@@ -290,9 +352,15 @@ def run_command(args: argparse.Namespace) -> int:
     upload_id = _upload_id(args, source)
     lake_root = _lake_root(args)
     with export_folder(source) as folder:
-        report = runs.run_upload(folder, lake_root, upload_id, engine=args.engine,
-                                 include_identifiers=args.include_identifiers,
-                                 replace=bool(args.upload_id) or args.replace, replace_history=args.replace)
+        report = runs.run_upload(
+            folder,
+            lake_root,
+            upload_id,
+            engine=args.engine,
+            include_identifiers=args.include_identifiers,
+            replace=bool(args.upload_id) or args.replace,
+            replace_history=args.replace,
+        )
     return _exit(report, _print_report(report, lake_root, args.verbose))
 
 
@@ -310,11 +378,14 @@ def upload_command(args: argparse.Namespace) -> int:
     upload_id = _upload_id(args, args.source_dir)
     storage = storage_for(args.to) if args.to else LakeResource(root=LAKE_ROOT.current()).source_storage()
     with export_folder(args.source_dir) as folder:
-        manifest = upload_export(folder, storage, upload_id, replace=bool(args.upload_id) or args.replace,
-                                 replace_history=args.replace)
+        manifest = upload_export(
+            folder, storage, upload_id, replace=bool(args.upload_id) or args.replace, replace_history=args.replace
+        )
     size = sum(f["size"] for f in manifest["files"])
-    print(f"uploaded {len(manifest['files'])} files ({size / 1e6:.1f} MB, Synthea {manifest['synthea_release']}) "
-          f"to {storage.uri(upload_id)}/" + (", confirmed to replace history" if args.replace else ""))
+    print(
+        f"uploaded {len(manifest['files'])} files ({size / 1e6:.1f} MB, Synthea {manifest['synthea_release']}) "
+        f"to {storage.uri(upload_id)}/" + (", confirmed to replace history" if args.replace else "")
+    )
     print(f"manifest {storage.uri(manifest_key(upload_id))}, checksum {manifest['checksum'][:16]}")
     return 0
 
@@ -324,13 +395,19 @@ def backfill_command(args: argparse.Namespace) -> int:
         print("error: pass either upload ids or --all, not both", file=sys.stderr)
         return 2
     if not args.all and not args.upload_ids:
-        print("error: name the uploads to recompute (`synthea-pipeline uploads` lists them), or pass --all",
-              file=sys.stderr)
+        print(
+            "error: name the uploads to recompute (`synthea-pipeline uploads` lists them), or pass --all",
+            file=sys.stderr,
+        )
         return 2
     lake_root = _lake_root(args)
     try:
-        reports = _runs(args).backfill(None if args.all else args.upload_ids, lake_root, engine=args.engine,
-                                       include_identifiers=args.include_identifiers)
+        reports = _runs(args).backfill(
+            None if args.all else args.upload_ids,
+            lake_root,
+            engine=args.engine,
+            include_identifiers=args.include_identifiers,
+        )
     except KeyError as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
@@ -350,10 +427,15 @@ def remove_command(args: argparse.Namespace) -> int:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
     if "loads_deleted" in report.outputs:
-        source = ("its source deleted" if args.purge_source else
-                  "its source kept: the sensor leaves it alone until it is uploaded again")
-        print(f"removed upload {upload_id} from {lake_root}: {report.outputs['loads_deleted']} loads deleted (staging, "
-              f"quarantine and raw rows), its partition removed, {source}")
+        source = (
+            "its source deleted"
+            if args.purge_source
+            else "its source kept: the sensor leaves it alone until it is uploaded again"
+        )
+        print(
+            f"removed upload {upload_id} from {lake_root}: {report.outputs['loads_deleted']} loads deleted (staging, "
+            f"quarantine and raw rows), its partition removed, {source}"
+        )
     return _exit(report, _print_report(report, lake_root, args.verbose))
 
 
@@ -364,15 +446,25 @@ def maintain_command(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"lake {lake_root}: deleted {summary['stale_loads']} stale loads and {summary['stale_builds']} stale "
-          f"builds; expired {summary['snapshots_expired']} snapshots older than {_age(args.older_than)}; deleted "
-          f"{summary['files_deleted']} files ({summary['bytes_deleted'] / 1e6:.1f} MB) in {summary['tables']} tables")
+    print(
+        f"lake {lake_root}: deleted {summary['stale_loads']} stale loads and {summary['stale_builds']} stale "
+        f"builds; expired {summary['snapshots_expired']} snapshots older than {_age(args.older_than)}; deleted "
+        f"{summary['files_deleted']} files ({summary['bytes_deleted'] / 1e6:.1f} MB) in {summary['tables']} tables"
+    )
     return 0
 
 
-COMMANDS = {"run": run_command, "upload": upload_command, "uploads": uploads_command, "backfill": backfill_command,
-            "query": query_command, "deploy": deploy_command, "deploy-dagster": deploy_dagster_command,
-            "remove": remove_command, "maintain": maintain_command}
+COMMANDS = {
+    "run": run_command,
+    "upload": upload_command,
+    "uploads": uploads_command,
+    "backfill": backfill_command,
+    "query": query_command,
+    "deploy": deploy_command,
+    "deploy-dagster": deploy_dagster_command,
+    "remove": remove_command,
+    "maintain": maintain_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,8 +484,15 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (InvalidUploadId, UploadError, UploadVerificationError, ValueError, BotoCoreError, ClientError,
-            KeyboardInterrupt) as error:
+    except (
+        InvalidUploadId,
+        UploadError,
+        UploadVerificationError,
+        ValueError,
+        BotoCoreError,
+        ClientError,
+        KeyboardInterrupt,
+    ) as error:
         if args.verbose:
             traceback.print_exception(error)
         message, status = _explained(error)
@@ -416,8 +515,10 @@ def _explained(error: BaseException) -> tuple[str, int]:
     if isinstance(error, UploadVerificationError):
         return f"upload not verified, nothing was run or marked complete: {error}", 1
     if isinstance(error, (BotoCoreError, ClientError)):
-        return (f"AWS: {error} (credentials and region come from the usual AWS environment: AWS_PROFILE or "
-                "AWS_ACCESS_KEY_ID, AWS_REGION)"), 1
+        return (
+            f"AWS: {error} (credentials and region come from the usual AWS environment: AWS_PROFILE or "
+            "AWS_ACCESS_KEY_ID, AWS_REGION)"
+        ), 1
     return str(error), 2
 
 

@@ -99,9 +99,12 @@ def mark_dead_runs(instance: DagsterInstance) -> list[str]:
     return dead
 
 
-@sensor(minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING,
-        description="Marks failed the runs whose worker process died (kill -9, out of memory), so none stays "
-        "NOT_STARTED, STARTING or STARTED and holds its upload's run queue.")
+@sensor(
+    minimum_interval_seconds=15,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Marks failed the runs whose worker process died (kill -9, out of memory), so none stays "
+    "NOT_STARTED, STARTING or STARTED and holds its upload's run queue.",
+)
 def dead_runs(context: SensorEvaluationContext) -> SkipReason:
     marked = mark_dead_runs(context.instance)
     return SkipReason(f"marked failed: {', '.join(marked)}" if marked else "every started run's worker is alive")

@@ -2,9 +2,21 @@
 `EnvVar`-backed resource field, resolved when a run or a sensor tick uses the resource; unset settings take their
 local defaults (`settings.apply_local_defaults`)."""
 
+import os
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
-from dagster import BetaWarning, Definitions, PreviewWarning, in_process_executor, with_source_code_references
+from dagster import (
+    AnchorBasedFilePathMapping,
+    AssetsDefinition,
+    BetaWarning,
+    Definitions,
+    PreviewWarning,
+    in_process_executor,
+    link_code_references_to_git,
+    with_source_code_references,
+)
 
 from synthea_pipeline import settings
 from synthea_pipeline.assets.bi import build_bi_assets
@@ -25,14 +37,41 @@ from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.schedules import maintain_lake_schedule
 from synthea_pipeline.sensors import rebuild_marts_after_removal, upload_sensor
 
+GIT_URL_VARIABLE = "SYNTHEA_GIT_URL"
+GIT_SHA_VARIABLE = "SYNTHEA_GIT_SHA"
+"""Set by the image build (the Dockerfile's GIT_URL and GIT_SHA build arguments): the repository and commit its code
+came from, so the UI's code references open that commit in the repository instead of a path inside the container."""
+
+
+def with_code_references(assets: Sequence[AssetsDefinition]) -> Sequence[AssetsDefinition]:
+    """References to each asset's function and transform modules: links into the git repository at the image's
+    commit when the deployed image names them (read when the definitions load: code references are load-time
+    metadata), else local file paths."""
+    referenced = with_source_code_references(assets)
+    git_url, git_sha = os.environ.get(GIT_URL_VARIABLE), os.environ.get(GIT_SHA_VARIABLE)
+    if not (git_url and git_sha):
+        return referenced
+    return link_code_references_to_git(
+        referenced,
+        git_url=git_url,
+        git_branch=git_sha,
+        file_path_mapping=(AnchorBasedFilePathMapping(Path(__file__), "synthea_pipeline/definitions.py")),
+    )
+
+
 settings.apply_local_defaults()
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", BetaWarning)  # source code references
     warnings.simplefilter("ignore", PreviewWarning)  # partitioned asset checks
-    assets = with_source_code_references([
-        build_source_assets(), build_staging_assets(), build_mart_assets(), build_bi_assets(),
-    ])
+    assets = with_code_references(
+        [
+            build_source_assets(),
+            build_staging_assets(),
+            build_mart_assets(),
+            build_bi_assets(),
+        ]
+    )
 
 defs = Definitions(
     assets=assets,

@@ -12,6 +12,12 @@ from pathlib import Path
 
 import dagster_pipes
 
+from synthea_pipeline.engines.emr_serverless import (
+    CODE_URI,
+    EMR_APPLICATION_ID,
+    EMR_EXECUTION_ROLE_ARN,
+    EMR_SERVERLESS,
+)
 from synthea_pipeline.remote_jobs import (
     PACKAGE_ZIP,
     SPARK_LAYERS,
@@ -20,6 +26,7 @@ from synthea_pipeline.remote_jobs import (
     glue_conf_argument,
     glue_job_name,
 )
+from synthea_pipeline.settings import SPARK_ENGINE
 from synthea_pipeline.transforms.lake import aws_client
 
 GLUE_VERSION = "5.0"
@@ -73,16 +80,36 @@ def emr_serverless_settings(code_uri: str, bucket: str) -> dict:
         "application": {"releaseLabel": EMR_RELEASE, "type": "SPARK", "name": "synthea-pipeline"},
         "entryPoints": {layer: f"{code_uri}/{entry_script(layer)}" for layer in SPARK_LAYERS},
         "sparkSubmitParameters": f"--conf spark.submit.pyFiles={code_uri}/{PACKAGE_ZIP} {iceberg}",
-        "environment": {"SYNTHEA_SPARK_ENGINE": "emr-serverless", "SYNTHEA_CODE_URI": code_uri,
-                        "SYNTHEA_EMR_APPLICATION_ID": "<application id>",
-                        "SYNTHEA_EMR_EXECUTION_ROLE_ARN": "<job role arn>"},
+        "environment": {
+            SPARK_ENGINE.env_var: EMR_SERVERLESS.name,
+            CODE_URI.env_var: code_uri,
+            EMR_APPLICATION_ID.env_var: "<application id>",
+            EMR_EXECUTION_ROLE_ARN.env_var: "<job role arn>",
+        },
     }
 
 
-JOB_UPDATE_FIELDS = ("Description", "Role", "ExecutionProperty", "Command", "DefaultArguments",
-                     "NonOverridableArguments", "Connections", "MaxRetries", "Timeout", "WorkerType",
-                     "NumberOfWorkers", "GlueVersion", "SecurityConfiguration", "NotificationProperty",
-                     "ExecutionClass", "JobRunQueuingEnabled", "MaintenanceWindow", "JobMode", "LogUri")
+JOB_UPDATE_FIELDS = (
+    "Description",
+    "Role",
+    "ExecutionProperty",
+    "Command",
+    "DefaultArguments",
+    "NonOverridableArguments",
+    "Connections",
+    "MaxRetries",
+    "Timeout",
+    "WorkerType",
+    "NumberOfWorkers",
+    "GlueVersion",
+    "SecurityConfiguration",
+    "NotificationProperty",
+    "ExecutionClass",
+    "JobRunQueuingEnabled",
+    "MaintenanceWindow",
+    "JobMode",
+    "LogUri",
+)
 
 
 def code_update(existing: dict, wanted: dict, role_arn: str | None) -> dict:
@@ -90,8 +117,10 @@ def code_update(existing: dict, wanted: dict, role_arn: str | None) -> dict:
     the arguments it needs."""
     update = {k: v for k, v in existing.items() if k in JOB_UPDATE_FIELDS}
     update["Command"] = {**existing.get("Command", {}), "ScriptLocation": wanted["Command"]["ScriptLocation"]}
-    update["DefaultArguments"] = {**existing.get("DefaultArguments", {}),
-                                  **{k: wanted["DefaultArguments"][k] for k in CODE_ARGUMENTS}}
+    update["DefaultArguments"] = {
+        **existing.get("DefaultArguments", {}),
+        **{k: wanted["DefaultArguments"][k] for k in CODE_ARGUMENTS},
+    }
     if role_arn:
         update["Role"] = role_arn
     return update
@@ -110,27 +139,47 @@ class DeployPlan:
         lines += [f"  {name} ({size} bytes)" for name, size in self.uploads.items()]
         for name, job in self.glue_jobs.items():
             action = self.glue_actions.get(name, "would create or update")
-            lines.append(f"Glue job {name}: {action} ({job['GlueVersion']}, {job['NumberOfWorkers']} x "
-                         f"{job['WorkerType']}, script {job['Command']['ScriptLocation']})")
+            lines.append(
+                f"Glue job {name}: {action} ({job['GlueVersion']}, {job['NumberOfWorkers']} x "
+                f"{job['WorkerType']}, script {job['Command']['ScriptLocation']})"
+            )
         lines.append("EMR Serverless settings: " + json.dumps(self.emr_serverless, indent=1))
         return "\n".join(lines)
 
 
-def deploy(bucket: str, prefix: str = "code", job_prefix: str = "synthea-pipeline", role_arn: str | None = None,
-           workers: int = 2, dry_run: bool = False, s3=None, glue=None) -> DeployPlan:
+def deploy(
+    bucket: str,
+    prefix: str = "code",
+    job_prefix: str = "synthea-pipeline",
+    role_arn: str | None = None,
+    workers: int = 2,
+    dry_run: bool = False,
+    s3=None,
+    glue=None,
+) -> DeployPlan:
     """Upload the package and entry scripts to s3://bucket/prefix/ and create one Glue job per Spark layer, or
     point an existing one at the new code (keeping its workers, concurrency and, unless `role_arn` is given,
     role). With `dry_run` nothing is called; the
     plan says what would be."""
     code_uri = f"s3://{bucket}/{prefix.strip('/')}" if prefix.strip("/") else f"s3://{bucket}"
     package = build_package()
-    scripts = {entry_script(layer): (Path(str(resources.files("synthea_pipeline"))) / "entrypoints"
-                                     / entry_script(layer)).read_bytes() for layer in SPARK_LAYERS}
-    plan = DeployPlan(code_uri, uploads={PACKAGE_ZIP: len(package), **{n: len(b) for n, b in scripts.items()}},
-                      emr_serverless=emr_serverless_settings(code_uri, bucket))
-    plan.glue_jobs = {glue_job_name(job_prefix, layer): glue_job_definition(
-        glue_job_name(job_prefix, layer), layer, code_uri, bucket, role_arn or "<the job's role>", workers)
-        for layer in SPARK_LAYERS}
+    scripts = {
+        entry_script(layer): (
+            Path(str(resources.files("synthea_pipeline"))) / "entrypoints" / entry_script(layer)
+        ).read_bytes()
+        for layer in SPARK_LAYERS
+    }
+    plan = DeployPlan(
+        code_uri,
+        uploads={PACKAGE_ZIP: len(package), **{n: len(b) for n, b in scripts.items()}},
+        emr_serverless=emr_serverless_settings(code_uri, bucket),
+    )
+    plan.glue_jobs = {
+        glue_job_name(job_prefix, layer): glue_job_definition(
+            glue_job_name(job_prefix, layer), layer, code_uri, bucket, role_arn or "<the job's role>", workers
+        )
+        for layer in SPARK_LAYERS
+    }
     if dry_run:
         return plan
     s3 = s3 or aws_client("s3")
@@ -144,8 +193,10 @@ def deploy(bucket: str, prefix: str = "code", job_prefix: str = "synthea-pipelin
             existing = glue.get_job(JobName=name)["Job"]
         except glue.exceptions.EntityNotFoundException:
             if role_arn is None:
-                raise ValueError(f"Glue job {name} does not exist: pass --glue-role to create it, or deploy "
-                                 "infra/synthea-pipeline.yaml, which creates both jobs with their own roles") from None
+                raise ValueError(
+                    f"Glue job {name} does not exist: pass --glue-role to create it, or deploy "
+                    "infra/synthea-pipeline.yaml, which creates both jobs with their own roles"
+                ) from None
             glue.create_job(**job)
             plan.glue_actions[name] = "created"
             continue

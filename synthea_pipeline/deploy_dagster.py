@@ -6,6 +6,7 @@ stacks' resources."""
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -46,8 +47,10 @@ def stack_parameters(template: Path, lake_outputs: dict[str, str], options: dict
     parameters.update(options)
     missing = sorted(name for name, has_default in declared.items() if not has_default and name not in parameters)
     if missing:
-        raise DeployError(f"{template} needs {', '.join(missing)}: the lake stack has no such output and no option "
-                          "gave it (deploy infra/synthea-pipeline.yaml first)")
+        raise DeployError(
+            f"{template} needs {', '.join(missing)}: the lake stack has no such output and no option "
+            "gave it (deploy infra/synthea-pipeline.yaml first)"
+        )
     return parameters
 
 
@@ -70,9 +73,26 @@ class DagsterDeployPlan:
 
 def default_tag(repository: Path) -> str:
     """The commit the image is built from, with the time: tags are immutable in the repository."""
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repository, capture_output=True,
-                            text=True, check=False).stdout.strip() or "nogit"
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=repository, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "nogit"
+    )
     return f"{commit}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+
+
+def git_source(repository: Path) -> tuple[str, str]:
+    """The repository's `origin` as a browsable https URL and the commit checked out, which the image keeps so the
+    UI's code references link to that commit (`definitions.with_code_references`); empty strings when unknown."""
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(
+            ["git", *arguments], cwd=repository, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    url = re.sub(r"^(?:ssh://)?git@([^:/]+)[:/]", r"https://\1/", git("remote", "get-url", "origin"))
+    return url.removesuffix(".git"), git("rev-parse", "HEAD")
 
 
 def existing_repository(ecr, name: str) -> str | None:
@@ -85,16 +105,23 @@ def existing_repository(ecr, name: str) -> str | None:
 
 def ensure_repository(ecr, name: str) -> str:
     """The ECR repository's URI, creating it (immutable tags, scanned on push, encrypted) when absent."""
-    return existing_repository(ecr, name) or ecr.create_repository(
-        repositoryName=name, imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True},
-        encryptionConfiguration={"encryptionType": "AES256"},
-    )["repository"]["repositoryUri"]
+    return (
+        existing_repository(ecr, name)
+        or ecr.create_repository(
+            repositoryName=name,
+            imageTagMutability="IMMUTABLE",
+            imageScanningConfiguration={"scanOnPush": True},
+            encryptionConfiguration={"encryptionType": "AES256"},
+        )["repository"]["repositoryUri"]
+    )
 
 
 def create_or_update(cloudformation, stack: str, template_body: str, parameters: dict[str, str]) -> str:
     """Create the stack, or update it; waits until it settles. Returns what was done."""
     arguments = {
-        "StackName": stack, "TemplateBody": template_body, "Capabilities": ["CAPABILITY_NAMED_IAM"],
+        "StackName": stack,
+        "TemplateBody": template_body,
+        "Capabilities": ["CAPABILITY_NAMED_IAM"],
         "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
     }
     try:
@@ -114,9 +141,17 @@ def create_or_update(cloudformation, stack: str, template_body: str, parameters:
 
 
 def deploy_dagster(
-    stack: str, lake_stack: str, vpc_id: str, subnet_ids: Sequence[str], allowed_cidr: str,
-    repository: Path = Path("."), repository_name: str = "synthea-pipeline", tag: str | None = None,
-    dry_run: bool = False, cloudformation=None, ecr=None,
+    stack: str,
+    lake_stack: str,
+    vpc_id: str,
+    subnet_ids: Sequence[str],
+    allowed_cidr: str,
+    repository: Path = Path("."),
+    repository_name: str = "synthea-pipeline",
+    tag: str | None = None,
+    dry_run: bool = False,
+    cloudformation=None,
+    ecr=None,
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> DagsterDeployPlan:
     """Build and push the image, then create or update `stack`. With `dry_run` only the lake stack and the
@@ -128,8 +163,10 @@ def deploy_dagster(
     ecr = ecr or aws_client("ecr")
     template = repository / TEMPLATE
     if not (repository / "Dockerfile").exists() or not template.exists():
-        raise DeployError(f"{repository.absolute()} is not a checkout of synthea-pipeline (no Dockerfile or "
-                          f"{TEMPLATE}): run deploy-dagster from the repository's root")
+        raise DeployError(
+            f"{repository.absolute()} is not a checkout of synthea-pipeline (no Dockerfile or "
+            f"{TEMPLATE}): run deploy-dagster from the repository's root"
+        )
     unread = None
     try:
         lake = cloudformation.describe_stacks(StackName=lake_stack)["Stacks"][0]
@@ -138,8 +175,11 @@ def deploy_dagster(
         if not dry_run:
             raise DeployError(f"lake stack {lake_stack} not found: {error}") from None
         unread = f"lake stack {lake_stack} not read ({error})"
-        lake_outputs = {name: f"<output {name} of {lake_stack}>" for name, has_default in
-                        template_parameters(template).items() if not has_default and name not in DEPLOY_OPTIONS}
+        lake_outputs = {
+            name: f"<output {name} of {lake_stack}>"
+            for name, has_default in template_parameters(template).items()
+            if not has_default and name not in DEPLOY_OPTIONS
+        }
     if dry_run:
         try:
             repository_uri = existing_repository(ecr, repository_name)
@@ -149,15 +189,36 @@ def deploy_dagster(
     else:
         repository_uri = ensure_repository(ecr, repository_name)
     image_uri = f"{repository_uri}:{tag or default_tag(repository)}"
-    parameters = stack_parameters(template, lake_outputs, {
-        "ImageUri": image_uri, "VpcId": vpc_id, "PrivateSubnetIds": ",".join(subnet_ids),
-        "AllowedCidr": allowed_cidr})
+    parameters = stack_parameters(
+        template,
+        lake_outputs,
+        {"ImageUri": image_uri, "VpcId": vpc_id, "PrivateSubnetIds": ",".join(subnet_ids), "AllowedCidr": allowed_cidr},
+    )
     registry = repository_uri.split("/", 1)[0]
-    plan = DagsterDeployPlan(stack, image_uri, parameters, commands=[
-        ["docker", "build", "--platform", "linux/amd64", "--tag", image_uri, str(repository)],
-        ["docker", "login", "--username", "AWS", "--password-stdin", registry],
-        ["docker", "push", image_uri],
-    ], notes=[unread] if unread else [])
+    git_url, git_sha = git_source(repository)
+    plan = DagsterDeployPlan(
+        stack,
+        image_uri,
+        parameters,
+        commands=[
+            [
+                "docker",
+                "build",
+                "--platform",
+                "linux/amd64",
+                "--build-arg",
+                f"GIT_URL={git_url}",
+                "--build-arg",
+                f"GIT_SHA={git_sha}",
+                "--tag",
+                image_uri,
+                str(repository),
+            ],
+            ["docker", "login", "--username", "AWS", "--password-stdin", registry],
+            ["docker", "push", image_uri],
+        ],
+        notes=[unread] if unread else [],
+    )
     if dry_run:
         return plan
     build, login, push = plan.commands

@@ -35,11 +35,17 @@ rebuild_marts_job = define_asset_job(
 )
 
 
-@job(name="remove_upload", partitions_def=uploads_partitions, description="Takes one upload (partition) out of the lake; the marts are rebuilt by the run it triggers.")
+@job(
+    name="remove_upload",
+    partitions_def=uploads_partitions,
+    description="Takes one upload (partition) out of the lake; the marts are rebuilt by the run it triggers.",
+)
 def remove_upload_job():
     remove_upload_from_lake()
 
 
-@job(name="maintain_lake", description="The lake's upkeep: stale loads and builds, old snapshots and unreachable files.")
+@job(
+    name="maintain_lake", description="The lake's upkeep: stale loads and builds, old snapshots and unreachable files."
+)
 def maintain_lake_job():
     clean_lake()

@@ -17,11 +17,19 @@ SIMPLE_TYPES = {
 
 def column_schema(schema: dict) -> MetadataValue:
     """A Pipes `table_schema` value (columns with name, type, description, constraints) as Dagster's."""
-    return MetadataValue.table_schema(TableSchema(columns=[
-        TableColumn(column["name"], column["type"], description=column.get("description"),
-                    constraints=TableColumnConstraints(**column.get("constraints", {})))
-        for column in schema["columns"]
-    ]))
+    return MetadataValue.table_schema(
+        TableSchema(
+            columns=[
+                TableColumn(
+                    column["name"],
+                    column["type"],
+                    description=column.get("description"),
+                    constraints=TableColumnConstraints(**column.get("constraints", {})),
+                )
+                for column in schema["columns"]
+            ]
+        )
+    )
 
 
 def metadata_value(entry: dict[str, Any]) -> MetadataValue:

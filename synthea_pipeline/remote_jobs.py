@@ -24,7 +24,7 @@ def glue_job_name(prefix: str, layer: str) -> str:
 def iceberg_confs(bucket: str) -> list[str]:
     """The Spark settings (key=value) the jobs need for the lake's Iceberg tables: Iceberg's SQL extensions
     (DELETE, MERGE) and the catalog `glue` the layers name tables through (`transforms.iceberg`), Iceberg's
-    GlueCatalog with S3FileIO, as `resources.spark.jvm_iceberg_conf` sets up locally."""
+    GlueCatalog with S3FileIO, as `engines.local_jvm.jvm_iceberg_conf` sets up locally."""
     catalog = f"spark.sql.catalog.{GLUE_CATALOG}"
     return [
         "spark.sql.extensions=org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",

@@ -20,8 +20,12 @@ it started (no RUN_START event names its process) is found too."""
 CHECKSUM_TAG = "synthea/upload_checksum"
 AUTOMATION_TAG = "dagster/from_automation_condition"
 """Dagster's tag on the runs declarative automation launches."""
-DAGSTER_ORIGINS = ((AUTOMATION_TAG, "automation"), ("dagster/sensor_name", "sensor"),
-                   ("dagster/schedule_name", "schedule"), ("dagster/backfill", "backfill"))
+DAGSTER_ORIGINS = (
+    (AUTOMATION_TAG, "automation"),
+    ("dagster/sensor_name", "sensor"),
+    ("dagster/schedule_name", "schedule"),
+    ("dagster/backfill", "backfill"),
+)
 
 
 def origin_of(tags: Mapping[str, str]) -> str:

@@ -18,7 +18,7 @@ from synthea_pipeline.jobs import ingest_upload_job, maintain_lake_job, rebuild_
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.resources.spark import REMOTE_ENGINES, SparkResource
+from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.run_tags import CLI_RUN, HOST_TAG, ORIGIN_TAG, PROCESS_TAG
 from synthea_pipeline.settings import CATALOG_FIELDS, SPARK_ENGINE, SPARK_FIELDS, current_values
 from synthea_pipeline.transforms.lake import Lake
@@ -120,9 +120,7 @@ def run_upload(
 
 def check_engine(spark: SparkResource, lake_root: str) -> None:
     """Refuse engine and lake combinations that cannot work, before anything is written."""
-    engine = spark.resolved_engine()
-    if not lake_root.startswith("s3://") and engine in REMOTE_ENGINES:
-        raise ValueError(f"the {engine} engine needs the lake on S3: --lake s3://bucket/prefix")
+    spark.resolved_engine().check(Lake(lake_root))
 
 
 def source_uploads(lake: Lake) -> set[str]:
@@ -148,9 +146,18 @@ def list_uploads(lake_root: str) -> list[dict]:
     for upload, manifest in waiting_uploads(lake).items():
         state = states.get(upload)
         if state is None or (state["state"] == "removed" and not removal_holds(state, manifest)):
-            rows.append({"upload_id": upload, "state": "waiting", "synthea_release": (manifest or {}).get(
-                "synthea_release"), "patients": None, "registered_at": None, "committed_at": None,
-                "removed_at": state and state["removed_at"], "last_run": state and state["last_run"]})
+            rows.append(
+                {
+                    "upload_id": upload,
+                    "state": "waiting",
+                    "synthea_release": (manifest or {}).get("synthea_release"),
+                    "patients": None,
+                    "registered_at": None,
+                    "committed_at": None,
+                    "removed_at": state and state["removed_at"],
+                    "last_run": state and state["last_run"],
+                }
+            )
     return rows
 
 
@@ -181,15 +188,18 @@ def backfill(
             if removal_holds(state, waiting.get(upload)):
                 problems.append(f"upload {upload} was {removal_notice(upload, state)}")
             elif upload not in waiting:
-                problems.append(f"upload {upload} is neither in the lake nor in {lake.uri('source')}/ (in the lake: "
-                                f"{', '.join(committed) or 'none'}); upload it first: synthea-pipeline upload EXPORT "
-                                f"--upload-id {upload}")
+                problems.append(
+                    f"upload {upload} is neither in the lake nor in {lake.uri('source')}/ (in the lake: "
+                    f"{', '.join(committed) or 'none'}); upload it first: synthea-pipeline upload EXPORT "
+                    f"--upload-id {upload}"
+                )
         if problems:
             raise KeyError("; ".join(problems))
         selected = [u for u in committed if u in upload_ids] + [u for u in upload_ids if u not in committed]
     if not selected:
-        raise KeyError(f"the lake {lake_root} holds no committed uploads: run or upload one first "
-                       "(synthea-pipeline run EXPORT)")
+        raise KeyError(
+            f"the lake {lake_root} holds no committed uploads: run or upload one first (synthea-pipeline run EXPORT)"
+        )
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, selected)
     lake_resource = LakeResource(root=lake_root)
@@ -198,30 +208,49 @@ def backfill(
     reports = []
     for position, upload_id in enumerate(selected):
         last = position == len(selected) - 1
-        reports.append(_execute(upload_id, lake_resource, spark, instance, include_identifiers, origin="cli backfill",
-                                with_marts=last))
+        reports.append(
+            _execute(
+                upload_id, lake_resource, spark, instance, include_identifiers, origin="cli backfill", with_marts=last
+            )
+        )
         if not reports[-1].success:
             break
     return reports
 
 
-def remove(upload_id: str, lake_root: str, engine: str | None = None, instance: DagsterInstance | None = None,
-           purge_source: bool = False, spark: SparkResource | None = None) -> RunReport:
+def remove(
+    upload_id: str,
+    lake_root: str,
+    engine: str | None = None,
+    instance: DagsterInstance | None = None,
+    purge_source: bool = False,
+    spark: SparkResource | None = None,
+) -> RunReport:
     """Take an upload out of the lake (and its Dagster partition), then rebuild the marts, catalog and
     dashboard, in this process; the report's `outputs` hold how many loads were deleted. KeyError when neither
     the lake, its `source/` nor the instance knows the upload."""
     instance = instance or dagster_instance()
     lake = Lake(lake_root)
     states = catalog_from_environment().upload_states(lake)
-    if (upload_id not in states and upload_id not in source_uploads(lake)
-            and not instance.has_dynamic_partition(uploads_partitions.name, upload_id)):
+    if (
+        upload_id not in states
+        and upload_id not in source_uploads(lake)
+        and not instance.has_dynamic_partition(uploads_partitions.name, upload_id)
+    ):
         known = ", ".join(u for u, s in states.items() if s["state"] == "committed") or "none"
         raise KeyError(f"upload {upload_id} is not in the lake (in the lake: {known})")
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
     lake_resource = LakeResource(root=lake_root)
     spark = spark or spark_from_environment(engine)
-    removal = _run_job(remove_upload_job, lake_resource, spark, instance, "cli remove", partition_key=upload_id,
-                       ops={"remove_upload_from_lake": {"config": {"purge_source": purge_source}}})
+    removal = _run_job(
+        remove_upload_job,
+        lake_resource,
+        spark,
+        instance,
+        "cli remove",
+        partition_key=upload_id,
+        ops={"remove_upload_from_lake": {"config": {"purge_source": purge_source}}},
+    )
     if not removal.success:
         return _report(removal, upload_id)
     report = _report(_run_job(rebuild_marts_job, lake_resource, spark, instance, "cli remove"), upload_id)
@@ -229,20 +258,33 @@ def remove(upload_id: str, lake_root: str, engine: str | None = None, instance: 
     return report
 
 
-def maintain(lake_root: str, older_than_days: float, engine: str | None = None,
-             instance: DagsterInstance | None = None) -> dict:
+def maintain(
+    lake_root: str, older_than_days: float, engine: str | None = None, instance: DagsterInstance | None = None
+) -> dict:
     """The lake's upkeep in this process; returns what was deleted and expired."""
-    result = _run_job(maintain_lake_job, LakeResource(root=lake_root), spark_from_environment(engine),
-                      instance or dagster_instance(), "cli maintain",
-                      ops={"clean_lake": {"config": {"older_than_days": older_than_days}}})
+    result = _run_job(
+        maintain_lake_job,
+        LakeResource(root=lake_root),
+        spark_from_environment(engine),
+        instance or dagster_instance(),
+        "cli maintain",
+        ops={"clean_lake": {"config": {"older_than_days": older_than_days}}},
+    )
     if not result.success:
         raise RuntimeError("; ".join(_report(result, "").errors))
     return result.output_for_node("clean_lake")
 
 
-def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: DagsterInstance, origin: str,
-             partition_key: str | None = None, asset_selection=None, ops: dict | None = None
-             ) -> ExecuteInProcessResult:
+def _run_job(
+    job_def,
+    lake: LakeResource,
+    spark: SparkResource,
+    instance: DagsterInstance,
+    origin: str,
+    partition_key: str | None = None,
+    asset_selection=None,
+    ops: dict | None = None,
+) -> ExecuteInProcessResult:
     """One job of the project's definitions, in this process, on this lake and engine; tagged with the command
     that ran it, this host and this process, so a later start finds it if this process dies, even before the run
     starts (`dead_runs.mark_dead_runs`)."""
@@ -255,17 +297,32 @@ def _run_job(job_def, lake: LakeResource, spark: SparkResource, instance: Dagste
         asset_selection=asset_selection(job) if asset_selection else None,
         raise_on_error=False,
         tags={HOST_TAG: socket.gethostname(), PROCESS_TAG: f"{os.getpid()}:{time.time():.3f}", ORIGIN_TAG: origin},
-        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}},
-                    **({"ops": ops} if ops else {})},
+        run_config={
+            "loggers": {"console": {"config": {"log_level": console_log_level}}},
+            **({"ops": ops} if ops else {}),
+        },
     )
 
 
-def _execute(upload_id: str, lake: LakeResource, spark: SparkResource, instance: DagsterInstance,
-             include_identifiers: bool, origin: str, with_marts: bool = True) -> RunReport:
+def _execute(
+    upload_id: str,
+    lake: LakeResource,
+    spark: SparkResource,
+    instance: DagsterInstance,
+    include_identifiers: bool,
+    origin: str,
+    with_marts: bool = True,
+) -> RunReport:
     result = _run_job(
-        ingest_upload_job, lake, spark, instance, origin, partition_key=upload_id,
-        asset_selection=None if with_marts else lambda job: [
-            key for key in job.asset_layer.executable_asset_keys if key.path[0] in PARTITIONED_LAYERS],
+        ingest_upload_job,
+        lake,
+        spark,
+        instance,
+        origin,
+        partition_key=upload_id,
+        asset_selection=None
+        if with_marts
+        else lambda job: [key for key in job.asset_layer.executable_asset_keys if key.path[0] in PARTITIONED_LAYERS],
         ops={"marts": {"config": {"include_identifiers": include_identifiers}}} if with_marts else None,
     )
     return _report(result, upload_id)

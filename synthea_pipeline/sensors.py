@@ -67,8 +67,7 @@ def build_upload_sensor(clock: Callable[[], float] = time.monotonic) -> SensorDe
         " without a run. A tick"
         " stops within the lake's `upload_sensor_budget_seconds` (default 8) and leaves the rest to the next.",
     )
-    def upload_sensor(context: SensorEvaluationContext, lake: LakeResource, catalog: CatalogResource
-                      ) -> SensorResult:
+    def upload_sensor(context: SensorEvaluationContext, lake: LakeResource, catalog: CatalogResource) -> SensorResult:
         budget = lake.upload_sensor_budget_seconds
         started = clock()
         watcher = UploadWatcher(lake.source_storage(), quiet_seconds=lake.upload_quiet_seconds, clock=clock)
@@ -86,7 +85,9 @@ def build_upload_sensor(clock: Callable[[], float] = time.monotonic) -> SensorDe
                 processed[ready.upload_id] = removal_notice(ready.upload_id, state)
                 continue
             if already_committed(state, ready.manifest):
-                processed[ready.upload_id] = f"already in the lake (committed {state['committed_at']:%Y-%m-%d %H:%M:%S})"
+                processed[ready.upload_id] = (
+                    f"already in the lake (committed {state['committed_at']:%Y-%m-%d %H:%M:%S})"
+                )
             elif processed_checksum(context, ready.upload_id) == ready.checksum:
                 processed[ready.upload_id] = "this content was already processed"
             else:
@@ -95,9 +96,11 @@ def build_upload_sensor(clock: Callable[[], float] = time.monotonic) -> SensorDe
                 new_partitions.append(ready.upload_id)
         handed_out = len(launch) + len(processed)
         held_back = [r.upload_id for r in outcome.ready[handed_out:]]
-        summary = (f"saw {outcome.uploads_seen} uploads: {len(launch)} to run, {outcome.unchanged} unchanged, "
-                   f"{len(processed)} already processed or removed, "
-                   f"{len(outcome.skipped) + len(held_back)} waiting or invalid")
+        summary = (
+            f"saw {outcome.uploads_seen} uploads: {len(launch)} to run, {outcome.unchanged} unchanged, "
+            f"{len(processed)} already processed or removed, "
+            f"{len(outcome.skipped) + len(held_back)} waiting or invalid"
+        )
         details = [f"{upload}: {why}" for upload, why in outcome.skipped.items()]
         details += [f"{upload}: left for a later tick (the sensor's {budget} s budget ran out)" for upload in held_back]
         details += [f"{upload}: {why}" for upload, why in processed.items()]
@@ -128,5 +131,7 @@ upload_sensor = build_upload_sensor()
     description="Rebuilds the marts, catalog and dashboard after an upload is removed from the lake.",
 )
 def rebuild_marts_after_removal(context: RunStatusSensorContext) -> RunRequest:
-    return RunRequest(run_key=context.dagster_run.run_id,
-                      tags={"synthea/removed_upload": context.dagster_run.tags.get("dagster/partition", "")})
+    return RunRequest(
+        run_key=context.dagster_run.run_id,
+        tags={"synthea/removed_upload": context.dagster_run.tags.get("dagster/partition", "")},
+    )

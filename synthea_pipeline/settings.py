@@ -8,76 +8,86 @@ runs on the embedded defaults, while a deployment's own values always win."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from dagster import EnvVar
 
-from synthea_pipeline.transforms.bi import MARTS_DATABASE, STAGING_DATABASE
+from synthea_pipeline.engines import ENGINES
+from synthea_pipeline.setting import Setting
 from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT
-
-
-@dataclass(frozen=True)
-class Setting:
-    env_var: str
-    default: str
-    description: str
-    integer: bool = False
-
-    def current(self, given: str | None = None) -> str:
-        """`given` (e.g. a command-line option) when set, else the environment's value, else the default."""
-        return given or os.environ.get(self.env_var) or self.default
-
-    def resource_value(self) -> EnvVar:
-        """The setting as a resource field's value, which Dagster resolves when the resource is used."""
-        return EnvVar.int(self.env_var) if self.integer else EnvVar(self.env_var)
-
+from synthea_pipeline.transforms.iceberg import MARTS_DATABASE, STAGING_DATABASE
 
 LAKE_ROOT = Setting("SYNTHEA_LAKE_ROOT", "lake", "The lake root: a local folder or s3://bucket/prefix.")
 UPLOAD_QUIET_SECONDS = Setting(
-    "SYNTHEA_UPLOAD_QUIET_SECONDS", "300",
-    "Seconds an upload without a manifest must stay unchanged before the sensor runs it.", integer=True)
+    "SYNTHEA_UPLOAD_QUIET_SECONDS",
+    "300",
+    "Seconds an upload without a manifest must stay unchanged before the sensor runs it.",
+    integer=True,
+)
 UPLOAD_SENSOR_BUDGET_SECONDS = Setting(
-    "SYNTHEA_UPLOAD_SENSOR_BUDGET_SECONDS", "8",
+    "SYNTHEA_UPLOAD_SENSOR_BUDGET_SECONDS",
+    "8",
     "Seconds an upload sensor tick may work before it saves its cursor and leaves the rest to the next tick "
-    "(Dagster cuts a sensor evaluation off at about 15 s on ECS).", integer=True)
+    "(Dagster cuts a sensor evaluation off at about 15 s on ECS).",
+    integer=True,
+)
 HISTORY_SHRINK_LIMIT = Setting(
-    "SYNTHEA_HISTORY_SHRINK_LIMIT_PERCENT", str(SHRINK_LIMIT_PERCENT),
+    "SYNTHEA_HISTORY_SHRINK_LIMIT_PERCENT",
+    str(SHRINK_LIMIT_PERCENT),
     "How far (percent of its rows) a table of the history an upload supersedes may shrink before the commit needs "
-    "--replace (or `replace` in the upload's manifest).", integer=True)
-SPARK_ENGINE = Setting("SYNTHEA_SPARK_ENGINE", "sail", "Where Spark layers run: sail, local-jvm, glue or emr-serverless.")
-GLUE_JOB_PREFIX = Setting("SYNTHEA_GLUE_JOB_PREFIX", "synthea-pipeline",
-                          "Glue job names are <prefix>-staging and <prefix>-marts (created by `deploy`).")
-PIPES_URI = Setting("SYNTHEA_PIPES_URI", "",
-                    "s3://bucket/prefix for Pipes context and messages of the AWS engines (default: _pipes/ under "
-                    "an S3 lake).")
-CODE_URI = Setting("SYNTHEA_CODE_URI", "", "s3:// folder of the job code `deploy` uploaded (EMR Serverless).")
-EMR_APPLICATION_ID = Setting("SYNTHEA_EMR_APPLICATION_ID", "", "EMR Serverless application id.")
-EMR_EXECUTION_ROLE_ARN = Setting("SYNTHEA_EMR_EXECUTION_ROLE_ARN", "", "EMR Serverless job execution role ARN.")
-EMR_SPARK_SUBMIT_PARAMETERS = Setting("SYNTHEA_EMR_SPARK_SUBMIT_PARAMETERS", "",
-                                      "Extra spark-submit parameters of EMR Serverless job runs.")
-STAGING_DATABASE_NAME = Setting("SYNTHEA_STAGING_DATABASE", STAGING_DATABASE,
-                           "Catalog database of the staging views (Iceberg tables: <name>_iceberg).")
-MARTS_DATABASE_NAME = Setting("SYNTHEA_MARTS_DATABASE", MARTS_DATABASE,
-                         "Catalog database of the mart and BI views (Iceberg tables: <name>_iceberg).")
+    "--replace (or `replace` in the upload's manifest).",
+    integer=True,
+)
+SPARK_ENGINE = Setting(
+    "SYNTHEA_SPARK_ENGINE",
+    "sail",
+    "Where Spark layers run: "
+    + "; ".join(f"{engine.name} ({engine.description})" for engine in ENGINES.values())
+    + ".",
+)
+ENGINE_FIELDS = {name: setting for engine in ENGINES.values() for name, setting in engine.settings.items()}
+"""The settings of every engine, by the Spark resource field each fills (engines may share one)."""
+STAGING_DATABASE_NAME = Setting(
+    "SYNTHEA_STAGING_DATABASE",
+    STAGING_DATABASE,
+    "Catalog database of the staging views (Iceberg tables: <name>_iceberg).",
+)
+MARTS_DATABASE_NAME = Setting(
+    "SYNTHEA_MARTS_DATABASE",
+    MARTS_DATABASE,
+    "Catalog database of the mart and BI views (Iceberg tables: <name>_iceberg).",
+)
 ATHENA_WORKGROUP = Setting("SYNTHEA_ATHENA_WORKGROUP", "synthea-pipeline", "Athena workgroup queries run in.")
-ATHENA_OUTPUT = Setting("SYNTHEA_ATHENA_OUTPUT", "",
-                        "s3:// location of Athena query results when the workgroup sets none.")
+ATHENA_OUTPUT = Setting(
+    "SYNTHEA_ATHENA_OUTPUT", "", "s3:// location of Athena query results when the workgroup sets none."
+)
 
-SETTINGS = (LAKE_ROOT, UPLOAD_QUIET_SECONDS, UPLOAD_SENSOR_BUDGET_SECONDS, HISTORY_SHRINK_LIMIT, SPARK_ENGINE,
-            GLUE_JOB_PREFIX, PIPES_URI,
-            CODE_URI, EMR_APPLICATION_ID, EMR_EXECUTION_ROLE_ARN, EMR_SPARK_SUBMIT_PARAMETERS, STAGING_DATABASE_NAME,
-            MARTS_DATABASE_NAME, ATHENA_WORKGROUP, ATHENA_OUTPUT)
+SETTINGS = (
+    LAKE_ROOT,
+    UPLOAD_QUIET_SECONDS,
+    UPLOAD_SENSOR_BUDGET_SECONDS,
+    HISTORY_SHRINK_LIMIT,
+    SPARK_ENGINE,
+    *dict.fromkeys(ENGINE_FIELDS.values()),
+    STAGING_DATABASE_NAME,
+    MARTS_DATABASE_NAME,
+    ATHENA_WORKGROUP,
+    ATHENA_OUTPUT,
+)
 
 
-LAKE_FIELDS = {"root": LAKE_ROOT, "upload_quiet_seconds": UPLOAD_QUIET_SECONDS,
-               "upload_sensor_budget_seconds": UPLOAD_SENSOR_BUDGET_SECONDS,
-               "history_shrink_limit_percent": HISTORY_SHRINK_LIMIT}
-SPARK_FIELDS = {"engine": SPARK_ENGINE, "glue_job_prefix": GLUE_JOB_PREFIX, "pipes_uri": PIPES_URI,
-                "code_uri": CODE_URI, "emr_application_id": EMR_APPLICATION_ID,
-                "emr_execution_role_arn": EMR_EXECUTION_ROLE_ARN,
-                "emr_spark_submit_parameters": EMR_SPARK_SUBMIT_PARAMETERS}
-CATALOG_FIELDS = {"staging_database": STAGING_DATABASE_NAME, "marts_database": MARTS_DATABASE_NAME,
-                  "athena_workgroup": ATHENA_WORKGROUP, "athena_output": ATHENA_OUTPUT}
+LAKE_FIELDS = {
+    "root": LAKE_ROOT,
+    "upload_quiet_seconds": UPLOAD_QUIET_SECONDS,
+    "upload_sensor_budget_seconds": UPLOAD_SENSOR_BUDGET_SECONDS,
+    "history_shrink_limit_percent": HISTORY_SHRINK_LIMIT,
+}
+SPARK_FIELDS = {"engine": SPARK_ENGINE, **ENGINE_FIELDS}
+CATALOG_FIELDS = {
+    "staging_database": STAGING_DATABASE_NAME,
+    "marts_database": MARTS_DATABASE_NAME,
+    "athena_workgroup": ATHENA_WORKGROUP,
+    "athena_output": ATHENA_OUTPUT,
+}
 """Which resource field each setting fills: as `EnvVar`s in the definitions, as current values on the command
 line."""
 

@@ -190,8 +190,12 @@ def _code(required: bool = True) -> Column:
 
 
 def _system(since: str) -> Column:
-    return C("SYSTEM", "code_system", since=since,
-             description="Code system, normalized to a short name (SNOMED-CT, RxNorm, LOINC, CVX) where known.")
+    return C(
+        "SYSTEM",
+        "code_system",
+        since=since,
+        description="Code system, normalized to a short name (SNOMED-CT, RxNorm, LOINC, CVX) where known.",
+    )
 
 
 DESCRIPTION = C("DESCRIPTION", description="Display text of the code.")
@@ -312,8 +316,13 @@ TABLES: dict[str, Table] = {
             "procedures",
             grain="one row per procedure performed",
             columns=(
-                C("START", "timestamp", required=True, old_headers=(("DATE", "2.7"),),
-                  description="Start (UTC); DATE before 3.0."),
+                C(
+                    "START",
+                    "timestamp",
+                    required=True,
+                    old_headers=(("DATE", "2.7"),),
+                    description="Start (UTC); DATE before 3.0.",
+                ),
                 C("STOP", "timestamp", since="3.0", description="End (UTC)."),
                 PATIENT,
                 ENCOUNTER,
@@ -495,16 +504,32 @@ TABLES: dict[str, Table] = {
             columns=(
                 PATIENT,
                 C("MEMBERID", since="3.0", description="Member id of the patient's insurance plan."),
-                C("START_DATE", "year_or_timestamp", required=True, old_headers=(("START_YEAR", "3.1"),),
-                  description="Start of coverage (UTC); before 3.0 a bare year, read as its first instant."),
-                C("END_DATE", "year_or_timestamp", old_headers=(("END_YEAR", "3.1"),),
-                  description="End of coverage (UTC); before 3.0 a bare year, read as its first instant."),
+                C(
+                    "START_DATE",
+                    "year_or_timestamp",
+                    required=True,
+                    old_headers=(("START_YEAR", "3.1"),),
+                    description="Start of coverage (UTC); before 3.0 a bare year, read as its first instant.",
+                ),
+                C(
+                    "END_DATE",
+                    "year_or_timestamp",
+                    old_headers=(("END_YEAR", "3.1"),),
+                    description="End of coverage (UTC); before 3.0 a bare year, read as its first instant.",
+                ),
                 C("PAYER", required=True, description="Primary payer id (payers.id)."),
                 C("SECONDARY_PAYER", since="3.0", description="Secondary payer id, mostly null."),
-                C("PLAN_OWNERSHIP", old_headers=(("OWNERSHIP", "3.1"),),
-                  description="Who owns the plan: Self, Spouse or Guardian."),
-                C("OWNER_NAME", since="3.0", old_headers=(("OWNERNAME", "3.1"),),
-                  description="Name of the plan owner."),
+                C(
+                    "PLAN_OWNERSHIP",
+                    old_headers=(("OWNERSHIP", "3.1"),),
+                    description="Who owns the plan: Self, Spouse or Guardian.",
+                ),
+                C(
+                    "OWNER_NAME",
+                    since="3.0",
+                    old_headers=(("OWNERNAME", "3.1"),),
+                    description="Name of the plan owner.",
+                ),
             ),
         ),
         Table(
@@ -520,8 +545,10 @@ TABLES: dict[str, Table] = {
                 C("SECONDARYPATIENTINSURANCEID", null_tokens=("0",), description="Payer id; 3.0/3.1 `0` is null."),
                 C("DEPARTMENTID", "int", description="Department placeholder (the encounter type's number)."),
                 C("PATIENTDEPARTMENTID", "int", description="Patient department placeholder (as DEPARTMENTID)."),
-                *(C(f"DIAGNOSIS{i}", description=f"SNOMED-CT code of diagnosis {i} of the claim, if any.")
-                  for i in range(1, 9)),
+                *(
+                    C(f"DIAGNOSIS{i}", description=f"SNOMED-CT code of diagnosis {i} of the claim, if any.")
+                    for i in range(1, 9)
+                ),
                 C("REFERRINGPROVIDERID", description="Referring provider id; Synthea leaves it empty."),
                 C("APPOINTMENTID", description="Encounter id."),
                 C("CURRENTILLNESSDATE", "timestamp", description="When the symptoms began (UTC)."),
@@ -536,10 +563,16 @@ TABLES: dict[str, Table] = {
                 C("LASTBILLEDDATE1", "timestamp", description="When the primary insurance was last billed (UTC)."),
                 C("LASTBILLEDDATE2", "timestamp", description="When the secondary insurance was last billed (UTC)."),
                 C("LASTBILLEDDATEP", "timestamp", description="When the patient was last billed (UTC)."),
-                C("HEALTHCARECLAIMTYPEID1", "int",
-                  description="Claim type at the primary insurance: 1 professional, 2 institutional, 0 none."),
-                C("HEALTHCARECLAIMTYPEID2", "int",
-                  description="Claim type at the secondary insurance: 1 professional, 2 institutional, 0 none."),
+                C(
+                    "HEALTHCARECLAIMTYPEID1",
+                    "int",
+                    description="Claim type at the primary insurance: 1 professional, 2 institutional, 0 none.",
+                ),
+                C(
+                    "HEALTHCARECLAIMTYPEID2",
+                    "int",
+                    description="Claim type at the secondary insurance: 1 professional, 2 institutional, 0 none.",
+                ),
             ),
         ),
         Table(
@@ -561,8 +594,10 @@ TABLES: dict[str, Table] = {
                 C("PROCEDURECODE", description="Code of the service (SNOMED-CT, RxNorm or CVX)."),
                 C("MODIFIER1", description="Procedure code modifier; Synthea leaves it empty."),
                 C("MODIFIER2", description="Second procedure code modifier; Synthea leaves it empty."),
-                *(C(f"DIAGNOSISREF{i}", "int", description="Which of the claim's diagnoses (1-8) applies, if any.")
-                  for i in range(1, 5)),
+                *(
+                    C(f"DIAGNOSISREF{i}", "int", description="Which of the claim's diagnoses (1-8) applies, if any.")
+                    for i in range(1, 5)
+                ),
                 C("UNITS", "int", description="Number of units of the service."),
                 C("DEPARTMENTID", "int", description="Department placeholder (the encounter type's number)."),
                 C("NOTES", description="Description of the service or transaction."),
@@ -575,8 +610,10 @@ TABLES: dict[str, Table] = {
                 C("OUTSTANDING", "money", description="Amount left unpaid after this transaction."),
                 C("APPOINTMENTID", description="Encounter id."),
                 C("LINENOTE", description="Line note; Synthea leaves it empty."),
-                C("PATIENTINSURANCEID",
-                  description="Insurance member id from 3.4; before, the patient id (never a MEMBERID)."),
+                C(
+                    "PATIENTINSURANCEID",
+                    description="Insurance member id from 3.4; before, the patient id (never a MEMBERID).",
+                ),
                 C("FEESCHEDULEID", description="Fee schedule id; always 1."),
                 C("PROVIDERID", description="Provider id (providers.id)."),
                 C("SUPERVISINGPROVIDERID", description="Supervising provider id (providers.id)."),

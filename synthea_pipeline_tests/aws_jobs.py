@@ -44,12 +44,21 @@ class LocalJobRunner:
         run_id = "jr_" + uuid.uuid4().hex
         script, package = self.download(script_uri), self.download(py_files_uri)
         stderr_path = os.path.join(self.workdir, f"{run_id}.stderr")
-        full_env = {**os.environ, **env, "SPARK_REMOTE": self.spark_remote,
-                    "PYTHONPATH": package + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        full_env = {
+            **os.environ,
+            **env,
+            "SPARK_REMOTE": self.spark_remote,
+            "PYTHONPATH": package + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
         full_env.pop("SPARK_CONNECT_MODE_ENABLED", None)
         with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen([sys.executable, script, *argv], env=full_env, cwd=self.workdir,
-                                       stdout=subprocess.DEVNULL, stderr=stderr)
+            process = subprocess.Popen(
+                [sys.executable, script, *argv],
+                env=full_env,
+                cwd=self.workdir,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         self.runs[run_id] = LocalRun(process, time.time(), stderr_path, argv, env)
         return run_id
 
@@ -96,8 +105,10 @@ class LocalGlue:
         job = self.moto.get_job(JobName=JobName)["Job"]
         arguments = {**job.get("DefaultArguments", {}), **(Arguments or {})}
         run_id = self.runner.start(
-            job["Command"]["ScriptLocation"], arguments["--extra-py-files"],
-            ["--JOB_NAME", JobName, *[part for item in arguments.items() for part in item]], {},
+            job["Command"]["ScriptLocation"],
+            arguments["--extra-py-files"],
+            ["--JOB_NAME", JobName, *[part for item in arguments.items() for part in item]],
+            {},
         )
         self.jobs[run_id] = JobName
         return {"JobRunId": run_id}
@@ -108,11 +119,18 @@ class LocalGlue:
             raise DagsterExecutionInterruptedError()
         state, error, seconds = self.runner.state(RunId)
         job = self.moto.get_job(JobName=JobName)["Job"]
-        return {"JobRun": {
-            "Id": RunId, "JobName": JobName, "JobRunState": state, "ErrorMessage": error,
-            "ExecutionTime": seconds, "WorkerType": job.get("WorkerType"),
-            "NumberOfWorkers": job.get("NumberOfWorkers"), "MaxCapacity": float(job.get("NumberOfWorkers") or 0),
-        }}
+        return {
+            "JobRun": {
+                "Id": RunId,
+                "JobName": JobName,
+                "JobRunState": state,
+                "ErrorMessage": error,
+                "ExecutionTime": seconds,
+                "WorkerType": job.get("WorkerType"),
+                "NumberOfWorkers": job.get("NumberOfWorkers"),
+                "MaxCapacity": float(job.get("NumberOfWorkers") or 0),
+            }
+        }
 
     def batch_stop_job_run(self, JobName: str, JobRunIds: list[str]):
         for run_id in JobRunIds:
@@ -137,21 +155,35 @@ class LocalEMRServerless:
     def start_job_run(self, applicationId: str, jobDriver: dict, **_):
         self.moto.get_application(applicationId=applicationId)
         submit = jobDriver["sparkSubmit"]
-        confs = dict(part.split("=", 1) for flag, part in zip(*[iter(shlex.split(submit["sparkSubmitParameters"]))] * 2)
-                     if flag == "--conf")
+        confs = dict(
+            part.split("=", 1)
+            for flag, part in zip(*[iter(shlex.split(submit["sparkSubmitParameters"]))] * 2, strict=False)
+            if flag == "--conf"
+        )
         self.submitted.append(confs)
-        env = {k[len("spark.emr-serverless.driverEnv."):]: v for k, v in confs.items()
-               if k.startswith("spark.emr-serverless.driverEnv.")}
-        run_id = self.runner.start(submit["entryPoint"], confs["spark.submit.pyFiles"],
-                                   list(submit.get("entryPointArguments", [])), env)
+        env = {
+            k[len("spark.emr-serverless.driverEnv.") :]: v
+            for k, v in confs.items()
+            if k.startswith("spark.emr-serverless.driverEnv.")
+        }
+        run_id = self.runner.start(
+            submit["entryPoint"], confs["spark.submit.pyFiles"], list(submit.get("entryPointArguments", [])), env
+        )
         return {"applicationId": applicationId, "jobRunId": run_id, "arn": f"arn:aws:emr-serverless:{run_id}"}
 
     def get_job_run(self, applicationId: str, jobRunId: str):
         state, error, seconds = self.runner.state(jobRunId)
         state = {"SUCCEEDED": "SUCCESS", "STOPPED": "CANCELLED"}.get(state, state)
-        return {"jobRun": {"applicationId": applicationId, "jobRunId": jobRunId, "state": state,
-                           "stateDetails": error, "totalExecutionDurationSeconds": seconds,
-                           "configurationOverrides": {}}}
+        return {
+            "jobRun": {
+                "applicationId": applicationId,
+                "jobRunId": jobRunId,
+                "state": state,
+                "stateDetails": error,
+                "totalExecutionDurationSeconds": seconds,
+                "configurationOverrides": {},
+            }
+        }
 
     def get_application(self, applicationId: str):
         """EMR Serverless reports the type as "Spark" (what the Pipes client expects); moto echoes "SPARK"."""

@@ -11,8 +11,25 @@ from pathlib import Path
 import yaml
 
 INFRA = Path(__file__).parents[1] / "infra"
-INTRINSICS = ("Ref", "Sub", "GetAtt", "Join", "Select", "Split", "If", "Equals", "Not", "And", "Or", "Condition",
-              "ImportValue", "FindInMap", "Base64", "GetAZs", "Cidr")
+INTRINSICS = (
+    "Ref",
+    "Sub",
+    "GetAtt",
+    "Join",
+    "Select",
+    "Split",
+    "If",
+    "Equals",
+    "Not",
+    "And",
+    "Or",
+    "Condition",
+    "ImportValue",
+    "FindInMap",
+    "Base64",
+    "GetAZs",
+    "Cidr",
+)
 
 
 class CloudFormationLoader(yaml.SafeLoader):
@@ -26,6 +43,7 @@ def _intrinsic(name: str):
         if isinstance(node, yaml.SequenceNode):
             return {name: loader.construct_sequence(node, deep=True)}
         return {name: loader.construct_mapping(node, deep=True)}
+
     return construct
 
 

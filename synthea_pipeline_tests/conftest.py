@@ -103,8 +103,9 @@ def server_process(command: list[str], log: Path, env: dict, cwd: Path) -> Itera
     SIGINT and SIGTERM by default: `pytest_configure` handles both here, and handled signals reset on exec (ignored
     ones would not)."""
     with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -172,8 +173,10 @@ def defective_export(sample, folder):
     write_rows(folder / "patients.csv", header, patients[:-1])
 
     header, conditions = read_rows(folder / "conditions.csv")
-    icd10 = [[*row, "J06.9" if i < 5 else "", "Acute upper respiratory infection" if i < 5 else ""]
-             for i, row in enumerate(conditions)]
+    icd10 = [
+        [*row, "J06.9" if i < 5 else "", "Acute upper respiratory infection" if i < 5 else ""]
+        for i, row in enumerate(conditions)
+    ]
     write_rows(folder / "conditions.csv", [*header, "ICD10_CODE", "ICD10_DESCRIPTION"], icd10)
 
     header, claims = read_rows(folder / "claims.csv")
@@ -181,13 +184,27 @@ def defective_export(sample, folder):
     write_rows(folder / "claims-0001.csv", header, claims[:400])
     write_rows(folder / "claims-0002.csv", header, claims[400:])
 
-    expenses = [[p[0], f"{year}-01-01T00:00:00Z", payers[0][0], "100.5", "20.25", "80.0"]
-                for p in patients[:-1] for year in (2020, 2021)]
-    write_rows(folder / "patient_expenses.csv",
-               ["PATIENT_ID", "YEAR", "PAYER_ID", "HEALTHCARE_EXPENSES", "INSURANCE_COSTS", "COVERED_COSTS"], expenses)
-    return {"providers": providers, "encounters": encounters, "quarantined_encounters": (3, 6),
-            "conditions": conditions, "claims": claims, "expenses": expenses, "removed_payer": uninsured[0],
-            "removed_patient": patients[-1][0], "patients": patients[:-1]}
+    expenses = [
+        [p[0], f"{year}-01-01T00:00:00Z", payers[0][0], "100.5", "20.25", "80.0"]
+        for p in patients[:-1]
+        for year in (2020, 2021)
+    ]
+    write_rows(
+        folder / "patient_expenses.csv",
+        ["PATIENT_ID", "YEAR", "PAYER_ID", "HEALTHCARE_EXPENSES", "INSURANCE_COSTS", "COVERED_COSTS"],
+        expenses,
+    )
+    return {
+        "providers": providers,
+        "encounters": encounters,
+        "quarantined_encounters": (3, 6),
+        "conditions": conditions,
+        "claims": claims,
+        "expenses": expenses,
+        "removed_payer": uninsured[0],
+        "removed_patient": patients[-1][0],
+        "patients": patients[:-1],
+    }
 
 
 @contextmanager
@@ -214,7 +231,7 @@ def catalog_rows(lake: Lake, sql: str) -> pa.Table:
     every test of a module."""
     catalog = CatalogResource()
     databases = catalog.databases()
-    sources = iceberg_sources(databases.iceberg_lake(lake.root, "path"))
+    sources = iceberg_sources(databases.iceberg_tables(lake.root, "path"))
     key = (lake.root, tuple(sorted(sources)))
     if key not in _CATALOGS:
         _CATALOGS[key] = catalog.open(lake)
@@ -223,12 +240,17 @@ def catalog_rows(lake: Lake, sql: str) -> pa.Table:
 
 def staged(lake: Lake, upload_id: str, table: str) -> pa.Table:
     """An upload's committed staging rows of one table (without the load id)."""
-    return catalog_rows(lake, f"SELECT * EXCLUDE (load_id) FROM synthea_staging.{table} WHERE upload_id = '{upload_id}'")
+    return catalog_rows(
+        lake, f"SELECT * EXCLUDE (load_id) FROM synthea_staging.{table} WHERE upload_id = '{upload_id}'"
+    )
 
 
 def quarantined(lake: Lake, upload_id: str, table: str) -> list[dict]:
-    return catalog_rows(lake, f"SELECT * FROM synthea_staging.quarantine WHERE upload_id = '{upload_id}' "
-                              f"AND table_name = '{table}' ORDER BY line_number").to_pylist()
+    return catalog_rows(
+        lake,
+        f"SELECT * FROM synthea_staging.quarantine WHERE upload_id = '{upload_id}' "
+        f"AND table_name = '{table}' ORDER BY line_number",
+    ).to_pylist()
 
 
 def mart(lake: Lake, name: str) -> pa.Table:
@@ -283,3 +305,91 @@ def bucket(moto_endpoint, request):
     name = "test-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+SLOW_SECONDS = 20
+SERVER_PROGRAMS = {
+    "dagster",
+    "dagster-webserver",
+    "dagster-daemon",
+    "pg_ctl",
+    "postgres",
+    "chromium",
+    "chromium-browser",
+}
+
+
+def _refuse(what: str) -> Callable:
+    def refused(*args, **kwargs):
+        pytest.fail(
+            f"a test marked unit started {what}: drop its unit mark or keep it off engines and servers", pytrace=False
+        )
+
+    return refused
+
+
+def _refuse_engines_and_servers(patch: pytest.MonkeyPatch) -> None:
+    """Sail servers, Spark sessions (Sail's or the JVM's), moto servers and server processes (anything started in
+    a session of its own, `dagster dev`, the daemon, PostgreSQL, Chromium) fail the test; short commands run."""
+    from moto.server import ThreadedMotoServer
+    from pysail.spark import SparkConnectServer
+    from pyspark.sql import SparkSession
+
+    patch.setattr(SparkConnectServer, "start", _refuse("a Sail server"))
+    patch.setattr(SparkSession.Builder, "getOrCreate", _refuse("a Spark session"))
+    patch.setattr(ThreadedMotoServer, "start", _refuse("a moto server"))
+    start_process = subprocess.Popen.__init__
+
+    def refuse_servers(self, args, *rest, **options):
+        words = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if options.get("start_new_session") or SERVER_PROGRAMS & {os.path.basename(str(w)) for w in words}:
+            _refuse(f"the server {words}")()
+        start_process(self, args, *rest, **options)
+
+    patch.setattr(subprocess.Popen, "__init__", refuse_servers)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    with _unit_guard(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _unit_guard(item):
+        yield
+
+
+@contextmanager
+def _unit_guard(item):
+    with pytest.MonkeyPatch.context() as patch:
+        if item.get_closest_marker("unit"):
+            _refuse_engines_and_servers(patch)
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The tiers keep their word: `-m unit` starts no engine and no server (`_refuse_engines_and_servers` fails a
+    unit test that does, module fixtures included), and `-m "not slow"` holds nothing over SLOW_SECONDS: a test
+    without the `slow` mark fails when its setup (the fixtures it was first to need, module-scoped ones included)
+    and its call took longer. Mark with margin: three workers share two cores, so times vary by half."""
+    report = (yield).get_result()
+    if report.when == "setup":
+        item.setup_seconds = report.duration
+    elif report.when == "call" and report.passed and not item.get_closest_marker("slow"):
+        seconds = item.setup_seconds + report.duration
+        if seconds > SLOW_SECONDS:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"{item.nodeid} took {seconds:.0f} s (setup {item.setup_seconds:.0f} s, call "
+                f"{report.duration:.0f} s), over {SLOW_SECONDS} s without the slow mark: mark it "
+                f"@pytest.mark.slow, with every test of its module that shares the slow fixture"
+            )
+
+
+def pytest_collection_modifyitems(config, items):
+    """`-m unit` stays under a minute only while no unit test is also slow."""
+    if both := [item.nodeid for item in items if item.get_closest_marker("unit") and item.get_closest_marker("slow")]:
+        raise pytest.UsageError(f"tests marked both unit and slow (a slow test is not a unit test): {both}")

@@ -34,26 +34,34 @@ class Daemon:
         self.cursor = None
 
     def tick(self) -> set[AssetKey]:
-        result = evaluate_automation_conditions(defs, self.instance, asset_selection=marts_automation.asset_selection,
-                                                cursor=self.cursor)
+        result = evaluate_automation_conditions(
+            defs, self.instance, asset_selection=marts_automation.asset_selection, cursor=self.cursor
+        )
         self.cursor = result.cursor
         return {key for key in DOWNSTREAM if result.get_num_requested(key)}
 
     def launch(self, keys: set[AssetKey]) -> None:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=self.instance, asset_selection=sorted(keys), run_config=QUIET, raise_on_error=False)
+            instance=self.instance, asset_selection=sorted(keys), run_config=QUIET, raise_on_error=False
+        )
         assert result.success
 
     def stage(self, upload_id: str) -> bool:
         """The upload sensor's run of one upload."""
-        return defs.resolve_job_def("stage_upload").execute_in_process(
-            instance=self.instance, partition_key=upload_id, run_config=QUIET, raise_on_error=False).success
+        return (
+            defs.resolve_job_def("stage_upload")
+            .execute_in_process(instance=self.instance, partition_key=upload_id, run_config=QUIET, raise_on_error=False)
+            .success
+        )
 
     def queue_stage(self, upload_id: str):
         """A run of the upload requested but not started yet (what the run queue holds)."""
         job = defs.resolve_job_def("stage_upload")
-        return self.instance.create_run_for_job(job_def=job, tags={"dagster/partition": upload_id},
-                                                asset_selection=frozenset(job.asset_layer.executable_asset_keys))
+        return self.instance.create_run_for_job(
+            job_def=job,
+            tags={"dagster/partition": upload_id},
+            asset_selection=frozenset(job.asset_layer.executable_asset_keys),
+        )
 
 
 @pytest.fixture
@@ -64,8 +72,19 @@ def lake(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTHEA_LAKE_ROOT", lake.root)
     for copy, upload_id in enumerate(["ward-a", "ward-b", "ward-c", "ward-d", "ward-e"]):
         export = tmp_path / upload_id
-        subprocess.run([sys.executable, str(SCALE_SAMPLE), str(SAMPLES["3.0"]), str(PATIENTS), str(export),
-                        "--first-copy", str(copy)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(SCALE_SAMPLE),
+                str(SAMPLES["3.0"]),
+                str(PATIENTS),
+                str(export),
+                "--first-copy",
+                str(copy),
+            ],
+            check=True,
+            capture_output=True,
+        )
         upload_export(str(export), storage_for(lake.uri("source")), upload_id, replace=True)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -82,8 +101,10 @@ def daemon():
 
 
 def patients_per_upload(lake: Lake) -> dict[str, int]:
-    rows = catalog_rows(lake, "SELECT upload_id, count(*) AS n FROM synthea_marts.patient_fact "
-                              "WHERE patient_key <> 'unknown' GROUP BY 1").to_pylist()
+    rows = catalog_rows(
+        lake,
+        "SELECT upload_id, count(*) AS n FROM synthea_marts.patient_fact WHERE patient_key <> 'unknown' GROUP BY 1",
+    ).to_pylist()
     return {row["upload_id"]: row["n"] for row in rows}
 
 

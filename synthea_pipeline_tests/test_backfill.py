@@ -26,8 +26,10 @@ def test_backfill_recomputes_uploads_into_new_loads_and_the_same_marts(instance,
     reports = backfill(["u2", "u1"], lake.root, instance=instance)
     assert [(r.upload_id, r.success, bool(r.marts)) for r in reports] == [("u1", True, False), ("u2", True, True)]
     loads = catalog_rows(lake, "SELECT upload_id, load_id FROM synthea_staging.uploads ORDER BY registered_at")
-    assert loads.to_pylist() == [{"upload_id": "u1", "load_id": reports[0].run_id},
-                                 {"upload_id": "u2", "load_id": reports[1].run_id}]
+    assert loads.to_pylist() == [
+        {"upload_id": "u1", "load_id": reports[0].run_id},
+        {"upload_id": "u2", "load_id": reports[1].run_id},
+    ]
     assert staged(lake, "u1", "patients").sort_by("id").equals(staged_before)
     for name in MARTS:
         assert mart(lake, name).equals(marts_before[name]), name
@@ -51,14 +53,16 @@ def test_the_lake_not_the_dagster_instance_decides_what_a_backfill_sees(tmp_path
         assert mart(lake, name).equals(marts_before[name]), name
 
 
+@pytest.mark.slow
 def test_backfill_command_refuses_unknown_uploads(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
     command = [sys.executable, "-m", "synthea_pipeline.cli", "backfill"]
     nothing = subprocess.run(command, env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
     assert nothing.returncode == 2
     assert "name the uploads to recompute (`synthea-pipeline uploads` lists them), or pass --all" in nothing.stderr
-    unknown = subprocess.run(command + ["nope"], env=env, cwd=tmp_path, check=False, capture_output=True, text=True,
-                             timeout=120)
+    unknown = subprocess.run(
+        [*command, "nope"], env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+    )
     assert unknown.returncode == 2
     assert "upload nope is neither in the lake nor in " in unknown.stderr and "Traceback" not in unknown.stderr
     assert "(in the lake: none); upload it first: synthea-pipeline upload EXPORT --upload-id nope" in unknown.stderr

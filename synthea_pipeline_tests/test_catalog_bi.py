@@ -24,10 +24,12 @@ from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
 from synthea_pipeline_tests.conftest import catalog_rows, read_rows
 
+pytestmark = pytest.mark.slow  # a pipeline run before the first test
+
 
 def csv_rows(name: str) -> list[dict]:
     header, rows = read_rows(SAMPLE_DIR / f"{name}.csv")
-    return [dict(zip(header, row)) for row in {tuple(r) for r in rows}]
+    return [dict(zip(header, row, strict=False)) for row in {tuple(r) for r in rows}]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +108,10 @@ def test_views_give_identical_results_on_spark_sql(lake, views):
             sql = sqlglot.transpile(view_sql(view).replace("synthea_marts.", ""), read="trino", write="spark")[0]
             on_spark = [tuple(row) for row in spark.sql(sql).collect()]
             on_duckdb = [tuple(row.values()) for row in views[view]]
-            normalize = lambda rows: sorted((tuple(float(v) if isinstance(v, Decimal) else v for v in r)
-                                             for r in rows), key=repr)
+
+            def normalize(rows):
+                return sorted((tuple(float(v) if isinstance(v, Decimal) else v for v in r) for r in rows), key=repr)
+
             assert normalize(on_spark) == normalize(on_duckdb), view
     finally:
         spark_resource.teardown_after_execution(None)
@@ -123,16 +127,27 @@ def test_bi_assets_show_a_preview_and_a_chart(instance, lake):
 
 def test_query_command_reads_the_local_catalog(lake):
     command = [sys.executable, "-m", "synthea_pipeline.cli", "query", "--lake", lake.root, "--format", "csv"]
-    result = subprocess.run(command + ["SELECT gender, SUM(patients) AS n FROM bi_demographics GROUP BY 1 ORDER BY 1"],
-                            check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*command, "SELECT gender, SUM(patients) AS n FROM bi_demographics GROUP BY 1 ORDER BY 1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     expected = Counter(p["GENDER"] for p in csv_rows("patients"))
     assert result.stdout.splitlines() == ["gender,n"] + [f"{g},{expected[g]}" for g in sorted(expected)]
-    staged = subprocess.run(command + ["SELECT COUNT(*) FROM synthea_staging.observations"],
-                            check=False, capture_output=True, text=True, timeout=120)
+    staged = subprocess.run(
+        [*command, "SELECT COUNT(*) FROM synthea_staging.observations"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert staged.stdout.splitlines()[1] == "4258"
-    bad = subprocess.run(command + ["SELECT nope FROM bi_demographics"], check=False, capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [*command, "SELECT nope FROM bi_demographics"], check=False, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 1 and "nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -145,39 +160,57 @@ def test_every_view_is_valid_athena_sql_over_the_tables_it_reads(lake):
     with CatalogResource().open(lake) as engine:
         schema = {}
         for database in (databases.staging_iceberg, databases.marts_iceberg, databases.staging, databases.marts):
-            for (name,) in engine.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = ?",
-                                          [database]).fetchall():
+            for (name,) in engine.execute(
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = ?", [database]
+            ).fetchall():
                 schema.setdefault(database, {})[name] = {
-                    column: "varchar" for column, *_ in engine.execute(f"DESCRIBE {database}.{name}").fetchall()}
+                    column: "varchar" for column, *_ in engine.execute(f"DESCRIBE {database}.{name}").fetchall()
+                }
         mart_columns = {m: list(schema[databases.marts_iceberg][m]) for m in MARTS}
     views = catalog_views(databases, mart_columns, includes_identifiers=False)
     assert len(views) == 1 + len(TABLES) + 1 + 1 + 1 + len(MARTS) + len(BI_VIEWS)
     for sql in views.values():
         qualify(sqlglot.parse_one(sql, read="trino"), schema=schema, dialect="trino", validate_qualify_columns=True)
     with pytest.raises(sqlglot.errors.OptimizeError, match="Unknown column: sex"):
-        qualify(sqlglot.parse_one(view_sql("bi_demographics").replace("p.gender", "p.sex", 1), read="trino"),
-                schema=schema, dialect="trino", validate_qualify_columns=True)
+        qualify(
+            sqlglot.parse_one(view_sql("bi_demographics").replace("p.gender", "p.sex", 1), read="trino"),
+            schema=schema,
+            dialect="trino",
+            validate_qualify_columns=True,
+        )
 
 
-@pytest.mark.slow
 def test_dashboard_renders_four_charts_offline_in_chromium(lake, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is installed by .ci/run (apt-get install chromium)"
     page = lake.uri("reports", "dashboard.html")
     text = Path(page).read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
-    flags = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    result = subprocess.run(flags + ["--dump-dom", f"file://{page}"], check=False, capture_output=True, text=True,
-                            timeout=120)
+    flags = [
+        chromium,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    result = subprocess.run(
+        [*flags, "--dump-dom", f"file://{page}"], check=False, capture_output=True, text=True, timeout=120
+    )
     body = re.search(r"<body([^>]*)>", result.stdout).group(1)
     assert 'data-charts="4"' in body and 'data-charts-with-data="4"' in body, body
     assert 'data-errors=""' in body
     assert not [line for line in result.stderr.splitlines() if "CONSOLE" in line and "rror" in line]
     shot = tmp_path / "dashboard.png"
-    subprocess.run(flags + ["--window-size=1400,1500", f"--screenshot={shot}", f"file://{page}"],
-                   check=False, capture_output=True, timeout=120)
+    subprocess.run(
+        [*flags, "--window-size=1400,1500", f"--screenshot={shot}", f"file://{page}"],
+        check=False,
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.stat().st_size > 20_000
 
 
@@ -187,7 +220,8 @@ def test_orchestrator_policy_covers_every_folder_a_run_writes(lake):
 
     policy = load_template(TEMPLATE)["Resources"]["OrchestratorPolicy"]
     granted = object_prefixes(policy, {"s3:PutObject"})
-    written = {f"{path.name}/*" for path in Path(lake.root).iterdir()
-               if path.is_dir() and path.name != LOCKS_FOLDER}  # commit locks: local lakes only
+    written = {
+        f"{path.name}/*" for path in Path(lake.root).iterdir() if path.is_dir() and path.name != LOCKS_FOLDER
+    }  # commit locks: local lakes only
     assert written >= {"source/*", "raw/*", "staging/*", "marts/*", "reports/*"}
     assert written <= granted

@@ -45,6 +45,7 @@ def moments(lake: Lake) -> dict[str, Callable[[], Callable[[], bool]]]:
         def arm():
             before = list_now()
             return lambda: bool(list_now() - before)
+
         return arm
 
     return {
@@ -58,9 +59,22 @@ def moments(lake: Lake) -> dict[str, Callable[[], Callable[[], bool]]]:
 def pipeline(source: Path, lake: Lake, home: Path) -> subprocess.Popen:
     """A corrected re-upload of the upload: `--replace`, as the copies have other patients than the first."""
     return subprocess.Popen(
-        [sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", lake.root, "--upload-id", UPLOAD,
-         "--replace"],
-        env={**os.environ, "DAGSTER_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "synthea_pipeline.cli",
+            "run",
+            str(source),
+            "--lake",
+            lake.root,
+            "--upload-id",
+            UPLOAD,
+            "--replace",
+        ],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
 
@@ -79,8 +93,10 @@ def kill_when(process: subprocess.Popen, reached: Callable[[], bool]) -> None:
 def seen(lake: Lake) -> tuple[dict, dict]:
     """What a reader of the catalog sees of the upload (rows per staging table) and of the marts (rows per mart)."""
     with CatalogResource().open(lake) as engine:
-        staging = {t: engine.sql(f"SELECT count(*) FROM synthea_staging.{t} WHERE upload_id = '{UPLOAD}'").fetchone()[0]
-                   for t in STAGING_TABLES}
+        staging = {
+            t: engine.sql(f"SELECT count(*) FROM synthea_staging.{t} WHERE upload_id = '{UPLOAD}'").fetchone()[0]
+            for t in STAGING_TABLES
+        }
         marts = {m: engine.sql(f"SELECT count(*) FROM synthea_marts.{m}").fetchone()[0] for m in MARTS}
     return staging, marts
 
@@ -109,8 +125,12 @@ def test_killed_runs_leave_one_version_and_the_next_run_converges(tmp_path):
 
     assert after[0] != before[0] and after[1] != before[1]
     new_upload_old_marts = (after[0], before[1])  # the staging commit precedes the build; the build's commit is last
-    assert observed == {"writing raw": before, "writing staging": before,
-                        "beginning a build": new_upload_old_marts, "writing the marts": new_upload_old_marts}
+    assert observed == {
+        "writing raw": before,
+        "writing staging": before,
+        "beginning a build": new_upload_old_marts,
+        "writing the marts": new_upload_old_marts,
+    }
 
     instance = DagsterInstance.from_config(str(home))
     runs = instance.get_runs(RunsFilter(job_name="ingest_upload"))

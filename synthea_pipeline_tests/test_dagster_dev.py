@@ -31,8 +31,23 @@ AUTOMATION_RUNS = RunsFilter(tags={AUTOMATION_TAG: "true"})
 
 
 def upload(source: Path, upload_id: str, lake: Lake, env: dict) -> None:
-    subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "upload", str(source), "--to", lake.uri("source"),
-                    "--upload-id", upload_id], env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synthea_pipeline.cli",
+            "upload",
+            str(source),
+            "--to",
+            lake.uri("source"),
+            "--upload-id",
+            upload_id,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -84,25 +99,37 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
     with CatalogResource().open(lake) as engine:
         assert sorted(u for (u,) in engine.sql("SELECT upload_id FROM synthea_staging.uploads").fetchall()) == UPLOADS
         patients = engine.sql("SELECT count(DISTINCT id) FROM synthea_staging.patients").fetchone()[0]
-        in_marts = engine.sql("SELECT count(*) FROM synthea_marts.patient_fact WHERE patient_key <> 'unknown'"
-                              ).fetchone()[0]
+        in_marts = engine.sql(
+            "SELECT count(*) FROM synthea_marts.patient_fact WHERE patient_key <> 'unknown'"
+        ).fetchone()[0]
     assert in_marts == patients
     assert REMOVED not in instance.get_dynamic_partitions("uploads")
     states = CatalogResource().upload_states(lake)
     assert states[REMOVED]["state"] == "removed" and states[REMOVED]["patients"] is None
 
     upload(SAMPLES["3.0"], REMOVED, lake, env)  # an explicit new upload brings it back
-    late = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload",
-                                                                      statuses=[DagsterRunStatus.STARTED]))
-                             if run_worker(instance, r)], "the re-uploaded upload's run to start", [process])[0]
+    late = wait_for(
+        lambda: [
+            r
+            for r in instance.get_runs(RunsFilter(job_name="stage_upload", statuses=[DagsterRunStatus.STARTED]))
+            if run_worker(instance, r)
+        ],
+        "the re-uploaded upload's run to start",
+        [process],
+    )[0]
     assert late.tags["dagster/partition"] == REMOVED
     os.kill(run_worker(instance, late)[0], signal.SIGKILL)
-    status = wait_for(lambda: instance.get_run_by_id(late.run_id).status in FINISHED and
-                      instance.get_run_by_id(late.run_id).status, "the dead_runs sensor", [process])
+    status = wait_for(
+        lambda: instance.get_run_by_id(late.run_id).status in FINISHED and instance.get_run_by_id(late.run_id).status,
+        "the dead_runs sensor",
+        [process],
+    )
     assert status == DagsterRunStatus.FAILURE
     # No run stays started without its process (an automation build may be running meanwhile).
     started = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
     assert not [r.run_id for r in started if worker_gone(instance, r)]
     late_created = instance.get_run_record_by_id(late.run_id).create_timestamp
-    assert all(instance.get_run_record_by_id(r.run_id).create_timestamp < late_created
-               for r in instance.get_runs(AUTOMATION_RUNS))  # the killed run staged nothing: no build after it
+    assert all(
+        instance.get_run_record_by_id(r.run_id).create_timestamp < late_created
+        for r in instance.get_runs(AUTOMATION_RUNS)
+    )  # the killed run staged nothing: no build after it

@@ -23,13 +23,19 @@ from synthea_pipeline_tests.cloudformation import (
     statements,
 )
 
+pytestmark = pytest.mark.unit  # the template as data
+
 REPOSITORY = Path(__file__).parents[1]
 TEMPLATE = INFRA / "dagster-ecs.yaml"
 LAKE_TEMPLATE = INFRA / "synthea-pipeline.yaml"
 INSTANCE = yaml.safe_load((REPOSITORY / "deploy" / "dagster.yaml").read_text())
 WORKSPACE = yaml.safe_load((REPOSITORY / "deploy" / "workspace.yaml").read_text())
-TASKS = {"WebserverTaskDefinition": "webserver", "DaemonTaskDefinition": "daemon",
-         "CodeServerTaskDefinition": "code-server", "RunTaskDefinition": "run"}
+TASKS = {
+    "WebserverTaskDefinition": "webserver",
+    "DaemonTaskDefinition": "daemon",
+    "CodeServerTaskDefinition": "code-server",
+    "RunTaskDefinition": "run",
+}
 """Each task definition and its one container."""
 PASSWORD_SECRET = {"Sub": "${Db.MasterUserSecret.SecretArn}:password::"}
 DELIBERATELY_UNSET = {
@@ -117,8 +123,12 @@ def test_the_image_is_what_the_template_expects():
     assert IMAGE["expose"] == {3000, 4000}
     assert IMAGE["copies"]["deploy/dagster.yaml"] == f"{IMAGE['env']['DAGSTER_HOME']}/dagster.yaml"
     assert IMAGE["copies"]["deploy/workspace.yaml"] == f"{IMAGE['workdir']}/workspace.yaml"
-    assert env_names(INSTANCE) >= {"DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_PASSWORD",
-                                   "DAGSTER_RUN_TASK_DEFINITION", "DAGSTER_COMPUTE_LOG_BUCKET"}
+    assert env_names(INSTANCE) >= {
+        "DAGSTER_POSTGRES_HOST",
+        "DAGSTER_POSTGRES_PASSWORD",
+        "DAGSTER_RUN_TASK_DEFINITION",
+        "DAGSTER_COMPUTE_LOG_BUCKET",
+    }
     assert env_names(WORKSPACE) == {"DAGSTER_CODE_SERVER_HOST"}
 
 
@@ -177,7 +187,8 @@ def test_only_the_execution_role_reads_the_secret(resources):
     no task role may read secrets at all."""
     execution = resources["ExecutionRole"]
     assert granted_targets(execution, {"secretsmanager:GetSecretValue"}) == [
-        {"GetAtt": "Db.MasterUserSecret.SecretArn"}]
+        {"GetAtt": "Db.MasterUserSecret.SecretArn"}
+    ]
     for statement in statements(execution):
         if any(a.startswith("secretsmanager:") for a in actions(statement)):
             assert actions(statement) == ["secretsmanager:GetSecretValue"]
@@ -192,8 +203,10 @@ def test_ports_match_the_image_and_the_workspace(resources):
     the code server's port and the load balancer the webserver's."""
     [server] = WORKSPACE["load_from"]
     grpc = server["grpc_server"]
-    webserver, code_server = container(resources, "WebserverTaskDefinition"), container(resources,
-                                                                                       "CodeServerTaskDefinition")
+    webserver, code_server = (
+        container(resources, "WebserverTaskDefinition"),
+        container(resources, "CodeServerTaskDefinition"),
+    )
     assert [m["ContainerPort"] for m in webserver["PortMappings"]] == [3000]
     assert int(option(webserver["Command"], "-p", "--port")) == 3000
     assert [m["ContainerPort"] for m in code_server["PortMappings"]] == [grpc["port"]]
@@ -230,7 +243,8 @@ def test_webserver_and_daemon_find_the_code_server(resources, task):
     assert resources["ServiceNamespace"]["Type"] == "AWS::ServiceDiscovery::PrivateDnsNamespace"
     assert namespace["Vpc"] == {"Ref": "VpcId"}
     assert environment(resources, task)["DAGSTER_CODE_SERVER_HOST"] == {
-        "Sub": "${CodeServerDiscovery.Name}." + namespace["Name"]["Sub"]}
+        "Sub": "${CodeServerDiscovery.Name}." + namespace["Name"]["Sub"]
+    }
     discovery = resources["CodeServerDiscovery"]["Properties"]
     assert discovery["NamespaceId"] == {"Ref": "ServiceNamespace"}
     assert [record["Type"] for record in discovery["DnsConfig"]["DnsRecords"]] == ["A"]
@@ -290,8 +304,11 @@ def test_one_daemon_at_a_time(resources):
 
 def ingress_rules(resources, group: str) -> list[dict]:
     rules = list(resources[group]["Properties"].get("SecurityGroupIngress", []))
-    rules += [r["Properties"] for r in resources_of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
-              if r["Properties"]["GroupId"] == {"Ref": group}]
+    rules += [
+        r["Properties"]
+        for r in resources_of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == {"Ref": group}
+    ]
     return rules
 
 
@@ -307,8 +324,11 @@ def test_the_ui_is_internal_and_admits_only_the_allowed_network(resources, templ
     assert ingress["CidrIp"] == {"Ref": "AllowedCidr"}
     [no_egress] = resources[group["Ref"]]["Properties"]["SecurityGroupEgress"]
     assert no_egress["CidrIp"] == "255.255.255.255/32"
-    [egress] = [r["Properties"] for r in resources_of_type(resources, "AWS::EC2::SecurityGroupEgress").values()
-                if r["Properties"]["GroupId"] == group]
+    [egress] = [
+        r["Properties"]
+        for r in resources_of_type(resources, "AWS::EC2::SecurityGroupEgress").values()
+        if r["Properties"]["GroupId"] == group
+    ]
     assert (egress["FromPort"], egress["ToPort"]) == (3000, 3000)
     assert egress["DestinationSecurityGroupId"] == {"Ref": "WebserverSecurityGroup"}
     [webserver] = ingress_rules(resources, "WebserverSecurityGroup")
@@ -321,10 +341,12 @@ def test_the_ui_is_internal_and_admits_only_the_allowed_network(resources, templ
     assert target_group["HealthCheckPath"] == "/server_info" and target_group["TargetType"] == "ip"
 
 
-TASK_ROLES = {"WebserverTaskDefinition": {"OrchestratorPolicyArn", "RunLauncherPolicy"},
-              "DaemonTaskDefinition": {"OrchestratorPolicyArn", "RunLauncherPolicy"},
-              "CodeServerTaskDefinition": {"OrchestratorPolicyArn"},
-              "RunTaskDefinition": {"OrchestratorPolicyArn"}}
+TASK_ROLES = {
+    "WebserverTaskDefinition": {"OrchestratorPolicyArn", "RunLauncherPolicy"},
+    "DaemonTaskDefinition": {"OrchestratorPolicyArn", "RunLauncherPolicy"},
+    "CodeServerTaskDefinition": {"OrchestratorPolicyArn"},
+    "RunTaskDefinition": {"OrchestratorPolicyArn"},
+}
 
 
 @pytest.mark.parametrize("task, policies", TASK_ROLES.items())
@@ -355,9 +377,16 @@ def test_run_launcher_permissions_are_scoped(resources):
         assert statement["Effect"] == "Allow"
         for action in actions(statement):
             by_action[action] = statement
-    assert set(by_action) == {"ecs:DescribeTaskDefinition", "ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask",
-                              "ecs:TagResource", "ec2:DescribeNetworkInterfaces", "iam:PassRole",
-                              "logs:GetLogEvents"}
+    assert set(by_action) == {
+        "ecs:DescribeTaskDefinition",
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+        "ecs:TagResource",
+        "ec2:DescribeNetworkInterfaces",
+        "iam:PassRole",
+        "logs:GetLogEvents",
+    }
     for action, statement in by_action.items():
         if statement["Resource"] == "*":
             assert action in ("ecs:DescribeTaskDefinition", "ec2:DescribeNetworkInterfaces"), action
@@ -371,10 +400,12 @@ def test_run_launcher_permissions_are_scoped(resources):
     run = resources["RunTaskDefinition"]["Properties"]
     assert by_action["iam:PassRole"]["Resource"] == [run["TaskRoleArn"], run["ExecutionRoleArn"]]
     assert by_action["iam:PassRole"]["Condition"] == {
-        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    }
     assert by_action["logs:GetLogEvents"]["Resource"] == {"Sub": "${RunLogGroup.Arn}:log-stream:*"}
     assert container(resources, "RunTaskDefinition")["LogConfiguration"]["Options"]["awslogs-group"] == {
-        "Ref": "RunLogGroup"}
+        "Ref": "RunLogGroup"
+    }
 
 
 def test_the_code_server_and_the_runs_get_the_pipeline_settings(resources):
@@ -421,8 +452,15 @@ def test_compute_logs_go_where_the_orchestrator_policy_allows(resources):
 
 def test_outputs(template):
     outputs = template["Outputs"]
-    assert {"UiUrl", "ClusterName", "DbSecretArn", "WebserverServiceName", "DaemonServiceName",
-            "CodeServerServiceName", "RunTaskDefinitionArn"} <= set(outputs)
+    assert {
+        "UiUrl",
+        "ClusterName",
+        "DbSecretArn",
+        "WebserverServiceName",
+        "DaemonServiceName",
+        "CodeServerServiceName",
+        "RunTaskDefinitionArn",
+    } <= set(outputs)
     assert outputs["DbSecretArn"]["Value"] == {"GetAtt": "Db.MasterUserSecret.SecretArn"}
     assert "LoadBalancer.DNSName" in str(outputs["UiUrl"]["Value"])
     assert as_list(outputs["RunTaskDefinitionArn"]["Value"]) == [{"Ref": "RunTaskDefinition"}]

@@ -31,8 +31,9 @@ def sorted_rows(lake: Lake, table: str, layer: str = "staging"):
     elif layer == "staging":
         frame = staged(lake, "engines", table)
     else:
-        frame = catalog_rows(lake, "SELECT * EXCLUDE (load_id) FROM synthea_staging.quarantine "
-                                   f"WHERE table_name = '{table}'")
+        frame = catalog_rows(
+            lake, f"SELECT * EXCLUDE (load_id) FROM synthea_staging.quarantine WHERE table_name = '{table}'"
+        )
     return frame.schema, frame.sort_by([(c, "ascending") for c in frame.column_names]).to_pylist()
 
 

@@ -24,6 +24,8 @@ from synthea_pipeline_tests.cloudformation import (
     statements,
 )
 
+pytestmark = pytest.mark.unit  # the template as data
+
 TEMPLATE = INFRA / "synthea-pipeline.yaml"
 STAGING, MARTS_DB = "${StagingDatabase}", "${MartsDatabase}"
 STAGING_ICEBERG, MARTS_ICEBERG = STAGING + ICEBERG_DATABASE_SUFFIX, MARTS_DB + ICEBERG_DATABASE_SUFFIX
@@ -32,8 +34,14 @@ ICEBERG_WRITES = ("glue:CreateDatabase", "glue:CreateTable", "glue:UpdateTable")
 """What Iceberg's GlueCatalog calls to read a table, and to create and commit one."""
 COMPUTE_LOGS = "dagster/compute-logs/*"
 """Where Dagster's S3ComputeLogManager keeps step logs (DAGSTER_COMPUTE_LOG_PREFIX in infra/dagster-ecs.yaml)."""
-IDENTITIES = ("GlueStagingRole", "GlueMartsRole", "EmrJobRole", "OrchestratorPolicy", "BiReaderPolicy",
-              "UploaderPolicy")
+IDENTITIES = (
+    "GlueStagingRole",
+    "GlueMartsRole",
+    "EmrJobRole",
+    "OrchestratorPolicy",
+    "BiReaderPolicy",
+    "UploaderPolicy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,10 @@ def resources():
 
 def object_prefixes(resource: dict, wanted: set[str]) -> set[str]:
     """The lake prefixes on which the role or policy is allowed any of `wanted` actions."""
-    return {target["Sub"].split("}/", 1)[1] if "Sub" in target else "(bucket)"
-            for target in granted_targets(resource, wanted)}
+    return {
+        target["Sub"].split("}/", 1)[1] if "Sub" in target else "(bucket)"
+        for target in granted_targets(resource, wanted)
+    }
 
 
 def catalog_databases(resource: dict, action: str) -> set[str]:
@@ -66,22 +76,45 @@ def test_bucket_is_private_encrypted_and_tls_only(resources):
     assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
-ORCHESTRATED = {"source/*", "raw/*", "staging/*", "marts/*", "reports/*", "_pipes/*", "athena-results/orchestrator/*",
-                COMPUTE_LOGS}
+ORCHESTRATED = {
+    "source/*",
+    "raw/*",
+    "staging/*",
+    "marts/*",
+    "reports/*",
+    "_pipes/*",
+    "athena-results/orchestrator/*",
+    COMPUTE_LOGS,
+}
 BI_RESULTS = "athena-results/bi/*"
 
 
-@pytest.mark.parametrize("role, reads, writes, deletes", [
-    ("GlueStagingRole", {"code/*", "source/*", "raw/*", "staging/*", "_pipes/*"}, {"raw/*", "staging/*", "_pipes/*"},
-     {"raw/*", "staging/*", "_pipes/*"}),
-    ("GlueMartsRole", {"code/*", "staging/*", "marts/*", "_pipes/*"}, {"marts/*", "_pipes/*"},
-     {"marts/*", "_pipes/*"}),
-    ("EmrJobRole", {"code/*", "source/*", "raw/*", "staging/*", "marts/*", "_pipes/*"},
-     {"raw/*", "staging/*", "marts/*", "_pipes/*"}, {"raw/*", "staging/*", "marts/*", "_pipes/*"}),
-    ("UploaderPolicy", {"source/*"}, {"source/*"}, {"source/*"}),
-    ("BiReaderPolicy", {"marts/*", BI_RESULTS}, {BI_RESULTS}, set()),
-    ("OrchestratorPolicy", ORCHESTRATED, ORCHESTRATED, ORCHESTRATED),
-])
+@pytest.mark.parametrize(
+    "role, reads, writes, deletes",
+    [
+        (
+            "GlueStagingRole",
+            {"code/*", "source/*", "raw/*", "staging/*", "_pipes/*"},
+            {"raw/*", "staging/*", "_pipes/*"},
+            {"raw/*", "staging/*", "_pipes/*"},
+        ),
+        (
+            "GlueMartsRole",
+            {"code/*", "staging/*", "marts/*", "_pipes/*"},
+            {"marts/*", "_pipes/*"},
+            {"marts/*", "_pipes/*"},
+        ),
+        (
+            "EmrJobRole",
+            {"code/*", "source/*", "raw/*", "staging/*", "marts/*", "_pipes/*"},
+            {"raw/*", "staging/*", "marts/*", "_pipes/*"},
+            {"raw/*", "staging/*", "marts/*", "_pipes/*"},
+        ),
+        ("UploaderPolicy", {"source/*"}, {"source/*"}, {"source/*"}),
+        ("BiReaderPolicy", {"marts/*", BI_RESULTS}, {BI_RESULTS}, set()),
+        ("OrchestratorPolicy", ORCHESTRATED, ORCHESTRATED, ORCHESTRATED),
+    ],
+)
 def test_each_role_reaches_only_its_own_prefixes(resources, role, reads, writes, deletes):
     """The quarantine is an Iceberg table under staging/: no role reaches a quarantine/ prefix any more. The
     orchestrator also keeps Dagster's step logs, under dagster/compute-logs/."""
@@ -94,15 +127,21 @@ def test_each_role_reaches_only_its_own_prefixes(resources, role, reads, writes,
             assert "Condition" in statement, statement
 
 
-@pytest.mark.parametrize("role, reads, writes", [
-    ("GlueStagingRole", {STAGING_ICEBERG}, {STAGING_ICEBERG}),
-    ("GlueMartsRole", {STAGING_ICEBERG, MARTS_ICEBERG}, {MARTS_ICEBERG}),
-    ("EmrJobRole", {STAGING_ICEBERG, MARTS_ICEBERG}, {STAGING_ICEBERG, MARTS_ICEBERG}),
-    ("OrchestratorPolicy", {STAGING, MARTS_DB, STAGING_ICEBERG, MARTS_ICEBERG},
-     {STAGING, MARTS_DB, STAGING_ICEBERG, MARTS_ICEBERG}),
-    ("BiReaderPolicy", {MARTS_DB, MARTS_ICEBERG}, set()),
-    ("UploaderPolicy", set(), set()),
-])
+@pytest.mark.parametrize(
+    "role, reads, writes",
+    [
+        ("GlueStagingRole", {STAGING_ICEBERG}, {STAGING_ICEBERG}),
+        ("GlueMartsRole", {STAGING_ICEBERG, MARTS_ICEBERG}, {MARTS_ICEBERG}),
+        ("EmrJobRole", {STAGING_ICEBERG, MARTS_ICEBERG}, {STAGING_ICEBERG, MARTS_ICEBERG}),
+        (
+            "OrchestratorPolicy",
+            {STAGING, MARTS_DB, STAGING_ICEBERG, MARTS_ICEBERG},
+            {STAGING, MARTS_DB, STAGING_ICEBERG, MARTS_ICEBERG},
+        ),
+        ("BiReaderPolicy", {MARTS_DB, MARTS_ICEBERG}, set()),
+        ("UploaderPolicy", set(), set()),
+    ],
+)
 def test_each_role_commits_only_its_own_iceberg_tables(resources, role, reads, writes):
     """Iceberg's GlueCatalog reads and commits tables through the Glue Data Catalog: each job may change the
     tables of its own `_iceberg` database only (the marts job reads the staging one), the orchestrator also
@@ -122,8 +161,12 @@ def test_bi_readers_reach_no_identifying_layer(resources):
     staging databases: not as objects, not by listing, not through the catalog. That suffices because every view
     of the marts database selects from the marts database or the marts' Iceberg tables only."""
     policy = resources["BiReaderPolicy"]
-    granted = {target["Sub"] for statement in statements(policy) for target in as_list(statement["Resource"])
-               if isinstance(target, dict) and "Sub" in target}
+    granted = {
+        target["Sub"]
+        for statement in statements(policy)
+        for target in as_list(statement["Resource"])
+        if isinstance(target, dict) and "Sub" in target
+    }
     for layer in ("staging/", "raw/", "source/", "reports/", "_pipes/", "code/"):
         assert not [arn for arn in granted if f"}}/{layer}" in arn], layer
     assert not [arn for arn in granted if STAGING in arn], granted
@@ -157,12 +200,16 @@ def test_each_identity_has_its_own_athena_results(resources):
     for name, workgroup in workgroups(resources).items():
         configuration = workgroup["Properties"]["WorkGroupConfiguration"]
         assert configuration["EnforceWorkGroupConfiguration"] is True, name
-        outputs[name] = configuration["ResultConfiguration"]["OutputLocation"]["Sub"].removeprefix(
-            "s3://${LakeBucket}/") + "*"
+        outputs[name] = (
+            configuration["ResultConfiguration"]["OutputLocation"]["Sub"].removeprefix("s3://${LakeBucket}/") + "*"
+        )
     assert outputs == {"AthenaWorkGroup": "athena-results/orchestrator/*", "BiAthenaWorkGroup": BI_RESULTS}
     for policy, workgroup in (("OrchestratorPolicy", "AthenaWorkGroup"), ("BiReaderPolicy", "BiAthenaWorkGroup")):
-        queried = {target["Sub"].rsplit(":", 1)[1] for target in granted_targets(
-            resources[policy], {"athena:StartQueryExecution"}) if ":workgroup/" in target["Sub"]}
+        queried = {
+            target["Sub"].rsplit(":", 1)[1]
+            for target in granted_targets(resources[policy], {"athena:StartQueryExecution"})
+            if ":workgroup/" in target["Sub"]
+        }
         assert queried == {"workgroup/${" + workgroup + "}"}, policy
         for action in ("s3:GetObject", "s3:PutObject"):
             results = {p for p in object_prefixes(resources[policy], {action}) if p.startswith("athena-results")}
@@ -206,13 +253,17 @@ def test_incomplete_multipart_uploads_are_aborted(resources):
     [abort] = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
     assert abort["Status"] == "Enabled" and "Prefix" not in abort and "Filter" not in abort
     assert 1 <= abort["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] <= 7
-    writers = [name for name, resource in resources.items()
-               if resource["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")
-               and object_prefixes(resource, {"s3:PutObject"})]
+    writers = [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")
+        and object_prefixes(resource, {"s3:PutObject"})
+    ]
     assert set(writers) == set(IDENTITIES)
     for writer in writers:
-        assert (object_prefixes(resources[writer], {"s3:AbortMultipartUpload"})
-                == object_prefixes(resources[writer], {"s3:PutObject"})), writer
+        assert object_prefixes(resources[writer], {"s3:AbortMultipartUpload"}) == object_prefixes(
+            resources[writer], {"s3:PutObject"}
+        ), writer
 
 
 def test_the_data_outlives_the_stack(resources):

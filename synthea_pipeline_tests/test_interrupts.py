@@ -54,8 +54,13 @@ def files_under(folder: Path) -> list[Path]:
 def environment(tmp_path: Path, marker: str) -> dict:
     temporary = tmp_path / "tmp"
     temporary.mkdir()
-    return {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "TMPDIR": str(temporary), MARKER: marker,
-            "PYTHONPATH": str(REPOSITORY)}
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "TMPDIR": str(temporary),
+        MARKER: marker,
+        "PYTHONPATH": str(REPOSITORY),
+    }
 
 
 def test_a_run_killed_before_it_started_is_marked_failed_on_the_next_start(tmp_path, monkeypatch):
@@ -70,10 +75,17 @@ def test_a_run_killed_before_it_started_is_marked_failed_on_the_next_start(tmp_p
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "DagsterInstance.create_run_for_job = create_then_die\n"
         "from synthea_pipeline.cli import main\n"
-        f"sys.exit(main(['run', {str(SAMPLES['2.7'])!r}, '--lake', {str(lake)!r}]))\n")
+        f"sys.exit(main(['run', {str(SAMPLES['2.7'])!r}, '--lake', {str(lake)!r}]))\n"
+    )
     env = environment(tmp_path, uuid.uuid4().hex)
-    result = subprocess.run([sys.executable, "-c", killed_after_creating_the_run], env=env, timeout=WAIT_SECONDS,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", killed_after_creating_the_run],
+        env=env,
+        timeout=WAIT_SECONDS,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr
     [run] = DagsterInstance.from_config(env["DAGSTER_HOME"]).get_runs()
     assert run.status == DagsterRunStatus.NOT_STARTED
@@ -87,11 +99,18 @@ def test_sigterm_in_the_middle_of_a_run_leaves_no_process_no_temporary_data_and_
     env = environment(tmp_path, marker)
     lake = Lake(str(tmp_path / "lake"))
     archive = zipped(SAMPLES["3.0"], tmp_path / "synthea_sample_data_csv.zip")
-    process = subprocess.Popen([sys.executable, "-m", "synthea_pipeline.cli", "run", str(archive), "--lake",
-                                lake.root], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "synthea_pipeline.cli", "run", str(archive), "--lake", lake.root],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     raw = Path(lake.uri("raw"))
-    until(lambda: process.poll() is not None or list(raw.glob("*/upload_id=*/load_id=*/*.parquet")),
-          "the run to write raw files")
+    until(
+        lambda: process.poll() is not None or list(raw.glob("*/upload_id=*/load_id=*/*.parquet")),
+        "the run to write raw files",
+    )
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=WAIT_SECONDS)
     assert process.returncode == 130, stdout + stderr
@@ -105,8 +124,13 @@ def test_sigterm_in_the_middle_of_a_run_leaves_no_process_no_temporary_data_and_
     assert (state["state"], state["last_run_note"]) == ("failed", "interrupted before its commit")
     assert list(raw.glob("*/upload_id=*/load_id=*")) == []
     with CatalogResource().open(lake) as engine:
-        written = [name for (name,) in engine.sql("SELECT view_name FROM duckdb_views() WHERE schema_name = "
-                                                  "'synthea_staging_iceberg' AND view_name <> 'uploads'").fetchall()]
+        written = [
+            name
+            for (name,) in engine.sql(
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = "
+                "'synthea_staging_iceberg' AND view_name <> 'uploads'"
+            ).fetchall()
+        ]
         assert "claims" in written  # the largest tables go first
         for table in written:
             assert engine.sql(f"SELECT count(*) FROM synthea_staging_iceberg.{table}").fetchone() == (0,), table
@@ -114,7 +138,7 @@ def test_sigterm_in_the_middle_of_a_run_leaves_no_process_no_temporary_data_and_
 
 
 INNER_CONFTEST = "from synthea_pipeline_tests.conftest import pytest_configure, pytest_sessionfinish  # noqa: F401\n"
-INNER_TESTS = '''
+INNER_TESTS = """
 import os
 import sys
 import threading
@@ -134,7 +158,7 @@ def test_holding_a_lake(tmp_path):
     with fresh_instance():
         (tmp_path / "lake.bin").write_bytes(bytes(10_000_000))
         threading.Event().wait()
-'''
+"""
 
 
 def test_sigterm_of_dagster_dev_and_sigint_of_the_test_run_leave_no_process_and_no_data(tmp_path):
@@ -144,9 +168,28 @@ def test_sigterm_of_dagster_dev_and_sigint_of_the_test_run_leave_no_process_and_
     inner.mkdir()
     (inner / "conftest.py").write_text(INNER_CONFTEST)
     (inner / "test_holding.py").write_text(INNER_TESTS)
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                            "-n", "2", "--dist", "load", str(inner)], cwd=inner, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "-n",
+            "2",
+            "--dist",
+            "load",
+            str(inner),
+        ],
+        cwd=inner,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     def dagster_dev() -> int | None:
         for pid in marked(marker):
@@ -157,8 +200,12 @@ def test_sigterm_of_dagster_dev_and_sigint_of_the_test_run_leave_no_process_and_
 
     server = until(lambda: dagster_dev() if run.poll() is None else "exited", "dagster dev and its children")
     assert server != "exited", run.stdout.read()
-    until(lambda: files_under(Path(env["TMPDIR"])) and any(p.name == "lake.bin" for p in files_under(
-        Path(env["TMPDIR"]))), "the other worker's lake")
+    until(
+        lambda: (
+            files_under(Path(env["TMPDIR"])) and any(p.name == "lake.bin" for p in files_under(Path(env["TMPDIR"])))
+        ),
+        "the other worker's lake",
+    )
     os.kill(server, signal.SIGTERM)
     until(lambda: not group_members(server), "dagster dev and everything it started to stop", 60)
 

@@ -33,8 +33,11 @@ def spark():
 
 def all_rows(lake: Lake, table: str, upload_id: str) -> int:
     """Rows of an upload in a staging table whatever their load, committed or not."""
-    return catalog_rows(lake, f"SELECT count(*) AS n FROM synthea_staging_iceberg.{table} "
-                              f"WHERE upload_id = '{upload_id}'").column("n")[0].as_py()
+    return (
+        catalog_rows(lake, f"SELECT count(*) AS n FROM synthea_staging_iceberg.{table} WHERE upload_id = '{upload_id}'")
+        .column("n")[0]
+        .as_py()
+    )
 
 
 def snapshots(lake: Lake, layer: str, table: str) -> list[int]:
@@ -63,7 +66,9 @@ def test_remove_takes_an_upload_out_of_every_layer_and_rebuilds_the_marts(remova
     lake, instance, report, kept_patients = removal
     assert report.success, report.errors
     assert report.marts["patient_fact"] == kept_patients + 1  # and the unknown member
-    assert catalog_rows(lake, "SELECT upload_id FROM synthea_staging.uploads").column("upload_id").to_pylist() == ["keep"]
+    assert catalog_rows(lake, "SELECT upload_id FROM synthea_staging.uploads").column("upload_id").to_pylist() == [
+        "keep"
+    ]
     for table in (*TABLES, "quarantine"):
         assert all_rows(lake, table, "wrong") == 0, table
     assert set(mart(lake, "patient_fact").column("upload_id").to_pylist()) == {"keep", None}
@@ -75,10 +80,17 @@ def test_remove_takes_an_upload_out_of_every_layer_and_rebuilds_the_marts(remova
     assert run.status == DagsterRunStatus.SUCCESS and run.tags["dagster/partition"] == "wrong"
 
 
+@pytest.mark.slow
 def test_remove_command_refuses_an_unknown_upload(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
-    result = subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "remove", "nope", "--lake",
-                             str(tmp_path / "lake")], env=env, check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "synthea_pipeline.cli", "remove", "nope", "--lake", str(tmp_path / "lake")],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "upload nope is not in the lake (in the lake: none)" in result.stderr and "Traceback" not in result.stderr
 
@@ -88,7 +100,9 @@ def test_a_successful_removal_triggers_the_marts_rebuild(removal):
     _, instance, _, _ = removal
     removals = instance.get_runs(RunsFilter(job_name="remove_upload"))
     context = build_run_status_sensor_context(
-        sensor_name=rebuild_marts_after_removal.name, dagster_instance=instance, dagster_run=removals[0],
+        sensor_name=rebuild_marts_after_removal.name,
+        dagster_instance=instance,
+        dagster_run=removals[0],
         dagster_event=instance.get_records_for_run(removals[0].run_id).records[-1].event_log_entry.dagster_event,
     )
     request = rebuild_marts_after_removal(context)
@@ -116,12 +130,14 @@ def test_query_as_of_reads_the_marts_as_they_were(instance, spark, tmp_path):
 
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
     command = [sys.executable, "-m", "synthea_pipeline.cli", "query", count, "--lake", lake.root, "--format", "csv"]
-    result = subprocess.run(command + ["--as-of", between.isoformat()], env=env, check=False, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [*command, "--as-of", between.isoformat()], env=env, check=False, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1] == f"{first},1"
-    wrong = subprocess.run(command + ["--as-of", "yesterday"], env=env, check=False, capture_output=True, text=True,
-                           timeout=120)
+    wrong = subprocess.run(
+        [*command, "--as-of", "yesterday"], env=env, check=False, capture_output=True, text=True, timeout=120
+    )
     assert wrong.returncode == 2 and "not a timestamp: 'yesterday'" in wrong.stderr
 
 
@@ -168,33 +184,47 @@ def test_maintain_keeps_what_is_younger_than_the_retention(instance, spark, tmp_
     assert snapshots(lake, "staging", "encounters") == kept and orphan.exists()
 
 
+@pytest.mark.unit
 def test_cleanup_spares_the_loads_of_runs_that_may_still_be_writing():
     start = now()
-    log = UploadLog([
-        LoadRecord("u", "dead", "begun", start - dt.timedelta(days=2)),
-        LoadRecord("u", "old", "begun", start - dt.timedelta(hours=3)),
-        LoadRecord("u", "old", "committed", start - dt.timedelta(hours=2), start - dt.timedelta(hours=2)),
-        LoadRecord("u", "replaced", "begun", start - dt.timedelta(hours=2)),
-        LoadRecord("u", "replaced", "committed", start - dt.timedelta(hours=1), start - dt.timedelta(hours=2)),
-        LoadRecord("u", "current", "begun", start - dt.timedelta(minutes=30)),
-        LoadRecord("u", "current", "committed", start - dt.timedelta(minutes=20), start - dt.timedelta(hours=2)),
-        LoadRecord("u", "running", "begun", start - dt.timedelta(minutes=5)),
-    ])
+    log = UploadLog(
+        [
+            LoadRecord("u", "dead", "begun", start - dt.timedelta(days=2)),
+            LoadRecord("u", "old", "begun", start - dt.timedelta(hours=3)),
+            LoadRecord("u", "old", "committed", start - dt.timedelta(hours=2), start - dt.timedelta(hours=2)),
+            LoadRecord("u", "replaced", "begun", start - dt.timedelta(hours=2)),
+            LoadRecord("u", "replaced", "committed", start - dt.timedelta(hours=1), start - dt.timedelta(hours=2)),
+            LoadRecord("u", "current", "begun", start - dt.timedelta(minutes=30)),
+            LoadRecord("u", "current", "committed", start - dt.timedelta(minutes=20), start - dt.timedelta(hours=2)),
+            LoadRecord("u", "running", "begun", start - dt.timedelta(minutes=5)),
+        ]
+    )
     assert log.current()["u"].load_id == "current" and log.previous("u") == "replaced"
     assert sorted(log.stale(abandoned_before=start - dt.timedelta(days=1))) == [("u", "dead"), ("u", "old")]
     assert sorted(log.stale(abandoned_before=start)) == [("u", "dead"), ("u", "old"), ("u", "running")]
 
 
+@pytest.mark.unit
 def test_expiry_keeps_what_time_travel_after_the_cutoff_needs():
-    snapshot = lambda sid, ms: {"snapshot-id": sid, "timestamp-ms": ms, "manifest-list": f"/t/metadata/snap-{sid}.avro"}
-    content = {"current-snapshot-id": 4, "last-updated-ms": 400, "refs": {"main": {"snapshot-id": 4, "type": "branch"}},
-               "snapshots": [snapshot(1, 100), snapshot(2, 200), snapshot(3, 300), snapshot(4, 400)],
-               "snapshot-log": [{"snapshot-id": s, "timestamp-ms": s * 100} for s in range(1, 5)],
-               "metadata-log": [{"timestamp-ms": 150, "metadata-file": "/t/metadata/v1.metadata.json"},
-                                {"timestamp-ms": 350, "metadata-file": "/t/metadata/v3.metadata.json"}]}
+    def snapshot(sid, ms):
+        return {"snapshot-id": sid, "timestamp-ms": ms, "manifest-list": f"/t/metadata/snap-{sid}.avro"}
+
+    content = {
+        "current-snapshot-id": 4,
+        "last-updated-ms": 400,
+        "refs": {"main": {"snapshot-id": 4, "type": "branch"}},
+        "snapshots": [snapshot(1, 100), snapshot(2, 200), snapshot(3, 300), snapshot(4, 400)],
+        "snapshot-log": [{"snapshot-id": s, "timestamp-ms": s * 100} for s in range(1, 5)],
+        "metadata-log": [
+            {"timestamp-ms": 150, "metadata-file": "/t/metadata/v1.metadata.json"},
+            {"timestamp-ms": 350, "metadata-file": "/t/metadata/v3.metadata.json"},
+        ],
+    }
     expired, dropped = expire(content, "/t/metadata/v4.metadata.json", cutoff_ms=250)
     assert dropped == 1 and [s["snapshot-id"] for s in expired["snapshots"]] == [2, 3, 4]
     assert [e["snapshot-id"] for e in expired["snapshot-log"]] == [2, 3, 4]
-    assert [e["metadata-file"] for e in expired["metadata-log"]] == ["/t/metadata/v3.metadata.json",
-                                                                      "/t/metadata/v4.metadata.json"]
+    assert [e["metadata-file"] for e in expired["metadata-log"]] == [
+        "/t/metadata/v3.metadata.json",
+        "/t/metadata/v4.metadata.json",
+    ]
     assert expire(content, "/t/metadata/v4.metadata.json", cutoff_ms=150) == (content, 0)

@@ -12,6 +12,8 @@ from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import FOREIGN_KEYS, IDENTIFIER_COLUMNS, MARTS, UNKNOWN_KEY
 from synthea_pipeline_tests.conftest import SAMPLES, mart, read_rows, staged
 
+pytestmark = pytest.mark.slow  # three pipeline runs before the first test
+
 ORDER = ["2.7", "3.0", "3.3-3.4"]
 WITH_UNKNOWN_MEMBER = {"patient_fact", "encounter_dim", "provider_dim", "organization_dim", "payer_dim", "location_dim"}
 
@@ -60,9 +62,13 @@ def small_lake(instance, tmp_path):
 
 
 def test_row_counts_span_every_upload(lake):
-    for name, table in (("patient_fact", "patients"), ("encounter_dim", "encounters"),
-                        ("provider_dim", "providers"), ("organization_dim", "organizations"),
-                        ("payer_dim", "payers")):
+    for name, table in (
+        ("patient_fact", "patients"),
+        ("encounter_dim", "encounters"),
+        ("provider_dim", "providers"),
+        ("organization_dim", "organizations"),
+        ("payer_dim", "payers"),
+    ):
         expected = set().union(*(distinct_ids(r, table) for r in ORDER))
         keys = mart(lake, name).column(MARTS[name].key).to_pylist()
         assert len(keys) == len(expected) + 1 and set(keys) == expected | {UNKNOWN_KEY}, name
@@ -113,10 +119,9 @@ def test_date_dim_covers_every_date_used(lake):
 
 def test_no_identifiers_by_default(lake):
     for name in MARTS:
-        assert not set(mart(lake, name).column_names) & set(IDENTIFIER_COLUMNS + ("provider_name",)), name
+        assert not set(mart(lake, name).column_names) & {*IDENTIFIER_COLUMNS, "provider_name"}, name
 
 
-@pytest.mark.slow
 def test_rerun_leaves_marts_unchanged(instance, small_lake):
     """Re-running an upload that a later one follows (3.0 holds the same payers as 2.7) keeps the later one's rows."""
     later = run_upload(str(SAMPLES["3.0"]), small_lake.root, "m3.0", instance=instance)
@@ -128,7 +133,6 @@ def test_rerun_leaves_marts_unchanged(instance, small_lake):
         assert mart(small_lake, name).equals(before[name]), name
 
 
-@pytest.mark.slow
 def test_latest_upload_wins_for_a_corrected_reupload(instance, small_lake, tmp_path):
     corrected = tmp_path / "corrected"
     shutil.copytree(SAMPLES["2.7"], corrected)
@@ -160,7 +164,6 @@ def test_identifiers_on_request(instance, tmp_path):
     assert {"ssn", "first_name", "last_name", "address"} <= set(names)
 
 
-@pytest.mark.slow
 def test_a_pipeline_bug_that_breaks_a_blocking_check_leaves_the_marts_unpublished(instance, small_lake, monkeypatch):
     """Blocking checks guard against the pipeline's own bugs: one is injected here (patient_fact appended twice)."""
     write = layers.write_marts
@@ -176,7 +179,8 @@ def test_a_pipeline_bug_that_breaks_a_blocking_check_leaves_the_marts_unpublishe
     report = run_upload(str(SAMPLES["2.7"]), small_lake.root, "m2.7", instance=instance)
     assert not report.success
     assert any("patient_fact:primary_key" in e and "patient_fact:rows_reconcile" in e for e in report.errors), (
-        report.errors)
+        report.errors
+    )
     assert report.checks["staging/patients:rows_reconcile"] is True
     for name in MARTS:
         assert mart(small_lake, name).equals(before[name]), name

@@ -1,8 +1,8 @@
 """The production instance (`deploy/dagster.yaml`) against a real PostgreSQL server and step logs in a moto S3
 bucket, with only the run launcher swapped for the local one (there is no ECS here): an upload carried through by
 the upload sensor under `dagster-daemon`, which talks to the image's code-location server over gRPC as on ECS,
-and the marts automation, then a backfill of it. The ECS launcher's own configuration is checked by loading the unchanged file against moto's ECS, with
-the run task definition the orchestrator template declares."""
+and the marts automation, then a backfill of it. The ECS launcher's own configuration is checked by loading the
+unchanged file against moto's ECS, with the run task definition the orchestrator template declares."""
 
 import os
 import subprocess
@@ -67,8 +67,12 @@ def production_home(postgres, log_bucket, tmp_path, request, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    environment = {**postgres.environment(database), "DAGSTER_COMPUTE_LOG_BUCKET": log_bucket,
-                   "DAGSTER_COMPUTE_LOG_PREFIX": f"{LOG_PREFIX}/{database}", "DAGSTER_HOME": str(home)}
+    environment = {
+        **postgres.environment(database),
+        "DAGSTER_COMPUTE_LOG_BUCKET": log_bucket,
+        "DAGSTER_COMPUTE_LOG_PREFIX": f"{LOG_PREFIX}/{database}",
+        "DAGSTER_HOME": str(home),
+    }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     return home, database
@@ -96,21 +100,49 @@ def test_an_upload_by_the_sensor_under_the_daemon_then_a_backfill(production_hom
     workspace["load_from"][0]["grpc_server"]["port"] = port
     (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
     env = {**os.environ, "SYNTHEA_LAKE_ROOT": lake.root, "DAGSTER_CODE_SERVER_HOST": "127.0.0.1"}
-    subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "upload", str(SAMPLES["3.0"]), "--to",
-                    lake.uri("source"), "--upload-id", "ward-s"], env=env, check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synthea_pipeline.cli",
+            "upload",
+            str(SAMPLES["3.0"]),
+            "--to",
+            lake.uri("source"),
+            "--upload-id",
+            "ward-s",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     command = image_command()
     command[command.index("--port") + 1] = str(port)
-    with server_process(command, tmp_path / "code-server.log", env, tmp_path) as code_server, \
-            server_process([installed("dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")],
-                           tmp_path / "daemon.log", env, tmp_path) as daemon:
-        staged = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload"))
-                                   if r.status in FINISHED], "the sensor's run", [code_server, daemon], WAIT_SECONDS)
+    with (
+        server_process(command, tmp_path / "code-server.log", env, tmp_path) as code_server,
+        server_process(
+            [installed("dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")],
+            tmp_path / "daemon.log",
+            env,
+            tmp_path,
+        ) as daemon,
+    ):
+        staged = wait_for(
+            lambda: [r for r in instance.get_runs(RunsFilter(job_name="stage_upload")) if r.status in FINISHED],
+            "the sensor's run",
+            [code_server, daemon],
+            WAIT_SECONDS,
+        )
         assert [(r.status, r.tags["dagster/partition"], r.tags.get(ORIGIN_TAG)) for r in staged] == [
-            (DagsterRunStatus.SUCCESS, "ward-s", "sensor")]
-        builds = wait_for(lambda: [r for r in instance.get_runs(RunsFilter(tags={AUTOMATION_TAG: "true"}))
-                                   if r.status in FINISHED], "the marts built by automation", [code_server, daemon],
-                          WAIT_SECONDS)
+            (DagsterRunStatus.SUCCESS, "ward-s", "sensor")
+        ]
+        builds = wait_for(
+            lambda: [r for r in instance.get_runs(RunsFilter(tags={AUTOMATION_TAG: "true"})) if r.status in FINISHED],
+            "the marts built by automation",
+            [code_server, daemon],
+            WAIT_SECONDS,
+        )
         # One build, or two when a tick sees the staging commit only after requesting the first (test_dagster_dev).
         assert 1 <= len(builds) <= 2 and all(b.status == DagsterRunStatus.SUCCESS for b in builds)
         ticks = postgres.query(database, "SELECT count(*) FROM job_ticks WHERE job_origin_id IS NOT NULL")
@@ -122,19 +154,22 @@ def test_an_upload_by_the_sensor_under_the_daemon_then_a_backfill(production_hom
     assert [r for r in recorded if r[0] != "__ASSET_JOB"] == [("stage_upload", "SUCCESS"), ("ingest_upload", "SUCCESS")]
     # the automation's builds: done, or a second one still queued when the daemon stopped
     assert {status for job, status in recorded if job == "__ASSET_JOB"} <= {"SUCCESS", "QUEUED"}
-    staged_events = postgres.query(database, "SELECT count(*) FROM event_logs WHERE dagster_event_type = "
-                                   "'ASSET_MATERIALIZATION' AND asset_key = '[\"staging\", \"patients\"]'")
+    staged_events = postgres.query(
+        database,
+        "SELECT count(*) FROM event_logs WHERE dagster_event_type = "
+        "'ASSET_MATERIALIZATION' AND asset_key = '[\"staging\", \"patients\"]'",
+    )
     assert staged_events == [(2,)]
     latest_fact = instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=1).records[0]
     assert latest_fact.run_id == reports[0].run_id
     logs = compute_log_keys(database)
     assert any(key.endswith(".out") for key in logs) and any(key.endswith(".err") for key in logs)
     assert catalog_rows(lake, "SELECT load_id FROM synthea_staging.uploads").column("load_id").to_pylist() == [
-        reports[0].run_id]
+        reports[0].run_id
+    ]
 
 
-def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgres, log_bucket, monkeypatch,
-                                                          tmp_path):
+def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgres, log_bucket, monkeypatch, tmp_path):
     """deploy/dagster.yaml unchanged: the launcher finds the run task definition and its `run` container; a task
     definition without that container is refused when the instance loads, naming it."""
     database = "ecs_launcher"
@@ -142,14 +177,21 @@ def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgre
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(PRODUCTION_CONFIG.read_text())
-    for name, value in {**postgres.environment(database), "DAGSTER_COMPUTE_LOG_BUCKET": log_bucket,
-                        "DAGSTER_COMPUTE_LOG_PREFIX": LOG_PREFIX}.items():
+    for name, value in {
+        **postgres.environment(database),
+        "DAGSTER_COMPUTE_LOG_BUCKET": log_bucket,
+        "DAGSTER_COMPUTE_LOG_PREFIX": LOG_PREFIX,
+    }.items():
         monkeypatch.setenv(name, value)
     ecs = boto3.client("ecs")
     container = yaml.safe_load(PRODUCTION_CONFIG.read_text())["run_launcher"]["config"]["container_name"]
     registered = ecs.register_task_definition(
-        family="synthea-pipeline-run", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="1024",
-        memory="4096", containerDefinitions=[{"name": container, "image": "synthea-pipeline:test"}],
+        family="synthea-pipeline-run",
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="1024",
+        memory="4096",
+        containerDefinitions=[{"name": container, "image": "synthea-pipeline:test"}],
     )["taskDefinition"]
     monkeypatch.setenv("DAGSTER_RUN_TASK_DEFINITION", "synthea-pipeline-run")
 
@@ -163,8 +205,10 @@ def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgre
     assert instance.compute_log_manager._s3_bucket == log_bucket  # no public accessor
     assert IMAGE["env"]["DAGSTER_POSTGRES_PORT"] == "5432"  # what the task definitions leave unset
 
-    ecs.register_task_definition(family="no-run-container", containerDefinitions=[
-        {"name": "webserver", "image": "synthea-pipeline:test", "memory": 512}])
+    ecs.register_task_definition(
+        family="no-run-container",
+        containerDefinitions=[{"name": "webserver", "image": "synthea-pipeline:test", "memory": 512}],
+    )
     monkeypatch.setenv("DAGSTER_RUN_TASK_DEFINITION", "no-run-container")
     with pytest.raises(CheckError, match="Cannot override container 'run'"):
         DagsterInstance.from_config(str(home)).run_launcher  # noqa: B018 - the launcher loads on first use

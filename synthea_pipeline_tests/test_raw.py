@@ -11,7 +11,7 @@ import pytest
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms import raw as raw_module
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline.transforms.raw import REPEATED_HEADER, TableError, clean_table, find_source_files, load_manifest
+from synthea_pipeline.transforms.raw import REPEATED_HEADER, TableError, find_source_files, plan_table, write_raw
 from synthea_pipeline_tests.conftest import SAMPLES, read_rows
 
 SAMPLE = SAMPLES["3.0"]
@@ -28,9 +28,7 @@ def clean(upload, table):
     lake = Lake(str(upload.parent.parent))
     files, _ = find_source_files(str(upload))
     raw_uri = lake.raw(table, "u1", "l1")
-    result = clean_table(TABLES[table], str(upload), files.get(table, []), raw_uri)
-    assert load_manifest(raw_uri) == result
-    return result, lake
+    return write_raw(plan_table(TABLES[table], str(upload), files.get(table, [])), raw_uri), lake
 
 
 def raw_rows(lake, table):
@@ -48,6 +46,7 @@ def rejected(lake, table):
     return [r for r in raw_rows(lake, table) if r["_reason"] is not None]
 
 
+@pytest.mark.unit
 def test_clean_file_becomes_one_raw_row_per_line(upload):
     result, lake = clean(upload, "encounters")
     header, rows = read_rows(SAMPLE / "encounters.csv")
@@ -58,6 +57,7 @@ def test_clean_file_becomes_one_raw_row_per_line(upload):
     assert (result.rows_in, result.rows_out, result.quarantined) == (len(rows), len(rows), 0)
 
 
+@pytest.mark.unit
 def test_bom_and_crlf_are_removed(upload):
     original = (SAMPLE / "patients.csv").read_bytes()
     (upload / "patients.csv").write_bytes(b"\xef\xbb\xbf" + original.replace(b"\n", b"\r\n"))
@@ -67,6 +67,7 @@ def test_bom_and_crlf_are_removed(upload):
     assert result.rows_out == 27 and result.quarantined == 0
 
 
+@pytest.mark.unit
 def test_row_with_extra_comma_is_quarantined_with_line_and_reason(upload):
     lines = (SAMPLE / "conditions.csv").read_text().splitlines(keepends=True)
     lines[5] = lines[5].rstrip("\n") + ",extra\n"
@@ -80,6 +81,7 @@ def test_row_with_extra_comma_is_quarantined_with_line_and_reason(upload):
     assert result.quarantine_reasons == {"field count": 1}
 
 
+@pytest.mark.unit
 def test_truncated_last_line_is_quarantined(upload):
     data = (SAMPLE / "observations.csv").read_bytes()
     (upload / "observations.csv").write_bytes(data[: data.rstrip(b"\n").rfind(b",")])
@@ -89,6 +91,7 @@ def test_truncated_last_line_is_quarantined(upload):
     assert row["_line"] == 991 and row["_reason"].startswith("truncated last line")
 
 
+@pytest.mark.unit
 def test_unnamed_index_and_blank_trailing_columns_are_dropped(upload):
     header, *rows = (SAMPLE / "payers.csv").read_text().splitlines()
     (upload / "payers.csv").write_text(
@@ -100,6 +103,7 @@ def test_unnamed_index_and_blank_trailing_columns_are_dropped(upload):
     assert result.header == original_header and values(raw_rows(lake, "payers"), original_header) == original_rows
 
 
+@pytest.mark.unit
 def test_unknown_column_is_kept_and_reported(upload):
     header, *rows = (SAMPLE / "organizations.csv").read_text().splitlines()
     (upload / "organizations.csv").write_text("\n".join([f"{header},NPI2"] + [f"{r},x" for r in rows]) + "\n")
@@ -109,19 +113,24 @@ def test_unknown_column_is_kept_and_reported(upload):
     assert {r["NPI2"] for r in raw_rows(lake, "organizations")} == {"x"}
 
 
+@pytest.mark.unit
 def test_missing_required_column_names_table_file_and_column(upload):
     text = (SAMPLE / "patients.csv").read_text().replace("BIRTHDATE", "BIRTH_DAY", 1)
     (upload / "patients.csv").write_text(text)
-    with pytest.raises(TableError, match=r"table patients: patients.csv, line 1: missing required column\(s\) BIRTHDATE"):
+    with pytest.raises(
+        TableError, match=r"table patients: patients.csv, line 1: missing required column\(s\) BIRTHDATE"
+    ):
         clean(upload, "patients")
 
 
+@pytest.mark.unit
 def test_non_synthea_csv_is_refused(upload):
     (upload / "patients.csv").write_text("name,age\nann,3\n")
     with pytest.raises(TableError, match=r"missing required column\(s\) Id, BIRTHDATE \(no known column\)"):
         clean(upload, "patients")
 
 
+@pytest.mark.unit
 def test_binary_garbage_is_refused(upload):
     (upload / "devices.csv").write_bytes(bytes(range(256)) * 64)
     with pytest.raises(TableError, match=r"table devices: devices.csv, line 1: header contains NUL bytes: binary"):
@@ -131,6 +140,7 @@ def test_binary_garbage_is_refused(upload):
         clean(upload, "devices")
 
 
+@pytest.mark.unit
 def test_latin1_file_rows_are_quarantined(upload):
     header = (SAMPLE / "supplies.csv").read_text().splitlines()[0]
     row = "2020-01-01,p1,e1,1234,Gaze stérile,3"
@@ -141,6 +151,7 @@ def test_latin1_file_rows_are_quarantined(upload):
     assert row["_reason"] == "invalid UTF-8: the line is not UTF-8 text" and "Gaze st" in row["_text"]
 
 
+@pytest.mark.unit
 def test_empty_header_only_and_absent_files(upload):
     (upload / "devices.csv").write_bytes(b"")
     (upload / "supplies.csv").write_text("DATE,PATIENT,ENCOUNTER,CODE,DESCRIPTION,QUANTITY\n")
@@ -152,14 +163,17 @@ def test_empty_header_only_and_absent_files(upload):
     assert clean(upload, "allergies")[0].files == []
 
 
-@pytest.mark.parametrize("names", [("claims-1.csv", "claims-2.csv", "claims-10.csv"),
-                                   ("claims-0001.csv", "claims-0002.csv", "claims-0010.csv")])
+@pytest.mark.parametrize(
+    "names",
+    [("claims-1.csv", "claims-2.csv", "claims-10.csv"), ("claims-0001.csv", "claims-0002.csv", "claims-0010.csv")],
+)
+@pytest.mark.unit
 def test_split_files_are_cleaned_together_in_part_order(upload, names):
     header, *rows = (SAMPLE / "claims.csv").read_text().splitlines()
     (upload / "claims.csv").unlink()
     parts = [rows[:600], rows[600:1000], rows[1000:]]
-    for name, part in zip(reversed(names), reversed(parts)):
-        (upload / name).write_text("\n".join([header] + part) + "\n")
+    for name, part in zip(reversed(names), reversed(parts), strict=False):
+        (upload / name).write_text("\n".join([header, *part]) + "\n")
     result, lake = clean(upload, "claims")
     assert result.files == list(names)
     assert result.rows_out == len(rows) == 1267
@@ -167,9 +181,10 @@ def test_split_files_are_cleaned_together_in_part_order(upload, names):
     assert (names[2], len(parts[2]) + 1) in lines and (names[0], 601) in lines
 
 
+@pytest.mark.unit
 def test_rerun_replaces_the_raw_partition(upload):
     lines = (SAMPLE / "conditions.csv").read_text().splitlines(keepends=True)
-    (upload / "conditions.csv").write_text("".join(lines[:5] + ["broken\n"] + lines[5:]))
+    (upload / "conditions.csv").write_text("".join([*lines[:5], "broken\n", *lines[5:]]))
     _, lake = clean(upload, "conditions")
     assert len(rejected(lake, "conditions")) == 1
     shutil.copy(SAMPLE / "conditions.csv", upload / "conditions.csv")
@@ -178,6 +193,7 @@ def test_rerun_replaces_the_raw_partition(upload):
     assert len(raw_rows(lake, "conditions")) == len(lines) - 1
 
 
+@pytest.mark.unit
 def test_repeated_header_lines_are_rejected_not_read_as_data(upload):
     lines = (SAMPLE / "careplans.csv").read_text().splitlines(keepends=True)
     (upload / "careplans.csv").write_text("".join(lines + lines).replace("\n", "\r\n"))
@@ -188,6 +204,7 @@ def test_repeated_header_lines_are_rejected_not_read_as_data(upload):
     assert result.quarantine_reasons == {"repeated header": 1}
 
 
+@pytest.mark.unit
 def test_blank_lines_before_the_header_and_all_blank_files(upload):
     original = (SAMPLE / "careplans.csv").read_text()
     (upload / "careplans.csv").write_text("\n\r\n" + original)
@@ -200,6 +217,7 @@ def test_blank_lines_before_the_header_and_all_blank_files(upload):
     assert clean(upload, "devices")[0].rows_in == 0
 
 
+@pytest.mark.unit
 def test_carriage_returns_that_are_not_line_ends(upload):
     original = (SAMPLE / "allergies.csv").read_text()
     (upload / "allergies.csv").write_text(original.replace("\n", "\r"))
@@ -212,22 +230,37 @@ def test_carriage_returns_that_are_not_line_ends(upload):
     assert (result.rows_in, result.rows_out, result.quarantined) == (40, 39, 1)
     [row] = rejected(lake, "allergies")
     assert row["_line"] == 5 and row["_reason"].startswith("stray carriage return")
-    assert not any("\r" in (v or "") for r in raw_rows(lake, "allergies") if r["_reason"] is None for v in r.values()
-                   if isinstance(v, str))
+    assert not any(
+        "\r" in (v or "")
+        for r in raw_rows(lake, "allergies")
+        if r["_reason"] is None
+        for v in r.values()
+        if isinstance(v, str)
+    )
 
 
+@pytest.mark.unit
 def test_rows_and_line_numbers_do_not_depend_on_block_boundaries(upload, monkeypatch):
     header, *rows = (SAMPLE / "observations.csv").read_bytes().split(b"\n")[:-1]
-    lines = [header, *rows[:100], b"", rows[100] + b",extra", b"\xef\xbb\xbf" + header, *rows[101:200], b"",
-             rows[200].rsplit(b",", 2)[0]]
+    lines = [
+        header,
+        *rows[:100],
+        b"",
+        rows[100] + b",extra",
+        b"\xef\xbb\xbf" + header,
+        *rows[101:200],
+        b"",
+        rows[200].rsplit(b",", 2)[0],
+    ]
     (upload / "observations.csv").write_bytes(b"\r\n".join(lines))
     expected = {3 + 100: "field count", 3 + 101: "repeated header", len(lines): "truncated last line"}
     results = []
     for block_bytes in (raw_module.BLOCK_BYTES, 97, 4096):
         monkeypatch.setattr(raw_module, "BLOCK_BYTES", block_bytes)
         result, lake = clean(upload, "observations")
-        results.append((result.rows_in, result.rows_out, result.quarantined, result.blank_lines,
-                        raw_rows(lake, "observations")))
+        results.append(
+            (result.rows_in, result.rows_out, result.quarantined, result.blank_lines, raw_rows(lake, "observations"))
+        )
     assert results[0] == results[1] == results[2]
     rows_in, rows_out, quarantined, blank_lines, raw = results[0]
     assert (rows_in, rows_out, quarantined, blank_lines) == (202, 199, 3, 2)
@@ -241,8 +274,8 @@ STREAMED_FILE_BYTES = 512 * 1024 * 1024
 MEASURE_RAW_PASS = """
 import re, sys
 from synthea_pipeline.tables import TABLES
-from synthea_pipeline.transforms.raw import clean_table
-result = clean_table(TABLES["claims_transactions"], sys.argv[1], ["claims_transactions.csv"], sys.argv[2])
+from synthea_pipeline.transforms.raw import plan_table, write_raw
+result = write_raw(plan_table(TABLES["claims_transactions"], sys.argv[1], ["claims_transactions.csv"]), sys.argv[2])
 peak_kib = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]
 print(result.rows_in, result.rows_out, result.quarantined, int(peak_kib) * 1024)
 """
@@ -250,6 +283,7 @@ print(result.rows_in, result.rows_out, result.quarantined, int(peak_kib) * 1024)
 it, across exec."""
 
 
+@pytest.mark.slow
 def test_the_raw_pass_streams_a_file_larger_than_its_memory_limit(tmp_path):
     """A 512 MiB file with a malformed line in every copy of the sample is read in a process whose peak memory
     stays under 400 MiB, bad lines and all: neither the file nor its quarantined lines are held in memory."""
@@ -263,8 +297,12 @@ def test_the_raw_pass_streams_a_file_larger_than_its_memory_limit(tmp_path):
         for _ in range(copies):
             out.write(copy)
     assert (source / "claims_transactions.csv").stat().st_size > STREAMED_FILE_BYTES > STREAM_LIMIT_BYTES
-    result = subprocess.run([sys.executable, "-c", MEASURE_RAW_PASS, str(source), str(tmp_path / "raw")],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_RAW_PASS, str(source), str(tmp_path / "raw")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (source / "claims_transactions.csv").unlink()
     rows_in, rows_out, quarantined, peak_bytes = map(int, result.stdout.split())
     lines_per_copy = copy.count(b"\n")

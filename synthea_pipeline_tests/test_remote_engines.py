@@ -13,10 +13,11 @@ from dagster import DagsterEventType, Definitions
 
 from synthea_pipeline.definitions import defs
 from synthea_pipeline.deploy import code_update, deploy, glue_job_definition
+from synthea_pipeline.engines.sail import start_sail
 from synthea_pipeline.jobs import ingest_upload_job
 from synthea_pipeline.remote_jobs import EMR_ICEBERG_JAR, PACKAGE_ZIP, glue_conf_argument, iceberg_confs
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.resources.spark import SparkResource, start_sail
+from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline.transforms import raw as raw_pass
 from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, LocalJobRunner
@@ -49,7 +50,8 @@ def deployed(moto_endpoint):
     boto3.client("s3").create_bucket(Bucket=bucket)
     plan = deploy(bucket, prefix="code", role_arn=GLUE_ROLE)
     application = boto3.client("emr-serverless").create_application(
-        name="synthea", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+        name="synthea", releaseLabel="emr-7.5.0", type="SPARK"
+    )["applicationId"]
     return {"bucket": bucket, "plan": plan, "application": application}
 
 
@@ -137,6 +139,7 @@ def test_deploy_uploads_a_package_without_dagster_and_creates_then_updates_jobs(
     assert update["DefaultArguments"]["--conf"] == glue_conf_argument("synthea-jobs")
 
 
+@pytest.mark.unit
 def test_iceberg_settings_are_the_catalog_glue_over_the_bucket():
     """One list of settings: Glue chains it in its single `--conf` argument, EMR Serverless gets it as `--conf`s
     after the Iceberg jar EMR 7 ships."""
@@ -147,33 +150,52 @@ def test_iceberg_settings_are_the_catalog_glue_over_the_bucket():
     assert ["--conf", *glue_conf_argument("my-lake").split()][1::2] == iceberg_confs("my-lake")
     plan = deploy("my-lake", dry_run=True)
     submit = plan.emr_serverless["sparkSubmitParameters"].split()
-    assert submit[1::2] == ["spark.submit.pyFiles=s3://my-lake/code/synthea_pipeline.zip",
-                            f"spark.jars={EMR_ICEBERG_JAR}", *iceberg_confs("my-lake")]
+    assert submit[1::2] == [
+        "spark.submit.pyFiles=s3://my-lake/code/synthea_pipeline.zip",
+        f"spark.jars={EMR_ICEBERG_JAR}",
+        *iceberg_confs("my-lake"),
+    ]
     assert set(submit[::2]) == {"--conf"}
     assert "SYNTHEA_EMR_SPARK_SUBMIT_PARAMETERS" not in plan.emr_serverless["environment"]
 
 
+@pytest.mark.unit
 def test_code_update_gives_an_existing_job_the_arguments_the_code_needs():
     wanted = glue_job_definition("synthea-pipeline-staging", "staging", "s3://my-lake/code", "my-lake", "role", 2)
-    existing = {"Name": "synthea-pipeline-staging", "NumberOfWorkers": 10, "Command": {"Name": "glueetl"},
-                "DefaultArguments": {"--extra-py-files": "s3://old/code.zip", "--TempDir": "s3://tmp/"}}
+    existing = {
+        "Name": "synthea-pipeline-staging",
+        "NumberOfWorkers": 10,
+        "Command": {"Name": "glueetl"},
+        "DefaultArguments": {"--extra-py-files": "s3://old/code.zip", "--TempDir": "s3://tmp/"},
+    }
     update = code_update(existing, wanted, None)
     assert update["DefaultArguments"] == {
-        "--extra-py-files": f"s3://my-lake/code/{PACKAGE_ZIP}", "--TempDir": "s3://tmp/",
-        "--datalake-formats": "iceberg", "--conf": glue_conf_argument("my-lake")}
+        "--extra-py-files": f"s3://my-lake/code/{PACKAGE_ZIP}",
+        "--TempDir": "s3://tmp/",
+        "--datalake-formats": "iceberg",
+        "--conf": glue_conf_argument("my-lake"),
+    }
     assert update["NumberOfWorkers"] == 10 and "Role" not in update and "Name" not in update
 
 
+@pytest.mark.slow  # a command-line run importing Dagster and PySpark
 def test_deploy_dry_run_needs_no_aws(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", "deploy", "--bucket", "my-lake",
-                             "--dry-run"], env=env, check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "synthea_pipeline.cli", "deploy", "--bucket", "my-lake", "--dry-run"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "Glue job synthea-pipeline-staging: would create or update" in result.stdout
     assert "s3://my-lake/code/marts_job.py" in result.stdout
     assert f"spark.jars={EMR_ICEBERG_JAR}" in result.stdout
 
 
+@pytest.mark.unit
 def test_entry_scripts_import_no_dagster():
     code = (
         "import sys\n"
@@ -197,19 +219,25 @@ def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_refer
     monkeypatch.setitem(AWS_CLIENTS, "glue", glue := LocalGlue(runner))
     monkeypatch.setattr(raw_pass._FileWriter, "run", refuse_to_stream)
     with fresh_instance() as instance:
-        report = run_upload(str(SAMPLE_DIR), own_lake(monkeypatch, "glue"), "u1", instance=instance,
-                            spark=LocalAwsSpark(engine="glue"))
+        report = run_upload(
+            str(SAMPLE_DIR), own_lake(monkeypatch, "glue"), "u1", instance=instance, spark=LocalAwsSpark(engine="glue")
+        )
         assert_reports_match(report, local_reference)
         assert sorted(glue.jobs.values()) == ["synthea-pipeline-marts", "synthea-pipeline-staging"]
         for run in (runner.runs[run_id] for run_id in glue.jobs):
             assert "--dagster-pipes-context" in run.argv and "--dagster-pipes-messages" in run.argv
         raw = materializations(instance, report.run_id, "raw")
         assert raw["raw/patients"]["AWS Glue Job Name"].value == "synthea-pipeline-staging"
-        assert raw["raw/observations"]["rows_in"].value == {t.table: t.rows_in for t in local_reference.tables}[
-            "observations"]
+        assert (
+            raw["raw/observations"]["rows_in"].value
+            == {t.table: t.rows_in for t in local_reference.tables}["observations"]
+        )
         staging = materializations(instance, report.run_id, "staging")
         assert staging["staging/patients"]["AWS Glue Job Name"].value == "synthea-pipeline-staging"
-        assert staging["staging/patients"]["glue_execution_seconds"].value >= 0
+        seconds = staging["staging/patients"]["glue_execution_seconds"].value
+        workers = glue.get_job(JobName="synthea-pipeline-staging")["Job"]["NumberOfWorkers"]
+        assert seconds >= 1, "the staging job run's own time, as Glue reports it once the run ended"
+        assert staging["staging/patients"]["glue_dpu_seconds_estimated"].value == seconds * workers
         assert staging["staging/patients"]["dagster/column_schema"].value.columns[0].name == "id"
         assert "staging layer starting" in messages(instance, report.run_id)
 
@@ -219,10 +247,18 @@ def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, r
     monkeypatch.setitem(AWS_CLIENTS, "emr-serverless", emr := LocalEMRServerless(runner))
     before = set(runner.runs)
     with fresh_instance() as instance:
-        report = run_upload(str(SAMPLE_DIR), own_lake(monkeypatch, "emr"), "u1", instance=instance,
-                            spark=LocalAwsSpark(engine="emr-serverless", code_uri=deployed["plan"].code_uri,
-                                                emr_application_id=deployed["application"],
-                                                emr_execution_role_arn=EMR_ROLE))
+        report = run_upload(
+            str(SAMPLE_DIR),
+            own_lake(monkeypatch, "emr"),
+            "u1",
+            instance=instance,
+            spark=LocalAwsSpark(
+                engine="emr-serverless",
+                code_uri=deployed["plan"].code_uri,
+                emr_application_id=deployed["application"],
+                emr_execution_role_arn=EMR_ROLE,
+            ),
+        )
         assert_reports_match(report, local_reference)
         new_runs = [runner.runs[r] for r in set(runner.runs) - before]
         assert len(new_runs) == 2 and all("DAGSTER_PIPES_CONTEXT" in r.env for r in new_runs)
@@ -230,7 +266,8 @@ def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, r
         assert marts["marts/patient_fact"]["AWS EMR Serverless Job Run ID"].value in runner.runs
         assert not emr.cancelled
         assert len(emr.submitted) == 2 and all(
-            c["spark.sql.catalog.glue.catalog-impl"] == "org.apache.iceberg.aws.glue.GlueCatalog" for c in emr.submitted)
+            c["spark.sql.catalog.glue.catalog-impl"] == "org.apache.iceberg.aws.glue.GlueCatalog" for c in emr.submitted
+        )
 
 
 @pytest.mark.slow
@@ -239,13 +276,18 @@ def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner, mo
     with fresh_instance() as instance:
         instance.add_dynamic_partitions("uploads", ["ghost"])
         job = Definitions(
-            assets=defs.assets, jobs=[ingest_upload_job],
-            resources={**defs.resources, "lake": LakeResource(root=own_lake(monkeypatch, "failing")),
-                       "spark": LocalAwsSpark(engine="glue")},
+            assets=defs.assets,
+            jobs=[ingest_upload_job],
+            resources={
+                **defs.resources,
+                "lake": LakeResource(root=own_lake(monkeypatch, "failing")),
+                "spark": LocalAwsSpark(engine="glue"),
+            },
         ).resolve_job_def(ingest_upload_job.name)
         raw_and_staging = [key for key in job.asset_layer.executable_asset_keys if key.path[0] in ("raw", "staging")]
-        result = job.execute_in_process(instance=instance, partition_key="ghost", raise_on_error=False,
-                                        asset_selection=raw_and_staging)
+        result = job.execute_in_process(
+            instance=instance, partition_key="ghost", raise_on_error=False, asset_selection=raw_and_staging
+        )
         assert not result.success
         [failure] = [e for e in result.all_events if e.is_step_failure]
         error, message = failure.step_failure_data.error, ""
@@ -259,8 +301,13 @@ def test_a_failing_job_script_fails_the_step_with_its_error(deployed, runner, mo
 def test_cancelling_the_run_stops_the_job_run(deployed, runner, monkeypatch):
     monkeypatch.setitem(AWS_CLIENTS, "glue", glue := LocalGlue(runner, interrupt_at_poll=2))
     with fresh_instance() as instance:
-        report = run_upload(str(SAMPLE_DIR), own_lake(monkeypatch, "cancel"), "u1", instance=instance,
-                            spark=LocalAwsSpark(engine="glue"))
+        report = run_upload(
+            str(SAMPLE_DIR),
+            own_lake(monkeypatch, "cancel"),
+            "u1",
+            instance=instance,
+            spark=LocalAwsSpark(engine="glue"),
+        )
         assert not report.success
         [stopped] = glue.stopped
         assert runner.runs[stopped].process.returncode < 0

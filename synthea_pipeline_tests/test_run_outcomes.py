@@ -27,6 +27,7 @@ def export(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_quarantined_row_is_accounted_and_checks_pass(instance, export, tmp_path):
     lines = (export / "encounters.csv").read_text().splitlines(keepends=True)
     lines[10] = lines[10].replace(",", ",,", 1)
@@ -41,6 +42,7 @@ def test_quarantined_row_is_accounted_and_checks_pass(instance, export, tmp_path
     assert row["line_number"] == 11
 
 
+@pytest.mark.slow
 def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_path):
     header, *rows = (export / "supplies.csv").read_text().splitlines()
     rows[0] = rows[0].rsplit(",", 1)[0] + ",12x"
@@ -53,6 +55,7 @@ def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_pa
     assert event.asset_materialization.metadata["unparseable_values"].value == {"quantity": 1}
 
 
+@pytest.mark.slow
 def test_rows_sharing_a_key_keep_the_later_one_and_quarantine_the_other(instance, export, tmp_path):
     header, rows = read_rows(export / "encounters.csv")
     variant = list(rows[0])
@@ -70,11 +73,12 @@ def test_rows_sharing_a_key_keep_the_later_one_and_quarantine_the_other(instance
     assert row["reason"] == "key conflict with kept row: the kept row comes later in the upload"
 
 
+@pytest.mark.slow
 def test_release_2_5_encounters_hold_the_organization_in_provider(instance, export, tmp_path):
     header, rows = read_rows(export / "encounters.csv")
     organization, provider = header.index("ORGANIZATION"), header.index("PROVIDER")
     old = [[v for i, v in enumerate(r) if i != organization] for r in rows]
-    for new_row, row in zip(old, rows):
+    for new_row, row in zip(old, rows, strict=False):
         new_row[provider - 1] = row[organization]
     old_header = [h for h in header if h != "ORGANIZATION"]
     (export / "encounters.csv").write_text("\n".join(",".join(r) for r in [old_header, *old]) + "\n")
@@ -91,10 +95,14 @@ def test_missing_required_column_fails_the_run_naming_table_file_and_line(instan
     report = run_upload(str(export), str(tmp_path / "lake"), "bad-header", instance=instance)
     assert not report.success
     assert report.errors == [
-        ("table conditions: conditions.csv, line 1: missing required column(s) PATIENT "
-         "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)")
+        (
+            "table conditions: conditions.csv, line 1: missing required column(s) PATIENT "
+            "(header START,STOP,PATIENT_ID,ENCOUNTER,CODE,DESCRIPTION)"
+        )
     ]
-    assert not Path(tmp_path / "lake" / "raw").exists(), "a table that cannot be read fails the run before any data is read"
+    assert not Path(tmp_path / "lake" / "raw").exists(), (
+        "a table that cannot be read fails the run before any data is read"
+    )
     assert [p.name for p in (tmp_path / "lake" / "staging").iterdir()] == ["uploads"]  # the log says it failed
     state = CatalogResource().upload_states(Lake(str(tmp_path / "lake")))["bad-header"]
     assert (state["state"], state["last_run_note"]) == ("failed", report.errors[0])
@@ -102,8 +110,15 @@ def test_missing_required_column_fails_the_run_naming_table_file_and_line(instan
 
 def cli(*args, cwd, env=None):
     environment = {**os.environ, "DAGSTER_HOME": str(cwd / "dagster"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "synthea_pipeline.cli", *args], cwd=cwd, env=environment,
-                          check=False, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "synthea_pipeline.cli", *args],
+        cwd=cwd,
+        env=environment,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -116,6 +131,7 @@ def test_cli_runs_the_shipped_sample_into_the_default_lake(tmp_path):
     assert (tmp_path / "dagster" / "history" / "runs.db").exists()
 
 
+@pytest.mark.slow  # two command-line runs, each importing Dagster and PySpark
 def test_cli_refuses_invalid_upload_id_and_missing_folder(tmp_path):
     result = cli("run", str(SAMPLE), "--upload-id", "a,b", cwd=tmp_path)
     assert result.returncode == 2 and "invalid upload id 'a,b'" in result.stderr
@@ -123,6 +139,7 @@ def test_cli_refuses_invalid_upload_id_and_missing_folder(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
+@pytest.mark.slow  # a command-line run importing Dagster and PySpark
 def test_cli_refuses_a_different_export_under_a_derived_id(tmp_path):
     first, second = tmp_path / "a" / "csv", tmp_path / "b" / "csv"
     shutil.copytree(SAMPLES["2.7"], first)
@@ -135,6 +152,7 @@ def test_cli_refuses_a_different_export_under_a_derived_id(tmp_path):
     assert (tmp_path / "lake" / "source" / "csv" / "patients.csv").read_bytes() == (first / "patients.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_failure_exits_1_with_the_reason(tmp_path, export):
     (export / "patients.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
     result = cli("run", str(export), "--lake", str(tmp_path / "lake"), cwd=tmp_path)
@@ -144,6 +162,7 @@ def test_cli_failure_exits_1_with_the_reason(tmp_path, export):
     assert "--verbose prints it here" in result.stderr.splitlines()[-1]
 
 
+@pytest.mark.unit
 def test_command_line_mistakes_get_one_line_that_says_what_to_do(tmp_path, capsys):
     lake = str(tmp_path / "lake")
     mistakes = {
@@ -162,10 +181,12 @@ def test_command_line_mistakes_get_one_line_that_says_what_to_do(tmp_path, capsy
     assert capsys.readouterr().out == f"synthea-pipeline {metadata.version('synthea-pipeline')} (dagster 1.13.27)\n"
 
 
+@pytest.mark.unit
 def test_durations_print_as_they_are_given():
     assert [_age(_duration(text)) for text in ("7d", "12h", "90m", "0s", "1.5d")] == ["7d", "12h", "90m", "0s", "36h"]
 
 
+@pytest.mark.unit
 def test_the_aws_region_resolves_as_the_aws_sdks_do(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -176,11 +197,15 @@ def test_the_aws_region_resolves_as_the_aws_sdks_do(monkeypatch, tmp_path):
     assert aws_region() == "us-west-2" == aws_client("glue").meta.region_name
 
 
+@pytest.mark.unit
 def test_definitions_load_without_credentials_or_network(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
-    code = ("from synthea_pipeline.definitions import defs; g = defs.resolve_asset_graph(); "
-            "keys = g.get_all_asset_keys(); print(len(keys), sorted({g.get(k).group_name for k in keys}))")
-    result = subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "from synthea_pipeline.definitions import defs; g = defs.resolve_asset_graph(); "
+        "keys = g.get_all_asset_keys(); print(len(keys), sorted({g.get(k).group_name for k in keys}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=False, capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.split("\n")[0] == "72 ['bi', 'marts', 'raw', 'reports', 'source', 'staging']", result.stderr

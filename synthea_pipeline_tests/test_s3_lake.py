@@ -26,7 +26,7 @@ def committed(lake: Lake, sql: str) -> list[tuple]:
     """What a reader of the lake's catalog gets, sorted. An S3 lake's embedded catalog reads the metadata files Glue
     named when it was opened, so one is opened again only when Glue names others."""
     catalog = catalog_from_environment()
-    iceberg = catalog.databases().iceberg_lake(lake.root, "glue" if lake.on_s3 else "path")
+    iceberg = catalog.databases().iceberg_tables(lake.root, "glue" if lake.on_s3 else "path")
     sources = iceberg_sources(iceberg, boto3.client("glue") if lake.on_s3 else None)
     key = (lake.root, catalog.databases(), tuple(sorted(sources.items())))
     if key not in _ENGINES:
@@ -55,16 +55,21 @@ def test_lake_on_s3_matches_the_local_folder_run(lakes):
         assert committed(on_s3, sql) == committed(local, sql), table
     for mart in MARTS:
         assert committed(on_s3, f"SELECT * FROM synthea_marts.{mart}") == committed(
-            local, f"SELECT * FROM synthea_marts.{mart}"), mart
+            local, f"SELECT * FROM synthea_marts.{mart}"
+        ), mart
 
 
 def test_a_rerun_commits_a_new_load_and_leaves_no_temporary_objects(lakes):
     _, on_s3, (_, first, again) = lakes
     assert committed(on_s3, "SELECT upload_id, load_id FROM synthea_staging.uploads") == [("u1", again.run_id)]
     assert committed(on_s3, "SELECT DISTINCT load_id FROM synthea_staging_iceberg.patients") == sorted(
-        [(first.run_id,), (again.run_id,)])
-    keys = [o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket="s3-lake")
-            for o in page.get("Contents", [])]
+        [(first.run_id,), (again.run_id,)]
+    )
+    keys = [
+        o["Key"]
+        for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket="s3-lake")
+        for o in page.get("Contents", [])
+    ]
     assert "lake/source/u1.manifest.json" in keys
     assert not [k for k in keys if "_tmp_" in k]
 
@@ -75,8 +80,9 @@ def test_the_iceberg_tables_are_in_glue_as_athena_reads_them(lakes):
     assert patients["Parameters"]["table_type"].upper() == "ICEBERG"
     location = patients["Parameters"]["metadata_location"]
     assert location.startswith("s3://s3-lake/lake/staging/patients/metadata/") and location.endswith(".metadata.json")
-    metadata = json.loads(boto3.client("s3").get_object(Bucket="s3-lake", Key=location[len("s3://s3-lake/"):])[
-        "Body"].read())
+    metadata = json.loads(
+        boto3.client("s3").get_object(Bucket="s3-lake", Key=location[len("s3://s3-lake/") :])["Body"].read()
+    )
     assert metadata["format-version"] == 2
     assert [f["name"] for f in metadata["partition-specs"][0]["fields"]] == ["upload_id", "load_id"]
     names = {t["Name"] for t in glue.get_tables(DatabaseName="synthea_marts_iceberg")["TableList"]}
@@ -97,7 +103,9 @@ def test_the_catalog_views_are_athena_views_and_registering_again_changes_nothin
     fact = glue.get_table(DatabaseName="synthea_marts", Name="patient_fact")["Table"]["StorageDescriptor"]["Columns"]
     assert {"Name": "total_claim_cost", "Type": "decimal(18,2)"} in fact and "ssn" not in {c["Name"] for c in fact}
 
-    snapshot = lambda: [glue.get_tables(DatabaseName=d)["TableList"] for d in ("synthea_staging", "synthea_marts")]
+    def snapshot():
+        return [glue.get_tables(DatabaseName=d)["TableList"] for d in ("synthea_staging", "synthea_marts")]
+
     before = snapshot()
     catalog = CatalogResource()
     with catalog.registered(on_s3) as (_, again):
@@ -152,8 +160,11 @@ def test_maintain_and_remove_commit_through_glue(bucket, monkeypatch):
         assert summary["snapshots_expired"] > 0 and summary["files_deleted"] > 0
         after = glue.get_table(DatabaseName="upkeep_staging_iceberg", Name="patients")["Table"]["Parameters"]
         assert after["previous_metadata_location"] == before["metadata_location"] != after["metadata_location"]
-        metadata = json.loads(boto3.client("s3").get_object(
-            Bucket=bucket, Key=after["metadata_location"][len(f"s3://{bucket}/"):])["Body"].read())
+        metadata = json.loads(
+            boto3.client("s3")
+            .get_object(Bucket=bucket, Key=after["metadata_location"][len(f"s3://{bucket}/") :])["Body"]
+            .read()
+        )
         assert len(metadata["snapshots"]) == 1
         assert committed(lake, "SELECT * EXCLUDE (load_id) FROM upkeep_staging.patients") == patients
 

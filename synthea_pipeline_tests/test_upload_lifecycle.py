@@ -35,8 +35,11 @@ def spark():
 
 
 def sensor_tick(lake: Lake, instance):
-    return upload_sensor(build_sensor_context(instance=instance, resources={
-        "lake": LakeResource(root=lake.root), "catalog": CatalogResource()}))
+    return upload_sensor(
+        build_sensor_context(
+            instance=instance, resources={"lake": LakeResource(root=lake.root), "catalog": CatalogResource()}
+        )
+    )
 
 
 def patient_ids(folder: Path) -> set[str]:
@@ -80,9 +83,11 @@ def test_a_first_upload_names_the_tables_it_lacks(removed):
 
 def test_the_remove_command_says_what_it_removed_and_rebuilt(removed):
     lake, _, printed = removed
-    assert printed.startswith(f"removed upload gone from {lake.root}: 1 loads deleted (staging, quarantine and raw "
-                              "rows), its partition removed, its source kept: the sensor leaves it alone until it is "
-                              "uploaded again\n")
+    assert printed.startswith(
+        f"removed upload gone from {lake.root}: 1 loads deleted (staging, quarantine and raw "
+        "rows), its partition removed, its source kept: the sensor leaves it alone until it is "
+        "uploaded again\n"
+    )
     assert "rows in" not in printed and "staging (Iceberg)" not in printed  # no staging load to report
     assert f"marts (all uploads): patient_fact {len(patient_ids(SAMPLES['2.7'])) + 1}," in printed
 
@@ -96,8 +101,10 @@ def test_a_removed_upload_is_listed_and_left_alone_by_the_sensor_of_a_fresh_inst
     assert uploads["kept"]["patients"] == len(patient_ids(SAMPLES["2.7"]))
     assert uploads["kept"]["synthea_release"] == "2.7" and uploads["kept"]["registered_at"] is not None
     in_catalog = catalog_rows(lake, "SELECT upload_id, state FROM synthea_staging.upload_states ORDER BY 1")
-    assert in_catalog.to_pylist() == [{"upload_id": "gone", "state": "removed"},
-                                      {"upload_id": "kept", "state": "committed"}]
+    assert in_catalog.to_pylist() == [
+        {"upload_id": "gone", "state": "removed"},
+        {"upload_id": "kept", "state": "committed"},
+    ]
     with fresh_instance() as fresh:
         result = sensor_tick(lake, fresh)
         assert result.run_requests == []
@@ -107,16 +114,18 @@ def test_a_removed_upload_is_listed_and_left_alone_by_the_sensor_of_a_fresh_inst
 
 
 def test_backfilling_a_removed_upload_says_how_to_bring_it_back(removed):
-    with pytest.raises(KeyError, match=r"upload gone was removed from the lake .*synthea-pipeline upload EXPORT "
-                                       r"--upload-id gone"):
+    with pytest.raises(
+        KeyError,
+        match=r"upload gone was removed from the lake .*synthea-pipeline upload EXPORT "
+        r"--upload-id gone",
+    ):
         backfill(["gone"], removed[0].root)
 
 
 def test_a_backfill_by_an_instance_that_still_lists_the_upload_skips_it(removed, spark, instance):
     lake, _, _ = removed
     instance.add_dynamic_partitions("uploads", ["gone"])
-    result = _run_job(stage_upload_job, LakeResource(root=lake.root), spark, instance, "backfill",
-                      partition_key="gone")
+    result = _run_job(stage_upload_job, LakeResource(root=lake.root), spark, instance, "backfill", partition_key="gone")
     assert result.success
     assert result.get_asset_materialization_events() == []
     assert CatalogResource().upload_states(lake)["gone"]["state"] == "removed"
@@ -164,8 +173,7 @@ def test_a_cut_copy_of_loaded_patients_is_refused_naming_what_it_would_remove(hi
     assert "would remove history" in state["last_run_note"]
 
 
-def test_confirmed_with_replace_the_cut_copy_takes_the_patients_over_and_says_what_it_removed(history, spark,
-                                                                                            instance):
+def test_confirmed_with_replace_the_cut_copy_takes_the_patients_over_and_says_what_it_removed(history, spark, instance):
     lake, cut = history["lake"], history["cut"]
     patients = patient_ids(SAMPLE)
     before, after = rows_of(SAMPLE, "encounters", patients), rows_of(cut, "encounters", patients)
@@ -177,8 +185,9 @@ def test_confirmed_with_replace_the_cut_copy_takes_the_patients_over_and_says_wh
     assert warning["confirmed_with_replace"] is True
     assert warning["supersedes"]["ward"]["rows"]["encounters"] == {"before": before, "after": after}
     assert warning["supersedes"]["ward"]["moved_to"] == {"ward-copy": len(patients)}
-    fact = catalog_rows(lake, "SELECT upload_id, count(*) AS n FROM synthea_marts.patient_fact "
-                              "WHERE NOT is_unknown GROUP BY 1").to_pylist()
+    fact = catalog_rows(
+        lake, "SELECT upload_id, count(*) AS n FROM synthea_marts.patient_fact WHERE NOT is_unknown GROUP BY 1"
+    ).to_pylist()
     assert fact == [{"upload_id": "ward-copy", "n": len(patients)}]
 
 
@@ -191,8 +200,10 @@ def test_a_copy_lacking_a_table_its_patients_had_is_refused(history, spark, inst
     report = run_upload(str(partial), lake.root, "ward-again", instance=instance, spark=spark)
     assert not report.success
     cut_rows = rows_of(history["cut"], "encounters", patients)
-    assert (f"encounters.csv is absent (upload ward-copy had {cut_rows:,} rows for the {len(patients)} patients this "
-            "upload takes over)") in report.errors[0]
+    assert (
+        f"encounters.csv is absent (upload ward-copy had {cut_rows:,} rows for the {len(patients)} patients this "
+        "upload takes over)"
+    ) in report.errors[0]
 
 
 def test_a_re_upload_that_shrinks_a_table_less_than_the_limit_needs_no_confirmation(history, spark, instance):
@@ -202,15 +213,22 @@ def test_a_re_upload_that_shrinks_a_table_less_than_the_limit_needs_no_confirmat
     shutil.copytree(SAMPLE, corrected)
     patients = patient_ids(SAMPLE)
     header, conditions = read_rows(corrected / "conditions.csv")
-    write_rows(corrected / "conditions.csv", header, conditions[len(conditions) * 5 // 100:])
-    conditions_before, conditions_after = rows_of(SAMPLE, "conditions", patients), rows_of(corrected, "conditions",
-                                                                                            patients)
-    encounters_before, encounters_after = rows_of(history["cut"], "encounters", patients), rows_of(
-        corrected, "encounters", patients)
+    write_rows(corrected / "conditions.csv", header, conditions[len(conditions) * 5 // 100 :])
+    conditions_before, conditions_after = (
+        rows_of(SAMPLE, "conditions", patients),
+        rows_of(corrected, "conditions", patients),
+    )
+    encounters_before, encounters_after = (
+        rows_of(history["cut"], "encounters", patients),
+        rows_of(corrected, "encounters", patients),
+    )
     report = run_upload(str(corrected), lake.root, "ward-copy", instance=instance, spark=spark)
     assert report.success, report.errors
     assert conditions_before > conditions_after and encounters_after > encounters_before
     assert report.supersedes == [
-        (f"supersedes its previous load ({len(patients)} patients): encounters "
-        f"{encounters_after - encounters_before:+,}, conditions {conditions_after - conditions_before:+,}")]
+        (
+            f"supersedes its previous load ({len(patients)} patients): encounters "
+            f"{encounters_after - encounters_before:+,}, conditions {conditions_after - conditions_before:+,}"
+        )
+    ]
     assert report.checks["staging/patients:history_preserved"] is True

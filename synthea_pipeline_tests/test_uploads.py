@@ -42,8 +42,9 @@ def small_export(tmp_path):
 
 def tick(instance, lake_root, cursor=None, quiet_seconds=300):
     lake = LakeResource(root=lake_root, upload_quiet_seconds=quiet_seconds)
-    context = build_sensor_context(instance=instance, cursor=cursor,
-                                   resources={"lake": lake, "catalog": CatalogResource()})
+    context = build_sensor_context(
+        instance=instance, cursor=cursor, resources={"lake": lake, "catalog": CatalogResource()}
+    )
     return upload_sensor(context)
 
 
@@ -55,11 +56,24 @@ def partitions_added(result) -> list[str]:
     return [key for request in result.dynamic_partitions_requests for key in request.partition_keys]
 
 
+@pytest.mark.slow
 def test_upload_command_stores_verified_files_and_writes_the_manifest_last(bucket, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "synthea_pipeline.cli", "upload", str(SAMPLES["3.0"]),
-         "--to", f"s3://{bucket}/lake/source", "--upload-id", "u1"],
-        check=False, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "synthea_pipeline.cli",
+            "upload",
+            str(SAMPLES["3.0"]),
+            "--to",
+            f"s3://{bucket}/lake/source",
+            "--upload-id",
+            "u1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"to s3://{bucket}/lake/source/u1/" in result.stdout
@@ -92,8 +106,21 @@ def test_large_files_go_up_in_parts_and_are_verified(bucket, tmp_path):
 
 def test_invalid_upload_ids_are_refused(bucket, small_export):
     result = subprocess.run(
-        [sys.executable, "-m", "synthea_pipeline.cli", "upload", str(small_export), "--to", f"s3://{bucket}/source",
-         "--upload-id", "a,b"], check=False, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "synthea_pipeline.cli",
+            "upload",
+            str(small_export),
+            "--to",
+            f"s3://{bucket}/source",
+            "--upload-id",
+            "a,b",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "invalid upload id 'a,b'" in result.stderr and "Traceback" not in result.stderr
@@ -162,15 +189,16 @@ def test_an_upload_in_progress_is_left_alone(instance, bucket, small_export):
     assert [r.partition_key for r in tick(instance, lake, waiting.cursor).run_requests] == ["u1"]
 
 
+@pytest.mark.slow
 def test_upload_refuses_a_different_export_under_a_derived_id(bucket, tmp_path):
     first, second = tmp_path / "a" / "csv", tmp_path / "b" / "csv"
     shutil.copytree(SAMPLES["2.7"], first)
     shutil.copytree(SAMPLES["3.0"], second)
     command = [sys.executable, "-m", "synthea_pipeline.cli", "upload", "--to", f"s3://{bucket}/source"]
-    assert subprocess.run(command + [str(first)], check=False, capture_output=True, timeout=120).returncode == 0
-    again = subprocess.run(command + [str(first)], check=False, capture_output=True, text=True, timeout=120)
+    assert subprocess.run([*command, str(first)], check=False, capture_output=True, timeout=120).returncode == 0
+    again = subprocess.run([*command, str(first)], check=False, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    refused = subprocess.run(command + [str(second)], check=False, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run([*command, str(second)], check=False, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "upload id 'csv' already holds a different export" in refused.stderr
     assert storage_for(f"s3://{bucket}/source").read_bytes("csv/patients.csv") == (first / "patients.csv").read_bytes()
 
@@ -184,8 +212,11 @@ def test_cursor_and_recorded_materializations_survive_a_restart(bucket, small_ex
         assert tick(instance, lake, first.cursor).run_requests == []
         # Without its cursor the sensor would hand the upload out again; the instance knows it was processed.
         instance.add_dynamic_partitions("uploads", ["u1"])
-        instance.report_runless_asset_event(AssetMaterialization(
-            AssetKey(["source", "patients"]), partition="u1", metadata={"upload_checksum": manifest["checksum"]}))
+        instance.report_runless_asset_event(
+            AssetMaterialization(
+                AssetKey(["source", "patients"]), partition="u1", metadata={"upload_checksum": manifest["checksum"]}
+            )
+        )
         assert tick(instance, lake).run_requests == []
 
 
@@ -222,9 +253,12 @@ def test_a_change_restarts_the_quiet_period(instance, bucket):
     assert changed.run_requests == [] and "unchanged for 0 s" in reason(changed)
     long_ago = json.loads(changed.cursor)
     long_ago["pending"]["u1"][1] = 0
-    assert [r.partition_key for r in tick(instance, lake, json.dumps(long_ago), quiet_seconds=60).run_requests] == ["u1"]
+    assert [r.partition_key for r in tick(instance, lake, json.dumps(long_ago), quiet_seconds=60).run_requests] == [
+        "u1"
+    ]
 
 
+@pytest.mark.slow
 def test_fifty_uploads_landing_together_give_fifty_runs(instance, bucket, small_export):
     lake = f"s3://{bucket}/lake"
     storage = storage_for(f"{lake}/source")
@@ -254,6 +288,7 @@ def test_fifty_uploads_landing_together_give_fifty_runs(instance, bucket, small_
     assert tick(instance, lake, cursor).run_requests == []
 
 
+@pytest.mark.unit
 def test_a_tick_inspects_a_bounded_number_of_uploads(tmp_path, small_export):
     storage = storage_for(str(tmp_path / "source"))
     for n in range(5):
@@ -268,6 +303,7 @@ def test_a_tick_inspects_a_bounded_number_of_uploads(tmp_path, small_export):
     assert watcher.tick(cursor, now=0).ready == []
 
 
+@pytest.mark.unit
 def test_uploads_that_keep_waiting_do_not_starve_the_others(tmp_path, small_export):
     storage = storage_for(str(tmp_path / "source"))
     for stray in ("a0", "a1"):
@@ -286,6 +322,7 @@ def seconds_per_reading():
     return lambda: next(readings)
 
 
+@pytest.mark.unit
 def test_a_tick_stops_at_its_time_budget_and_the_next_ticks_carry_on(tmp_path, small_export):
     storage = storage_for(str(tmp_path / "source"))
     ids = [f"u{n:02d}" for n in range(12)]
@@ -295,8 +332,9 @@ def test_a_tick_stops_at_its_time_budget_and_the_next_ticks_carry_on(tmp_path, s
     watcher = UploadWatcher(storage, quiet_seconds=0, clock=clock)
     first = watcher.tick(None, now=0, deadline=clock() + 5)
     assert [r.upload_id for r in first.ready] == ids[:5]
-    assert first.skipped == {upload: "left for a later tick (12 uploads to inspect, 5 inspected: the tick's time "
-                                     "budget ran out; in turn)" for upload in ids[5:]}
+    assert first.skipped == dict.fromkeys(
+        ids[5:], "left for a later tick (12 uploads to inspect, 5 inspected: the tick's time budget ran out; in turn)"
+    )
     handed_out, cursor, ticks = [r.upload_id for r in first.ready], first.cursor, 1
     while any("left for a later tick" in why for why in first.skipped.values()):
         first = watcher.tick(cursor, now=0, deadline=clock() + 5)
@@ -307,6 +345,7 @@ def test_a_tick_stops_at_its_time_budget_and_the_next_ticks_carry_on(tmp_path, s
     assert after.ready == [] and after.skipped == {} and after.unchanged == 12
 
 
+@pytest.mark.unit
 def test_uploads_a_caller_holds_back_come_first_on_the_next_tick(tmp_path, small_export):
     storage = storage_for(str(tmp_path / "source"))
     ids = [f"u{n}" for n in range(5)]
@@ -320,6 +359,7 @@ def test_uploads_a_caller_holds_back_come_first_on_the_next_tick(tmp_path, small
     assert watcher.tick(second.cursor, now=0).ready == []
 
 
+@pytest.mark.unit
 def test_a_held_back_reupload_keeps_what_was_handed_out_before(tmp_path, small_export):
     storage = storage_for(str(tmp_path / "source"))
     for upload in ("u0", "u1"):
@@ -337,6 +377,7 @@ def test_a_held_back_reupload_keeps_what_was_handed_out_before(tmp_path, small_e
     assert watcher.tick(held_back.cursor, now=0).ready == []
 
 
+@pytest.mark.unit
 def test_the_sensor_splits_its_budget_between_inspecting_and_handing_out(instance, tmp_path, small_export):
     lake_root = str(tmp_path / "lake")
     ids = [f"budget-{n}" for n in range(5)]
@@ -346,8 +387,11 @@ def test_the_sensor_splits_its_budget_between_inspecting_and_handing_out(instanc
     lake = LakeResource(root=lake_root, upload_sensor_budget_seconds=5)
     requested, cursor = [], None
     for _ in range(3):
-        result = budgeted_sensor(build_sensor_context(instance=instance, cursor=cursor,
-                                                      resources={"lake": lake, "catalog": CatalogResource()}))
+        result = budgeted_sensor(
+            build_sensor_context(
+                instance=instance, cursor=cursor, resources={"lake": lake, "catalog": CatalogResource()}
+            )
+        )
         requested.append([r.partition_key for r in result.run_requests])
         cursor = result.cursor
     # Of 5 s, the watcher inspects until 2.5 s (three uploads), the sensor hands out two and holds one back.
@@ -355,18 +399,20 @@ def test_the_sensor_splits_its_budget_between_inspecting_and_handing_out(instanc
     assert "5 unchanged" in reason(result)
 
 
+@pytest.mark.unit
 def test_the_budget_must_be_positive(instance, tmp_path, monkeypatch):
     with pytest.raises(ValidationError, match="must be positive"):
         LakeResource(upload_sensor_budget_seconds=0)
     monkeypatch.setenv(UPLOAD_SENSOR_BUDGET_SECONDS.env_var, "0")
-    lake = LakeResource(root=str(tmp_path / "lake"),
-                        upload_sensor_budget_seconds=UPLOAD_SENSOR_BUDGET_SECONDS.resource_value())
+    lake = LakeResource(
+        root=str(tmp_path / "lake"), upload_sensor_budget_seconds=UPLOAD_SENSOR_BUDGET_SECONDS.resource_value()
+    )
     with pytest.raises(DagsterResourceFunctionError) as refused:
-        upload_sensor(build_sensor_context(instance=instance,
-                                           resources={"lake": lake, "catalog": CatalogResource()}))
+        upload_sensor(build_sensor_context(instance=instance, resources={"lake": lake, "catalog": CatalogResource()}))
     assert "upload_sensor_budget_seconds must be positive, not 0" in str(refused.value.__cause__)
 
 
+@pytest.mark.unit
 def test_sensor_watches_a_local_lake_too(instance, tmp_path, small_export):
     lake = str(tmp_path / "lake")
     upload_export(str(small_export), storage_for(f"{lake}/source"), "local-1")
@@ -379,6 +425,7 @@ def test_sensor_watches_a_local_lake_too(instance, tmp_path, small_export):
     assert rerun.partition_key == "local-1" and rerun.run_key != first.run_requests[0].run_key
 
 
+@pytest.mark.unit
 def test_a_zip_of_an_export_uploads_like_its_folder(tmp_path, capsys):
     archive = zipped(SAMPLES["2.7"], tmp_path / "synthea_sample_data_csv_apr2020.zip")
     assert main(["upload", str(archive), "--to", str(tmp_path / "source")]) == 0
@@ -390,11 +437,13 @@ def test_a_zip_of_an_export_uploads_like_its_folder(tmp_path, capsys):
     assert list(Path(tempfile.gettempdir()).glob("synthea-export-*")) == []  # the extracted copy is gone
 
 
+@pytest.mark.unit
 def test_a_single_csv_or_a_zip_of_two_exports_is_refused_saying_what_to_pass(tmp_path, capsys):
     assert main(["upload", str(SAMPLES["2.7"] / "patients.csv"), "--to", str(tmp_path / "source")]) == 2
     assert "is a file: pass the folder of the export (Synthea's output/csv) or a .zip of it" in capsys.readouterr().err
     two = zipped(SAMPLES["3.0"], zipped(SAMPLES["2.7"], tmp_path / "two.zip", "a/csv"), "b/csv")
     assert main(["upload", str(two), "--to", str(tmp_path / "source")]) == 2
     assert "2 folders with patients.csv (a/csv, b/csv); a zip must hold one Synthea CSV export" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "source").exists()

@@ -23,6 +23,7 @@ from synthea_pipeline.automation import after_marts
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.transforms.bi import BI_VIEW_READS, BI_VIEWS, TOP_CONDITIONS, view_sql
+from synthea_pipeline.transforms.catalog import uploads_query
 from synthea_pipeline.transforms.dashboard import headline_figures, render_dashboard
 from synthea_pipeline.transforms.lake import write_text
 
@@ -93,8 +94,11 @@ def dashboard_preview(views: dict[str, list[dict]], uploads: list[str], location
     """The dashboard's figures and charts as markdown, which the UI opens from the asset in one click (a
     `file://` link to the page would not open from an http page)."""
     figures = headline_figures(views, uploads)
-    table = ["| " + " | ".join(label for label, _ in figures) + " |", "|" + "---:|" * len(figures),
-             "| " + " | ".join(value for _, value in figures) + " |"]
+    table = [
+        "| " + " | ".join(label for label, _ in figures) + " |",
+        "|" + "---:|" * len(figures),
+        "| " + " | ".join(value for _, value in figures) + " |",
+    ]
     parts = [f"**Synthea population dashboard** · `{location}`", "\n".join(table)]
     for view, rows in views.items():
         label, measure = CHARTS[view]
@@ -107,16 +111,27 @@ def build_bi_assets():
         name="bi",
         pool=MARTS_POOL,
         specs=[
-            AssetSpec(AssetKey(["bi", view]), **layer_spec_fields("bi", [BI_VIEWS[view]]),
-                      description=VIEW_DESCRIPTIONS[view], deps=[AssetKey(["marts", m]) for m in BI_VIEW_READS[view]],
-                      freshness_policy=MARTS_FRESHNESS, automation_condition=after_marts())
+            AssetSpec(
+                AssetKey(["bi", view]),
+                **layer_spec_fields("bi", [BI_VIEWS[view]]),
+                description=VIEW_DESCRIPTIONS[view],
+                deps=[AssetKey(["marts", m]) for m in BI_VIEW_READS[view]],
+                freshness_policy=MARTS_FRESHNESS,
+                automation_condition=after_marts(),
+            )
             for view in BI_VIEWS
-        ] + [
-            AssetSpec(DASHBOARD, **layer_spec_fields("reports"), deps=[AssetKey(["bi", v]) for v in BI_VIEWS],
-                      freshness_policy=MARTS_FRESHNESS, automation_condition=after_marts(),
-                      description="Self-contained HTML dashboard: population pyramid, encounters over time, top "
-                      "diagnoses, medication costs. Written to `<lake>/reports/dashboard.html`; its `preview` "
-                      "entry shows the same figures in the UI."),
+        ]
+        + [
+            AssetSpec(
+                DASHBOARD,
+                **layer_spec_fields("reports"),
+                deps=[AssetKey(["bi", v]) for v in BI_VIEWS],
+                freshness_policy=MARTS_FRESHNESS,
+                automation_condition=after_marts(),
+                description="Self-contained HTML dashboard: population pyramid, encounters over time, top "
+                "diagnoses, medication costs. Written to `<lake>/reports/dashboard.html`; its `preview` "
+                "entry shows the same figures in the UI.",
+            ),
         ],
     )
     def bi(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource) -> Iterator:
@@ -127,27 +142,32 @@ def build_bi_assets():
         databases = catalog.databases()
         with catalog.registered(layout) as (engine, registered):
             views = catalog.view_rows(engine)
-            uploads = [row[0] for row in engine.execute(
-                f"SELECT upload_id FROM {databases.staging}.uploads ORDER BY registered_at, upload_id").fetchall()]
+            uploads = engine.sql(uploads_query(databases.staging)).to_arrow_table().column("upload_id").to_pylist()
         changed = {name: what for name, what in registered.items() if what != "unchanged"}
         context.log.info(f"catalog: {len(registered)} views, {len(changed)} created, updated or written")
         marts = databases.marts
         for view, rows in views.items():
             label, measure = CHARTS[view]
-            yield MaterializeResult(asset_key=AssetKey(["bi", view]), metadata={
-                "dagster/row_count": len(rows),
-                "catalog_view": f"{marts}.{view}",
-                "preview": preview_table(rows, PREVIEW_ORDER[view]),
-                "chart": bar_chart(rows, label, measure),
-                "athena_sql": MetadataValue.md(f"```sql\n{view_sql(view, marts)}\n```"),
-            })
+            yield MaterializeResult(
+                asset_key=AssetKey(["bi", view]),
+                metadata={
+                    "dagster/row_count": len(rows),
+                    "catalog_view": f"{marts}.{view}",
+                    "preview": preview_table(rows, PREVIEW_ORDER[view]),
+                    "chart": bar_chart(rows, label, measure),
+                    "athena_sql": MetadataValue.md(f"```sql\n{view_sql(view, marts)}\n```"),
+                },
+            )
         location = layout.uri("reports", "dashboard.html")
         write_text(location, render_dashboard(views, layout.root, uploads))
-        yield MaterializeResult(asset_key=DASHBOARD, metadata={
-            "preview": dashboard_preview(views, uploads, location),
-            "path": MetadataValue.path(location),
-            "uploads": len(uploads),
-            "latest_uploads": uploads[-RECENT_UPLOADS:],
-        })
+        yield MaterializeResult(
+            asset_key=DASHBOARD,
+            metadata={
+                "preview": dashboard_preview(views, uploads, location),
+                "path": MetadataValue.path(location),
+                "uploads": len(uploads),
+                "latest_uploads": uploads[-RECENT_UPLOADS:],
+            },
+        )
 
     return bi

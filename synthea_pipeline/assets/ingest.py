@@ -1,10 +1,9 @@
 """Asset factories for source -> raw -> staging, one asset per table: a step that takes stock of an upload, then one
 step for raw and staging (each table's raw pass, then its staging)."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from dagster import (
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
@@ -14,7 +13,7 @@ from dagster import (
     multi_asset,
 )
 
-from synthea_pipeline.assets.specs import layer_spec_fields
+from synthea_pipeline.assets.specs import check_specs, layer_spec_fields
 from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
@@ -22,8 +21,10 @@ from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.run_tags import CHECKSUM_TAG, CLI_RUN, origin_of
 from synthea_pipeline.tables import TABLES, Table
+from synthea_pipeline.transforms.checks import RAW_QUARANTINE, STAGING_QUARANTINE, UPLOAD_CHECKS
 from synthea_pipeline.transforms.layers import SCHEMA_KEY, table_schema
 from synthea_pipeline.transforms.raw import find_source_files, upload_release
+from synthea_pipeline.transforms.staging import STAGING_CHECKS
 from synthea_pipeline.transforms.uploads import (
     REPLACE_FIELD,
     UPLOADING_SUFFIX,
@@ -33,26 +34,7 @@ from synthea_pipeline.transforms.uploads import (
     removal_notice,
 )
 
-STAGING_CHECKS = {
-    "rows_reconcile": "Rows in = rows out + quarantined + duplicates dropped.",
-    "key_unique": "The table's key identifies one row.",
-    "required_not_null": "Required columns have no nulls.",
-}
-"""Blocking: source-data problems are quarantined before they run, so a failure is a pipeline bug."""
-STAGING_WARNINGS = {
-    "no_quarantined_rows": "Every row was staged or dropped as an exact duplicate (warning: quarantined rows, "
-    "with their reasons, are in the quarantine table).",
-}
-UPLOAD_WARNINGS = {
-    "history_preserved": "Upload-level: the commit removes no history it supersedes (patients moving from earlier "
-    "uploads or from the upload's previous load): no table they had is absent, no file is cut, no table of their "
-    "history shrinks beyond the lake's limit. Unconfirmed (`--replace`) losses refuse the commit; confirmed ones "
-    "warn here.",
-    "export_complete": "Upload-level: every table the upload's Synthea release writes by default is present "
-    "(warning: absent tables are empty for this upload).",
-}
-"""Checks of the whole upload, on `staging/patients` (every upload has patients)."""
-UPLOAD_CHECK_TABLE = "patients"
+INGEST_CHECKS = (RAW_QUARANTINE, *STAGING_CHECKS, STAGING_QUARANTINE, *UPLOAD_CHECKS)
 
 
 def _spec(layer: str, table: Table, description: str, deps_layer: str | None, **metadata) -> AssetSpec:
@@ -70,18 +52,19 @@ def _selected_tables(context: AssetExecutionContext) -> list[Table]:
     return [TABLES[key.path[-1]] for key in sorted(context.selected_asset_keys, key=lambda k: k.path)]
 
 
-def build_source_assets(tables: Sequence[str] = tuple(TABLES)):
+def build_source_assets():
     @multi_asset(
         name="source_upload",
         specs=[
             _spec("source", TABLES[t], f"Synthea `{t}.csv` as uploaded under `source/<upload_id>/`.", None)
-            for t in tables
+            for t in TABLES
         ],
         partitions_def=uploads_partitions,
         can_subset=True,
     )
-    def source_upload(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource
-                      ) -> Iterator[MaterializeResult]:
+    def source_upload(
+        context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource
+    ) -> Iterator[MaterializeResult]:
         """Takes stock of an upload: which tables have files, their headers and the Synthea release; an upload
         whose manifest lists files that are absent or of another size fails here, before anything is read. An
         upload the lake removed is skipped with every later step (a backfill of an instance that still lists it),
@@ -90,8 +73,10 @@ def build_source_assets(tables: Sequence[str] = tuple(TABLES)):
         upload_uri = lake.layout().source(upload)
         storage = lake.source_storage()
         if any(o.key == f"{upload}{UPLOADING_SUFFIX}" for o in storage.list_children("")[0]):
-            raise Failure(f"upload {upload} is being uploaded ({upload}{UPLOADING_SUFFIX} present): run it once "
-                          "the upload has finished")
+            raise Failure(
+                f"upload {upload} is being uploaded ({upload}{UPLOADING_SUFFIX} present): run it once "
+                "the upload has finished"
+            )
         manifest = read_manifest(storage, upload)
         state = catalog.upload_states(lake.layout()).get(upload)
         if origin_of(context.run.tags) != CLI_RUN and removal_holds(state, manifest):
@@ -124,49 +109,40 @@ def build_source_assets(tables: Sequence[str] = tuple(TABLES)):
     return source_upload
 
 
-RAW_DESCRIPTION = ("Every line of `{t}` as text columns with its file and line number (BOM, CRLF and unnamed "
-                   "columns removed; lines that cannot be split into the header's fields carry their reason "
-                   "instead). Parquet under `raw/{t}/upload_id=<id>/load_id=<run>/`, written by the staging step "
-                   "where the data is (this process, or the Glue / EMR Serverless job).")
-STAGING_DESCRIPTION = ("`{t}` typed, trimmed and deduplicated, in the canonical schema of every Synthea release; the "
-                       "Iceberg table `staging/{t}/`, one load per run, which readers see once the whole upload is "
-                       "committed. Rows that cannot be staged go to the Iceberg table `staging/quarantine/` with "
-                       "their reason.")
+RAW_DESCRIPTION = (
+    "Every line of `{t}` as text columns with its file and line number (BOM, CRLF and unnamed "
+    "columns removed; lines that cannot be split into the header's fields carry their reason "
+    "instead). Parquet under `raw/{t}/upload_id=<id>/load_id=<run>/`, written by the staging step "
+    "where the data is (this process, or the Glue / EMR Serverless job)."
+)
+STAGING_DESCRIPTION = (
+    "`{t}` typed, trimmed and deduplicated, in the canonical schema of every Synthea release; the "
+    "Iceberg table `staging/{t}/`, one load per run, which readers see once the whole upload is "
+    "committed. Rows that cannot be staged go to the Iceberg table `staging/quarantine/` with "
+    "their reason."
+)
 
 
-def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
+def build_staging_assets():
     @multi_asset(
         name="raw_and_staging_tables",
-        specs=[_spec("raw", TABLES[t], RAW_DESCRIPTION.format(t=t), "source") for t in tables]
-        + [_spec("staging", TABLES[t], STAGING_DESCRIPTION.format(t=t), "raw",
-                 **{SCHEMA_KEY: column_schema(table_schema(TABLES[t]))})
-           for t in tables],
-        check_specs=[
-            AssetCheckSpec("no_quarantined_rows", asset=AssetKey(["raw", t]), partitions_def=uploads_partitions,
-                           description="Every source line could be split into the header's fields (warning only).")
-            for t in tables
-        ]
+        specs=[_spec("raw", TABLES[t], RAW_DESCRIPTION.format(t=t), "source") for t in TABLES]
         + [
-            AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description, blocking=True,
-                           partitions_def=uploads_partitions)
-            for t in tables
-            for name, description in STAGING_CHECKS.items()
-        ]
-        + [
-            AssetCheckSpec(name, asset=AssetKey(["staging", t]), description=description,
-                           partitions_def=uploads_partitions)
-            for t in tables
-            for name, description in STAGING_WARNINGS.items()
-        ]
-        + [
-            AssetCheckSpec(name, asset=AssetKey(["staging", UPLOAD_CHECK_TABLE]), description=description,
-                           partitions_def=uploads_partitions)
-            for name, description in UPLOAD_WARNINGS.items() if UPLOAD_CHECK_TABLE in tables
+            _spec(
+                "staging",
+                TABLES[t],
+                STAGING_DESCRIPTION.format(t=t),
+                "raw",
+                **{SCHEMA_KEY: column_schema(table_schema(TABLES[t]))},
+            )
+            for t in TABLES
         ],
+        check_specs=check_specs(INGEST_CHECKS, partitions_def=uploads_partitions),
         partitions_def=uploads_partitions,
     )
-    def raw_and_staging_tables(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource,
-                               catalog: CatalogResource) -> Iterator:
+    def raw_and_staging_tables(
+        context: AssetExecutionContext, lake: LakeResource, spark: SparkResource, catalog: CatalogResource
+    ) -> Iterator:
         """Reads every table of the upload into raw Parquet, then types, deduplicates and checks it, in one
         Spark layer run (in this process, or one Glue / EMR Serverless job run, so an upload on S3 is read
         there and never streams through this process) under this run's load, and commits the load for the whole
@@ -175,16 +151,20 @@ def build_staging_assets(tables: Sequence[str] = tuple(TABLES)):
         file, line and reason."""
         databases = catalog.databases()
         manifest = read_manifest(lake.source_storage(), context.partition_key) or {}
-        yield from spark.run_layer(context, "staging", {
-            "lake_root": lake.layout().root,
-            "upload_id": context.partition_key,
-            "load_id": context.run_id,
-            "upload_checksum": manifest.get("checksum") or context.run.tags.get(CHECKSUM_TAG),
-            "upload_token": manifest.get("upload_token"),
-            "replace_history": bool(manifest.get(REPLACE_FIELD)),
-            "history_shrink_limit_percent": lake.history_shrink_limit_percent,
-            "staging_database": databases.staging,
-            "marts_database": databases.marts,
-        })
+        yield from spark.run_layer(
+            context,
+            "staging",
+            {
+                "lake_root": lake.layout().root,
+                "upload_id": context.partition_key,
+                "load_id": context.run_id,
+                "upload_checksum": manifest.get("checksum") or context.run.tags.get(CHECKSUM_TAG),
+                "upload_token": manifest.get("upload_token"),
+                "replace_history": bool(manifest.get(REPLACE_FIELD)),
+                "history_shrink_limit_percent": lake.history_shrink_limit_percent,
+                "staging_database": databases.staging,
+                "marts_database": databases.marts,
+            },
+        )
 
     return raw_and_staging_tables

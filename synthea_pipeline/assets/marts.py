@@ -2,36 +2,19 @@
 
 from collections.abc import Iterator
 
-from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetSpec, Config, multi_asset
+from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, multi_asset
 from pydantic import Field
 
-from synthea_pipeline.assets.specs import MARTS_FRESHNESS, layer_spec_fields
+from synthea_pipeline.assets.specs import MARTS_FRESHNESS, check_specs, layer_spec_fields
 from synthea_pipeline.automation import after_staging
 from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.transforms.layers import SCHEMA_KEY, mart_schema
-from synthea_pipeline.transforms.marts import FOREIGN_KEYS, MARTS
+from synthea_pipeline.transforms.marts import MART_CHECKS, MARTS
 
 MARTS_POOL = "marts"
-MART_CHECKS = {
-    **{(name, "primary_key"): "The key is unique and never null." for name in MARTS},
-    **{(name, "foreign_keys_resolve"): "Every foreign key finds its row in the referenced mart (references absent "
-       "from the lake point to its unknown member)." for name in FOREIGN_KEYS},
-    **{(name, "rows_reconcile"): "Row count equals the distinct current ids in staging, plus the unknown member."
-       for name in ("patient_fact", "encounter_dim", "provider_dim", "organization_dim", "payer_dim")},
-}
-WARNING_CHECKS = {
-    **{(name, "references_known"): "Source data: rows whose reference is absent from the lake and points to the "
-       "unknown member, counted per upload (warning; e.g. a partial export without encounters.csv)."
-       for name in FOREIGN_KEYS},
-    ("medication_dim", "stops_before_start"): "Synthea oddity: medications that stop before they start (warning).",
-    ("encounter_dim", "observations_without_encounter"): "Synthea oddity: yearly QALY/DALY/QOLS observations have "
-    "no encounter (warning).",
-    ("condition_dim", "dated_like_encounter"): "Synthea oddity: condition dates (local) a day off their encounter "
-    "(UTC) (warning).",
-}
 
 
 class MartsConfig(Config):
@@ -58,29 +41,31 @@ def build_mart_assets():
             )
             for name, mart in MARTS.items()
         ],
-        check_specs=[
-            AssetCheckSpec(check, asset=AssetKey(["marts", mart]), description=description, blocking=True)
-            for (mart, check), description in MART_CHECKS.items()
-        ]
-        + [
-            AssetCheckSpec(check, asset=AssetKey(["marts", mart]), description=description)
-            for (mart, check), description in WARNING_CHECKS.items()
-        ],
+        check_specs=check_specs(MART_CHECKS),
     )
-    def marts(context: AssetExecutionContext, config: MartsConfig, lake: LakeResource, spark: SparkResource,
-              catalog: CatalogResource) -> Iterator:
+    def marts(
+        context: AssetExecutionContext,
+        config: MartsConfig,
+        lake: LakeResource,
+        spark: SparkResource,
+        catalog: CatalogResource,
+    ) -> Iterator:
         """Rebuilds every mart from the committed loads of every upload in the lake (the latest upload wins)
         under this run's build, and commits the build for all marts at once only when every blocking check
         passes, so readers never see a mart that failed one nor a mix of two builds. The `marts` pool (limit 1
         in dagster.yaml) runs one rebuild at a time when many uploads arrive together: the last one to run sees
         every committed upload."""
         databases = catalog.databases()
-        yield from spark.run_layer(context, "marts", {
-            "lake_root": lake.layout().root,
-            "build_id": context.run_id,
-            "include_identifiers": config.include_identifiers,
-            "staging_database": databases.staging,
-            "marts_database": databases.marts,
-        })
+        yield from spark.run_layer(
+            context,
+            "marts",
+            {
+                "lake_root": lake.layout().root,
+                "build_id": context.run_id,
+                "include_identifiers": config.include_identifiers,
+                "staging_database": databases.staging,
+                "marts_database": databases.marts,
+            },
+        )
 
     return marts

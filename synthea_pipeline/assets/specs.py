@@ -3,12 +3,13 @@ and the transform code that computes it, so the UI marks an asset whose code cha
 
 import hashlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
-from dagster import CodeReferencesMetadataValue, FreshnessPolicy, LocalFileCodeReference
+from dagster import AssetCheckSpec, AssetKey, CodeReferencesMetadataValue, FreshnessPolicy, LocalFileCodeReference
 
 from synthea_pipeline.transforms import bi, catalog, dashboard, iceberg, layers, marts, raw, staging, uploads
+from synthea_pipeline.transforms.checks import Check
 
 OWNERS = ["team:data-engineering"]
 LAYER_KINDS = {
@@ -44,14 +45,35 @@ def code_version(layer: str, contract: Iterable[object] = ()) -> str:
 def transform_references(layer: str) -> CodeReferencesMetadataValue:
     """Links to the transform modules that compute the layer (the asset function's own link is added by
     `with_source_code_references` in the definitions)."""
-    return CodeReferencesMetadataValue(code_references=[
-        LocalFileCodeReference(file_path=inspect.getsourcefile(module), line_number=1, label=module.__name__)
-        for module in LAYER_CODE[layer]
-    ])
+    return CodeReferencesMetadataValue(
+        code_references=[
+            LocalFileCodeReference(file_path=inspect.getsourcefile(module), line_number=1, label=module.__name__)
+            for module in LAYER_CODE[layer]
+        ]
+    )
 
 
 def layer_spec_fields(layer: str, contract: Iterable[object] = (), **metadata) -> dict:
     """The AssetSpec fields every asset of a layer shares, with the asset's own metadata."""
-    return {"group_name": layer, "kinds": LAYER_KINDS[layer], "owners": OWNERS,
-            "code_version": code_version(layer, contract),
-            "metadata": {"dagster/code_references": transform_references(layer), **metadata}}
+    return {
+        "group_name": layer,
+        "kinds": LAYER_KINDS[layer],
+        "owners": OWNERS,
+        "code_version": code_version(layer, contract),
+        "metadata": {"dagster/code_references": transform_references(layer), **metadata},
+    }
+
+
+def check_specs(checks: Sequence[Check], **fields) -> list[AssetCheckSpec]:
+    """One Dagster check spec per declared check and table, so names, descriptions and severity stay declared once."""
+    return [
+        AssetCheckSpec(
+            check.name,
+            asset=AssetKey([check.layer, table]),
+            description=check.description,
+            blocking=check.blocking,
+            **fields,
+        )
+        for check in checks
+        for table in check.tables
+    ]

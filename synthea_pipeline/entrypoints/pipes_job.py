@@ -40,15 +40,23 @@ def report(pipes, item) -> None:
     if isinstance(item, AssetReport):
         pipes.report_asset_materialization(asset_key=item.asset_key, metadata=item.metadata)
     else:
-        pipes.report_asset_check(check_name=item.check_name, passed=item.passed, severity=item.severity,
-                                 metadata=item.metadata, asset_key=item.asset_key)
+        pipes.report_asset_check(
+            check_name=item.check_name,
+            passed=item.passed,
+            severity=item.severity,
+            metadata=item.metadata,
+            asset_key=item.asset_key,
+        )
 
 
 def run_with_pipes(layer: str) -> int:
     s3 = aws_client("s3")
     params_loader = PipesCliArgsParamsLoader() if CLI_CONTEXT_ARGUMENT in sys.argv else PipesEnvVarParamsLoader()
-    with open_dagster_pipes(params_loader=params_loader, context_loader=PipesS3ContextLoader(s3),
-                            message_writer=PipesS3MessageWriter(s3, interval=2)) as pipes:
+    with open_dagster_pipes(
+        params_loader=params_loader,
+        context_loader=PipesS3ContextLoader(s3),
+        message_writer=PipesS3MessageWriter(s3, interval=2),
+    ) as pipes:
         pipes.log.info(f"{layer} layer starting: {json.dumps(pipes.extras)}")
         try:
             reports = LAYERS[layer](spark_session(), pipes.log, **pipes.extras)
@@ -65,8 +73,12 @@ def run_standalone(layer: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{layer}_job.py --standalone")
     parser.add_argument("--standalone", action="store_true")
     parser.add_argument("--lake", required=True, help="lake root, s3://bucket/prefix or a folder")
-    parser.add_argument("--catalog", choices=CATALOGS, default="glue",
-                        help="how the session names the Iceberg tables (default: glue, the Glue Data Catalog)")
+    parser.add_argument(
+        "--catalog",
+        choices=CATALOGS,
+        default="glue",
+        help="how the session names the Iceberg tables (default: glue, the Glue Data Catalog)",
+    )
     if layer == "staging":
         parser.add_argument("--upload-id", required=True)
         parser.add_argument("--load-id", default=f"standalone-{uuid.uuid4().hex[:12]}")
@@ -80,7 +92,7 @@ def run_standalone(layer: str, argv: list[str]) -> int:
         params = {"lake_root": args.lake, "build_id": args.build_id, "include_identifiers": args.include_identifiers}
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        reports = LAYERS[layer](spark_session(), logging.getLogger(layer), catalog=args.catalog, **params)
+        reports = LAYERS[layer](spark_session(), logging.getLogger(layer), table_catalog=args.catalog, **params)
     except LayerFailed as failure:
         for item in failure.reports:
             print(json.dumps({"kind": type(item).__name__, **asdict(item)}))

@@ -1,5 +1,6 @@
 """Pipes entry script of the staging layer (the raw pass of each table, then its staging): the Glue job script /
-EMR Serverless entry point that `synthea-pipeline deploy` uploads. `python staging_job.py --standalone --help` runs it without Dagster."""
+EMR Serverless entry point that `synthea-pipeline deploy` uploads. `python staging_job.py --standalone --help`
+runs it without Dagster."""
 
 import sys
 

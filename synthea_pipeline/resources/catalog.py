@@ -25,10 +25,10 @@ from synthea_pipeline.transforms.catalog import (
     iceberg_sources,
     open_catalog,
     register_glue,
+    uploads_query,
 )
 from synthea_pipeline.transforms.lake import Lake, aws_client
 from synthea_pipeline.transforms.marts import MARTS
-from synthea_pipeline.transforms.upkeep import GlueMetadata, LocalMetadata, TableUpkeep, expire_and_clean
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -42,33 +42,31 @@ class CatalogResource(ConfigurableResource):
     marts_database: str = Field(default=MARTS_DATABASE_NAME.default, description=MARTS_DATABASE_NAME.description)
     athena_workgroup: str = Field(default=ATHENA_WORKGROUP.default, description=ATHENA_WORKGROUP.description)
     athena_output: str = Field(default=ATHENA_OUTPUT.default, description=ATHENA_OUTPUT.description)
-    athena_timeout_seconds: int = Field(default=600, description="How long an Athena query may take before it is "
-                                        "cancelled and the command fails.")
+    athena_timeout_seconds: int = Field(
+        default=600, description="How long an Athena query may take before it is cancelled and the command fails."
+    )
 
     def databases(self) -> Databases:
         return Databases(staging=self.staging_database, marts=self.marts_database)
 
-    def aws_client(self, service: str):
-        return aws_client(service)
-
-    def open(self, lake: Lake, as_of: dt.datetime | None = None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES
-             ) -> duckdb.DuckDBPyConnection:
+    def open(
+        self, lake: Lake, as_of: dt.datetime | None = None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES
+    ) -> duckdb.DuckDBPyConnection:
         """The embedded engine over the lake's Iceberg tables (those of `tables`) with every catalog view they
         allow (as at `as_of`)."""
         databases = self.databases()
-        iceberg = databases.iceberg_lake(lake.root, "glue" if lake.on_s3 else "path")
-        sources = iceberg_sources(iceberg, self.aws_client("glue") if lake.on_s3 else None, tables)
+        iceberg = databases.iceberg_tables(lake.root, lake.table_catalog("path"))
+        sources = iceberg_sources(iceberg, aws_client("glue") if lake.on_s3 else None, tables)
         return open_catalog(iceberg, databases, sources, as_of=as_of)
 
     def upload_states(self, lake: Lake) -> dict[str, dict]:
         """Every upload the lake's uploads log knows, by id, as the `upload_states` view gives it: read from the
         Iceberg tables themselves (not the catalog file or Athena), so a sensor tick or a command sees the log as
         it is now."""
-        view = f"{self.databases().staging}.{UPLOAD_STATES}"
         with self.open(lake, tables=UPLOAD_STATE_TABLES) as engine:
             if (self.databases().staging, UPLOAD_STATES) not in defined_views(engine, self.databases()):
                 return {}
-            rows = engine.sql(f"SELECT * FROM {view} ORDER BY registered_at, upload_id").to_arrow_table().to_pylist()
+            rows = engine.sql(uploads_query(self.databases().staging, UPLOAD_STATES)).to_arrow_table().to_pylist()
         return {row["upload_id"]: row for row in rows}
 
     @contextmanager
@@ -80,28 +78,19 @@ class CatalogResource(ConfigurableResource):
         databases = self.databases()
         if lake.on_s3:
             with self.open(lake) as engine:
-                yield engine, register_glue(self.aws_client("glue"), engine, databases)
+                yield engine, register_glue(aws_client("glue"), engine, databases)
             return
         path = os.path.join(lake.root, CATALOG_FILE)
         temp = f"{path}.{os.getpid()}.tmp"
         for stale in (temp, f"{temp}.wal"):
             if os.path.exists(stale):
                 os.remove(stale)
-        iceberg = databases.iceberg_lake(lake.root, "path")
+        iceberg = databases.iceberg_tables(lake.root, "path")
         with open_catalog(iceberg, databases, iceberg_sources(iceberg), temp) as engine:
             yield engine, {f"{schema}.{name}": "written" for schema, name in defined_views(engine, databases)}
         os.replace(temp, path)
         if os.path.exists(f"{path}.wal"):
             os.remove(f"{path}.wal")
-
-    def expire_and_clean(self, lake: Lake, cutoff: dt.datetime) -> list[TableUpkeep]:
-        """Expires the snapshots of every Iceberg table older than `cutoff` and deletes the files none of the
-        kept ones needs (see `transforms.upkeep`): committed through the Glue Data Catalog for a lake on S3."""
-        databases = self.databases()
-        iceberg = databases.iceberg_lake(lake.root, "glue" if lake.on_s3 else "path")
-        metadata = GlueMetadata(iceberg, self.aws_client("glue")) if lake.on_s3 else LocalMetadata(iceberg)
-        with connect(s3=lake.on_s3) as engine:
-            return expire_and_clean(iceberg, metadata, cutoff, engine)
 
     def view_rows(self, engine: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
         """Every BI view's rows, computed by the embedded engine."""
@@ -115,17 +104,26 @@ class CatalogResource(ConfigurableResource):
         if lake.on_s3:
             if as_of:
                 with self.open(lake) as engine:
-                    columns = {m: [r[0] for r in engine.execute(f"DESCRIBE {databases.marts_iceberg}.{m}").fetchall()]
-                               for m in MARTS}
-                    identifiers = engine.execute(f"SELECT includes_identifiers FROM {databases.marts}.current_build"
-                                                 ).fetchall()
+                    columns = {
+                        m: [r[0] for r in engine.execute(f"DESCRIBE {databases.marts_iceberg}.{m}").fetchall()]
+                        for m in MARTS
+                    }
+                    identifiers = engine.execute(
+                        f"SELECT includes_identifiers FROM {databases.marts}.current_build"
+                    ).fetchall()
                 sql = as_of_query(sql, databases, as_of, columns, bool(identifiers and identifiers[0][0]))
-            return athena_query(self.aws_client("athena"), sql, databases.marts, self.athena_workgroup,
-                                self.athena_output or None, self.athena_timeout_seconds)
+            return athena_query(
+                aws_client("athena"),
+                sql,
+                databases.marts,
+                self.athena_workgroup,
+                self.athena_output or None,
+                self.athena_timeout_seconds,
+            )
         path = os.path.join(lake.root, CATALOG_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no catalog at {path}: run the pipeline on this lake first")
-        with (self.open(lake, as_of) if as_of else connect(path, read_only=True)) as engine:
+        with self.open(lake, as_of) if as_of else connect(path, read_only=True) as engine:
             engine.execute(f"SET search_path = '{databases.marts},{databases.staging}'")
             result = engine.sql(sql)
             return list(result.columns), [list(row) for row in result.fetchall()]

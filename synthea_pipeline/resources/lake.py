@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, field_validator
 
@@ -22,12 +20,15 @@ class LakeResource(ConfigurableResource):
     """Assets see only paths and `Storage`, never whether the lake is a folder or on S3."""
 
     root: str = Field(default=LAKE_ROOT.default, description=LAKE_ROOT.description)
-    upload_quiet_seconds: int = Field(default=int(UPLOAD_QUIET_SECONDS.default),
-                                      description=UPLOAD_QUIET_SECONDS.description)
-    upload_sensor_budget_seconds: int = Field(default=int(UPLOAD_SENSOR_BUDGET_SECONDS.default),
-                                              description=UPLOAD_SENSOR_BUDGET_SECONDS.description)
-    history_shrink_limit_percent: int = Field(default=int(HISTORY_SHRINK_LIMIT.default), ge=0, le=100,
-                                              description=HISTORY_SHRINK_LIMIT.description)
+    upload_quiet_seconds: int = Field(
+        default=int(UPLOAD_QUIET_SECONDS.default), description=UPLOAD_QUIET_SECONDS.description
+    )
+    upload_sensor_budget_seconds: int = Field(
+        default=int(UPLOAD_SENSOR_BUDGET_SECONDS.default), description=UPLOAD_SENSOR_BUDGET_SECONDS.description
+    )
+    history_shrink_limit_percent: int = Field(
+        default=int(HISTORY_SHRINK_LIMIT.default), ge=0, le=100, description=HISTORY_SHRINK_LIMIT.description
+    )
 
     @field_validator("upload_sensor_budget_seconds", mode="before")
     @classmethod
@@ -45,7 +46,7 @@ class LakeResource(ConfigurableResource):
             tag_run(context, {ORIGIN_TAG: origin_of(context.dagster_run.tags), LAKE_TAG: self.layout().root})
 
     def layout(self) -> Lake:
-        return Lake(self.root if self.root.startswith("s3://") else os.path.abspath(self.root))
+        return Lake.at(self.root)
 
     def source_storage(self) -> Storage:
         """Where uploads land: `<root>/source/`."""

@@ -6,12 +6,11 @@ from __future__ import annotations
 import sqlglot
 from sqlglot import exp
 
+from synthea_pipeline.transforms.iceberg import MARTS_DATABASE
 from synthea_pipeline.transforms.marts import UNKNOWN_KEY
 
 SOURCE_DIALECT = "trino"
 LOCAL_DIALECT = "duckdb"
-MARTS_DATABASE = "synthea_marts"
-STAGING_DATABASE = "synthea_staging"
 TOP_CONDITIONS = 25
 
 BI_VIEWS = {

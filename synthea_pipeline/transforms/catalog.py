@@ -25,33 +25,44 @@ import sqlglot
 from sqlglot import exp
 
 from synthea_pipeline.tables import TABLES
-from synthea_pipeline.transforms.bi import (
-    BI_VIEWS,
-    MARTS_DATABASE,
-    SOURCE_DIALECT,
-    STAGING_DATABASE,
-    local_sql,
-    view_sql,
-)
+from synthea_pipeline.transforms.bi import BI_VIEWS, SOURCE_DIALECT, local_sql, view_sql
 from synthea_pipeline.transforms.iceberg import (
     BUILDS,
     ICEBERG_DATABASE_SUFFIX,
+    MARTS_DATABASE,
     MARTS_LAYER,
     QUARANTINE,
     QUARANTINE_COLUMNS,
+    STAGING_DATABASE,
     STAGING_LAYER,
     UPLOADS,
-    IcebergLake,
+    IcebergTables,
 )
 from synthea_pipeline.transforms.lake import aws_endpoint, aws_region
 from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS
+from synthea_pipeline.transforms.sql import identifier, literal
+from synthea_pipeline.transforms.staging import staging_columns
 
 UPLOAD_STATES = "upload_states"
 """The catalog view of every upload the uploads log knows, with its state (`loading`, `committed`, `failed`,
 `removed`), release, patients and times; `synthea-pipeline uploads` adds the ones still waiting in `source/`."""
 
-PRESTO_TYPES = {"string": "varchar", "int": "integer", "bigint": "bigint", "double": "double",
-                "boolean": "boolean", "date": "date", "timestamp": "timestamp(6) with time zone"}
+
+def uploads_query(database: str, view: str = UPLOADS) -> str:
+    """Every row of a view of uploads (`uploads`, or `upload_states`), in the order the uploads entered the
+    lake."""
+    return f"SELECT * FROM {database}.{view} ORDER BY registered_at, upload_id"
+
+
+PRESTO_TYPES = {
+    "string": "varchar",
+    "int": "integer",
+    "bigint": "bigint",
+    "double": "double",
+    "boolean": "boolean",
+    "date": "date",
+    "timestamp": "timestamp(6) with time zone",
+}
 EXTENSIONS = ("avro", "iceberg")
 
 
@@ -68,37 +79,32 @@ class Databases:
     def marts_iceberg(self) -> str:
         return self.marts + ICEBERG_DATABASE_SUFFIX
 
-    def iceberg_lake(self, root: str, catalog: str) -> IcebergLake:
-        return IcebergLake(root, catalog, self.staging, self.marts)
-
-
-def _q(name: str) -> str:
-    return f'"{name}"'
-
-
-def staging_columns(table: str) -> list[str]:
-    spec = TABLES[table]
-    return [*spec.column_names, *([] if spec.has_natural_key else ["row_key"]), "upload_id", "load_id"]
+    def iceberg_tables(self, root: str, table_catalog: str) -> IcebergTables:
+        return IcebergTables(root, table_catalog, self.staging, self.marts)
 
 
 QUARANTINE_NAMES = [column.split()[0] for column in QUARANTINE_COLUMNS.split(", ")]
 
 
-def catalog_views(databases: Databases, mart_columns: dict[str, list[str]], includes_identifiers: bool
-                  ) -> dict[tuple[str, str], str]:
+def catalog_views(
+    databases: Databases, mart_columns: dict[str, list[str]], includes_identifiers: bool
+) -> dict[tuple[str, str], str]:
     """Every catalog view's Athena SQL by (database, view); `mart_columns` are the marts' table columns."""
     staging, iceberg = databases.staging, databases.staging_iceberg
-    views = {(staging, UPLOADS): f"""
+    views = {
+        (staging, UPLOADS): f"""
 SELECT upload_id, load_id, registered_at, logged_at AS committed_at, upload_checksum, synthea_release
 FROM (
   SELECT l.*, ROW_NUMBER() OVER (PARTITION BY upload_id ORDER BY logged_at DESC, load_id DESC, action DESC) AS n
   FROM {iceberg}.{UPLOADS} AS l
   WHERE action IN ('committed', 'removed')
 ) AS latest
-WHERE n = 1 AND action = 'committed'"""}
-    for table, columns in [*((t, staging_columns(t)) for t in TABLES), (QUARANTINE, QUARANTINE_NAMES)]:
+WHERE n = 1 AND action = 'committed'"""
+    }
+    staged = [(name, [c.name for c in staging_columns(table)]) for name, table in TABLES.items()]
+    for table, columns in [*staged, (QUARANTINE, QUARANTINE_NAMES)]:
         views[(staging, table)] = f"""
-SELECT {', '.join(f's.{_q(c)}' for c in columns)}
+SELECT {", ".join(f"s.{identifier(c)}" for c in columns)}
 FROM {iceberg}.{table} AS s
 JOIN {staging}.{UPLOADS} AS u ON s.upload_id = u.upload_id AND s.load_id = u.load_id"""
     views[(staging, UPLOAD_STATES)] = f"""
@@ -162,7 +168,7 @@ LIMIT 1"""
     for mart, columns in mart_columns.items():
         hidden = {"build_id", *([] if includes_identifiers else MART_IDENTIFIERS.get(mart, ()))}
         views[(marts, mart)] = f"""
-SELECT {', '.join(f'm.{_q(c)}' for c in columns if c not in hidden)}
+SELECT {", ".join(f"m.{identifier(c)}" for c in columns if c not in hidden)}
 FROM {databases.marts_iceberg}.{mart} AS m
 WHERE m.build_id = (SELECT build_id FROM {marts}.current_build)"""
     for view in BI_VIEWS:
@@ -175,10 +181,14 @@ def extension_folder() -> Path:
     import duckdb_ext
 
     version = f"v{duckdb.__version__}"
-    folders = sorted(folder for root in duckdb_ext.__path__ for folder in (Path(root) / "extensions" / version).glob("*"))
+    folders = sorted(
+        folder for root in duckdb_ext.__path__ for folder in (Path(root) / "extensions" / version).glob("*")
+    )
     if not folders:
-        raise RuntimeError(f"no DuckDB extensions for DuckDB {version}: install duckdb-ext-iceberg and "
-                           "duckdb-ext-avro of the same version")
+        raise RuntimeError(
+            f"no DuckDB extensions for DuckDB {version}: install duckdb-ext-iceberg and "
+            "duckdb-ext-avro of the same version"
+        )
     return folders[0]
 
 
@@ -200,32 +210,32 @@ def s3_secret() -> str:
 
     session = boto3.Session()
     credentials = session.get_credentials().get_frozen_credentials()
-    options = {"TYPE": "s3", "KEY_ID": credentials.access_key, "SECRET": credentials.secret_key,
-               "REGION": aws_region()}
+    options = {"TYPE": "s3", "KEY_ID": credentials.access_key, "SECRET": credentials.secret_key, "REGION": aws_region()}
     if credentials.token:
         options["SESSION_TOKEN"] = credentials.token
     endpoint = aws_endpoint("s3")
-    settings = [f"{key} {_literal(value)}" for key, value in options.items()]
+    settings = [f"{key} {literal(value)}" for key, value in options.items()]
     if endpoint:
         host = endpoint.split("://", 1)[-1].rstrip("/")
-        settings += [f"ENDPOINT {_literal(host)}", "URL_STYLE 'path'",
-                     f"USE_SSL {'true' if endpoint.startswith('https') else 'false'}"]
+        settings += [
+            f"ENDPOINT {literal(host)}",
+            "URL_STYLE 'path'",
+            f"USE_SSL {'true' if endpoint.startswith('https') else 'false'}",
+        ]
     return f"CREATE OR REPLACE SECRET lake ({', '.join(settings)})"
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-LAKE_TABLES = tuple([(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)]
-                    + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)])
+LAKE_TABLES = tuple(
+    [(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)] + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)]
+)
 """Every Iceberg table of a lake, as (layer, table)."""
 UPLOAD_STATE_TABLES = ((STAGING_LAYER, UPLOADS),)
 """The Iceberg tables the `upload_states` view reads."""
 
 
-def iceberg_sources(lake: IcebergLake, glue=None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES
-                    ) -> dict[tuple[str, str], str]:
+def iceberg_sources(
+    lake: IcebergTables, glue=None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES
+) -> dict[tuple[str, str], str]:
     """Where DuckDB reads each existing Iceberg table of `tables`, by (layer, table): its folder for a local lake
     (a version hint names the current metadata), the current metadata file the Glue Data Catalog names for a lake
     on S3."""
@@ -244,48 +254,63 @@ def iceberg_sources(lake: IcebergLake, glue=None, tables: tuple[tuple[str, str],
 
 
 def _first_snapshot(connection: duckdb.DuckDBPyConnection, source: str) -> dt.datetime | None:
-    first = connection.execute(f"SELECT min(timestamp_ms) FROM iceberg_snapshots({_literal(source)})").fetchone()[0]
+    first = connection.execute(f"SELECT min(timestamp_ms) FROM iceberg_snapshots({literal(source)})").fetchone()[0]
     return first.replace(tzinfo=dt.timezone.utc) if first else None
 
 
 def _scan(connection: duckdb.DuckDBPyConnection, source: str, as_of: dt.datetime | None) -> str:
     """A table's rows, as at `as_of` when given: none when the table had no snapshot yet (DuckDB refuses such
-    a time travel)."""
+    a time travel). Rows from before a schema upgrade get today's columns (null where the table lacked one), so
+    the views, which name today's columns, still answer."""
     if as_of is None:
-        return f"SELECT * FROM iceberg_scan({_literal(source)})"
+        return f"SELECT * FROM iceberg_scan({literal(source)})"
     first = _first_snapshot(connection, source)
     if first is None or first > as_of:
-        return f"SELECT * FROM iceberg_scan({_literal(source)}) LIMIT 0"
-    return (f"SELECT * FROM iceberg_scan({_literal(source)}, "
-            f"snapshot_from_timestamp = TIMESTAMPTZ {_literal(as_of.isoformat())})")
+        return f"SELECT * FROM iceberg_scan({literal(source)}) LIMIT 0"
+    return (
+        f"(SELECT * FROM iceberg_scan({literal(source)}) LIMIT 0) UNION ALL BY NAME "
+        f"(SELECT * FROM iceberg_scan({literal(source)}, "
+        f"snapshot_from_timestamp = TIMESTAMPTZ {literal(as_of.isoformat())}))"
+    )
 
 
-def open_catalog(lake: IcebergLake, databases: Databases, sources: dict[tuple[str, str], str],
-                 path: str = ":memory:", as_of: dt.datetime | None = None) -> duckdb.DuckDBPyConnection:
+def open_catalog(
+    lake: IcebergTables,
+    databases: Databases,
+    sources: dict[tuple[str, str], str],
+    path: str = ":memory:",
+    as_of: dt.datetime | None = None,
+) -> duckdb.DuckDBPyConnection:
     """An embedded DuckDB catalog of the lake: the Iceberg tables (at `as_of`, when given) and every catalog
     view over them."""
-    connection = connect(path, s3=lake.lake.on_s3)
+    connection = connect(path, s3=lake.layout.on_s3)
     for schema in (databases.staging, databases.marts, databases.staging_iceberg, databases.marts_iceberg):
         connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     if as_of and (MARTS_LAYER, BUILDS) in sources:
         first = _first_snapshot(connection, sources[(MARTS_LAYER, BUILDS)])
         if first is None or first > as_of:
-            raise ValueError(f"the lake has no marts as of {as_of.isoformat()}: its history starts at "
-                             f"{first.isoformat() if first else 'the next build'} (older snapshots are expired by "
-                             "`synthea-pipeline maintain`)")
+            raise ValueError(
+                f"the lake has no marts as of {as_of.isoformat()}: its history starts at "
+                f"{first.isoformat() if first else 'the next build'} (older snapshots are expired by "
+                "`synthea-pipeline maintain`)"
+            )
     for (layer, table), source in sources.items():
         schema = databases.staging_iceberg if layer == STAGING_LAYER else databases.marts_iceberg
         connection.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS {_scan(connection, source, as_of)}")
-    mart_columns = {mart: [row[0] for row in connection.execute(f"DESCRIBE {databases.marts_iceberg}.{mart}").fetchall()]
-                    for mart in MARTS if (MARTS_LAYER, mart) in sources}
+    mart_columns = {
+        mart: [row[0] for row in connection.execute(f"DESCRIBE {databases.marts_iceberg}.{mart}").fetchall()]
+        for mart in MARTS
+        if (MARTS_LAYER, mart) in sources
+    }
     build = []
     if (MARTS_LAYER, BUILDS) in sources:
-        build = connection.execute(f"SELECT includes_identifiers FROM {databases.marts_iceberg}.{BUILDS} "
-                                   "WHERE action = 'committed' ORDER BY logged_at DESC, build_id DESC LIMIT 1").fetchall()
+        build = connection.execute(
+            f"SELECT includes_identifiers FROM {databases.marts_iceberg}.{BUILDS} "
+            "WHERE action = 'committed' ORDER BY logged_at DESC, build_id DESC LIMIT 1"
+        ).fetchall()
     views = catalog_views(databases, mart_columns, bool(build and build[0][0]))
     layers = {databases.staging_iceberg: STAGING_LAYER, databases.marts_iceberg: MARTS_LAYER}
-    available = {(database, table) for (layer, table) in sources
-                 for database in layers if layers[database] == layer}
+    available = {(database, table) for (layer, table) in sources for database in layers if layers[database] == layer}
     for (database, name), sql in views.items():
         needs = {(t.db, t.name) for t in sqlglot.parse_one(sql, read=SOURCE_DIALECT).find_all(exp.Table) if t.db}
         if needs <= available:
@@ -304,9 +329,17 @@ def duckdb_to_hive(duckdb_type: str) -> str:
     kind = duckdb_type.upper()
     if kind.startswith("DECIMAL"):
         return kind.lower().replace(" ", "")
-    return {"VARCHAR": "string", "INTEGER": "int", "BIGINT": "bigint", "HUGEINT": "decimal(38,0)",
-            "DOUBLE": "double", "BOOLEAN": "boolean", "DATE": "date", "TIMESTAMP WITH TIME ZONE": "timestamp",
-            "TIMESTAMP": "timestamp"}[kind]
+    return {
+        "VARCHAR": "string",
+        "INTEGER": "int",
+        "BIGINT": "bigint",
+        "HUGEINT": "decimal(38,0)",
+        "DOUBLE": "double",
+        "BOOLEAN": "boolean",
+        "DATE": "date",
+        "TIMESTAMP WITH TIME ZONE": "timestamp",
+        "TIMESTAMP": "timestamp",
+    }[kind]
 
 
 def view_columns(connection: duckdb.DuckDBPyConnection, database: str, view: str) -> list[tuple[str, str]]:
@@ -316,9 +349,15 @@ def view_columns(connection: duckdb.DuckDBPyConnection, database: str, view: str
 
 def athena_view_input(name: str, database: str, sql: str, columns: list[tuple[str, str]]) -> dict:
     """An Athena view as the Glue Data Catalog stores one (a base64 "Presto view" beside Hive columns)."""
-    presto = {"originalSql": sql, "catalog": "awsdatacatalog", "schema": database,
-              "columns": [{"name": n, "type": PRESTO_TYPES.get(t, t)} for n, t in columns], "owner": "synthea-pipeline",
-              "runAsInvoker": False, "properties": {}}
+    presto = {
+        "originalSql": sql,
+        "catalog": "awsdatacatalog",
+        "schema": database,
+        "columns": [{"name": n, "type": PRESTO_TYPES.get(t, t)} for n, t in columns],
+        "owner": "synthea-pipeline",
+        "runAsInvoker": False,
+        "properties": {},
+    }
     encoded = base64.b64encode(json.dumps(presto, sort_keys=True).encode()).decode()
     return {
         "Name": name,
@@ -334,9 +373,11 @@ def athena_view_input(name: str, database: str, sql: str, columns: list[tuple[st
 def _same(existing: dict, wanted: dict) -> bool:
     """Only what this module sets: Glue fills in defaults on read."""
     plain = ("TableType", "PartitionKeys", "ViewOriginalText", "ViewExpandedText")
-    return (all(existing.get(key) == wanted.get(key) for key in plain)
-            and all(existing.get("Parameters", {}).get(k) == v for k, v in wanted["Parameters"].items())
-            and existing.get("StorageDescriptor", {}).get("Columns") == wanted["StorageDescriptor"]["Columns"])
+    return (
+        all(existing.get(key) == wanted.get(key) for key in plain)
+        and all(existing.get("Parameters", {}).get(k) == v for k, v in wanted["Parameters"].items())
+        and existing.get("StorageDescriptor", {}).get("Columns") == wanted["StorageDescriptor"]["Columns"]
+    )
 
 
 def _put_table(glue, database: str, wanted: dict) -> str:
@@ -368,28 +409,38 @@ def register_glue(glue, connection: duckdb.DuckDBPyConnection, databases: Databa
     _ensure_database(glue, databases.staging, "synthea-pipeline: committed staging rows (views)")
     _ensure_database(glue, databases.marts, "synthea-pipeline: the committed marts build and BI views (views)")
     sql = {(d, v): s for (d, v), s in _view_sql(connection, databases).items()}
-    return {f"{database}.{view}": _put_table(glue, database, athena_view_input(
-        view, database, sql[(database, view)], view_columns(connection, database, view)))
-        for database, view in defined_views(connection, databases)}
+    return {
+        f"{database}.{view}": _put_table(
+            glue,
+            database,
+            athena_view_input(view, database, sql[(database, view)], view_columns(connection, database, view)),
+        )
+        for database, view in defined_views(connection, databases)
+    }
 
 
 def _view_sql(connection: duckdb.DuckDBPyConnection, databases: Databases) -> dict[tuple[str, str], str]:
     mart_columns = {}
-    for (database, view) in defined_views(connection, databases):
+    for database, view in defined_views(connection, databases):
         if database == databases.marts and view in MARTS:
-            mart_columns[view] = [row[0] for row in connection.execute(
-                f"DESCRIBE {databases.marts_iceberg}.{view}").fetchall()]
+            mart_columns[view] = [
+                row[0] for row in connection.execute(f"DESCRIBE {databases.marts_iceberg}.{view}").fetchall()
+            ]
     identifiers = connection.execute(f"SELECT includes_identifiers FROM {databases.marts}.current_build").fetchall()
     return catalog_views(databases, mart_columns, bool(identifiers and identifiers[0][0]))
 
 
-def as_of_query(sql: str, databases: Databases, as_of: dt.datetime, mart_columns: dict[str, list[str]],
-                includes_identifiers: bool) -> str:
+def as_of_query(
+    sql: str, databases: Databases, as_of: dt.datetime, mart_columns: dict[str, list[str]], includes_identifiers: bool
+) -> str:
     """The user's Athena query over the marts and BI views as they were at `as_of`: each mart and BI view
     becomes a CTE reading the Iceberg tables `FOR TIMESTAMP AS OF`, and references to them point there."""
     moment = as_of.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
-    views = {view: text for (database, view), text in catalog_views(databases, mart_columns, includes_identifiers)
-             .items() if database == databases.marts}
+    views = {
+        view: text
+        for (database, view), text in catalog_views(databases, mart_columns, includes_identifiers).items()
+        if database == databases.marts
+    }
 
     def pinned(text: str) -> exp.Expression:
         tree = sqlglot.parse_one(text, read=SOURCE_DIALECT)
@@ -397,20 +448,39 @@ def as_of_query(sql: str, databases: Databases, as_of: dt.datetime, mart_columns
             if table.db == databases.marts and table.name in views:
                 table.set("db", None)
             elif table.db == databases.marts_iceberg:
-                table.set("version", exp.Version(this="TIMESTAMP", kind="AS OF", expression=exp.cast(
-                    exp.Literal.string(moment), exp.DataType.build("TIMESTAMP WITH TIME ZONE", dialect=SOURCE_DIALECT))))
+                table.set(
+                    "version",
+                    exp.Version(
+                        this="TIMESTAMP",
+                        kind="AS OF",
+                        expression=exp.cast(
+                            exp.Literal.string(moment),
+                            exp.DataType.build("TIMESTAMP WITH TIME ZONE", dialect=SOURCE_DIALECT),
+                        ),
+                    ),
+                )
         return tree
 
     query = pinned(sql)
-    ctes = [exp.CTE(this=pinned(views[name]), alias=exp.TableAlias(this=exp.to_identifier(name)))
-            for name in ("current_build", *MARTS, *BI_VIEWS) if name in views]
+    ctes = [
+        exp.CTE(this=pinned(views[name]), alias=exp.TableAlias(this=exp.to_identifier(name)))
+        for name in ("current_build", *MARTS, *BI_VIEWS)
+        if name in views
+    ]
     existing = query.args.get("with_")
     query.set("with_", exp.With(expressions=ctes + (existing.expressions if existing else [])))
     return query.sql(dialect=SOURCE_DIALECT)
 
 
-def athena_query(athena, sql: str, database: str, workgroup: str, output: str | None, timeout_seconds: float,
-                 poll_seconds: float = 1.0) -> tuple[list[str], list[list]]:
+def athena_query(
+    athena,
+    sql: str,
+    database: str,
+    workgroup: str,
+    output: str | None,
+    timeout_seconds: float,
+    poll_seconds: float = 1.0,
+) -> tuple[list[str], list[list]]:
     """Run one statement on Athena and return its column names and rows (values as Athena returns them, text).
     A query still running after `timeout_seconds` is cancelled (TimeoutError)."""
     import time
@@ -426,8 +496,9 @@ def athena_query(athena, sql: str, database: str, workgroup: str, output: str | 
             break
         if time.monotonic() > deadline:
             athena.stop_query_execution(QueryExecutionId=query_id)
-            raise TimeoutError(f"Athena query {query_id} still {status['State']} after {timeout_seconds:.0f} s: "
-                               "cancelled")
+            raise TimeoutError(
+                f"Athena query {query_id} still {status['State']} after {timeout_seconds:.0f} s: cancelled"
+            )
         time.sleep(poll_seconds)
     if status["State"] != "SUCCEEDED":
         raise RuntimeError(f"Athena query {query_id} {status['State']}: {status.get('StateChangeReason', '')}")

@@ -21,18 +21,24 @@ def _money(value) -> str:
 
 
 def _svg(title: str, height: int, body: list[str]) -> str:
-    return (f'<svg class="chart" role="img" aria-label="{_esc(title)}" viewBox="0 0 {WIDTH} {height}" '
-            f'width="100%" xmlns="http://www.w3.org/2000/svg">' + "".join(body) + "</svg>")
+    return (
+        f'<svg class="chart" role="img" aria-label="{_esc(title)}" viewBox="0 0 {WIDTH} {height}" '
+        f'width="100%" xmlns="http://www.w3.org/2000/svg">' + "".join(body) + "</svg>"
+    )
 
 
 def _bar(x: float, y: float, width: float, height: float, color: str, label: str, value) -> str:
-    return (f'<rect class="mark" data-value="{_esc(value)}" x="{x:.1f}" y="{y:.1f}" width="{max(width, 0.5):.1f}" '
-            f'height="{height:.1f}" fill="{color}"><title>{_esc(label)}</title></rect>')
+    return (
+        f'<rect class="mark" data-value="{_esc(value)}" x="{x:.1f}" y="{y:.1f}" width="{max(width, 0.5):.1f}" '
+        f'height="{height:.1f}" fill="{color}"><title>{_esc(label)}</title></rect>'
+    )
 
 
 def _text(x: float, y: float, text, anchor: str = "start", size: int = 11, cls: str = "") -> str:
-    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"'
-            f'{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{_esc(text)}</text>')
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"'
+        f"{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{_esc(text)}</text>"
+    )
 
 
 def population_pyramid(demographics: list[dict]) -> str:
@@ -41,7 +47,8 @@ def population_pyramid(demographics: list[dict]) -> str:
     for row in demographics:
         counts[(row["age_band"], row["gender"])] += int(row["patients"])
     bands = [b for b in AGE_BAND_ORDER if any(k[0] == b for k in counts)] + sorted(
-        {k[0] for k in counts} - set(AGE_BAND_ORDER), key=str)
+        {k[0] for k in counts} - set(AGE_BAND_ORDER), key=str
+    )
     peak = max(counts.values(), default=1)
     row_height, top, middle, half = 26, 30, WIDTH / 2, WIDTH / 2 - 70
     body = [_text(middle - 40, 18, "Men", "end", 12, "legend"), _text(middle + 40, 18, "Women", "start", 12, "legend")]
@@ -71,19 +78,26 @@ def encounter_trends(trends: list[dict], classes: int = 6, max_points: int = 120
     months = sorted({m for c in ranked for m in by_class[c]})
     height, left, right, top, bottom = 300, 50, WIDTH - 130, 20, 260
     peak = max((v for c in ranked for v in by_class[c].values()), default=1)
-    body = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/>',
-            _text(left - 6, top + 4, peak, "end", 10), _text(left - 6, bottom, 0, "end", 10)]
+    body = [
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/>',
+        _text(left - 6, top + 4, peak, "end", 10),
+        _text(left - 6, bottom, 0, "end", 10),
+    ]
     if months:
         body += [_text(left, bottom + 16, months[0], "start", 10), _text(right, bottom + 16, months[-1], "end", 10)]
     span = max(len(months) - 1, 1)
     position = {m: left + (right - left) * i / span for i, m in enumerate(months)}
     for index, encounter_class in enumerate(ranked):
         color = COLORS[index % len(COLORS)]
-        points = " ".join(f"{position[m]:.1f},{bottom - (bottom - top) * by_class[encounter_class].get(m, 0) / peak:.1f}"
-                          for m in months)
+        points = " ".join(
+            f"{position[m]:.1f},{bottom - (bottom - top) * by_class[encounter_class].get(m, 0) / peak:.1f}"
+            for m in months
+        )
         total = sum(by_class[encounter_class].values())
-        body.append(f'<polyline class="mark" data-value="{total}" fill="none" stroke="{color}" stroke-width="1.5" '
-                    f'points="{points}"><title>{_esc(encounter_class)}: {total} encounters</title></polyline>')
+        body.append(
+            f'<polyline class="mark" data-value="{total}" fill="none" stroke="{color}" stroke-width="1.5" '
+            f'points="{points}"><title>{_esc(encounter_class)}: {total} encounters</title></polyline>'
+        )
         if len(months) == 1:
             x, y = points.split(",")
             body.append(f'<circle cx="{x}" cy="{y}" r="4" fill="{color}"/>')
@@ -102,11 +116,14 @@ def _horizontal_bars(title: str, rows: list[tuple[str, float, float | None]], va
         y = top + index * row_height
         short = label if len(label) <= 48 else label[:46] + "..."
         body.append(_text(label_width - 8, y + row_height / 2 + 1, short, "end"))
-        body.append(_bar(label_width, y + 3, value * scale, row_height - 8, colors[0], f"{label}: {value_label(value)}",
-                         value))
+        body.append(
+            _bar(label_width, y + 3, value * scale, row_height - 8, colors[0], f"{label}: {value_label(value)}", value)
+        )
         if inner is not None:
-            body.append(f'<rect x="{label_width}" y="{y + 3:.1f}" width="{max(inner * scale, 0):.1f}" '
-                        f'height="{row_height - 8}" fill="{colors[3]}"><title>covered: {value_label(inner)}</title></rect>')
+            body.append(
+                f'<rect x="{label_width}" y="{y + 3:.1f}" width="{max(inner * scale, 0):.1f}" '
+                f'height="{row_height - 8}" fill="{colors[3]}"><title>covered: {value_label(inner)}</title></rect>'
+            )
         body.append(_text(label_width + value * scale + 6, y + row_height / 2 + 1, value_label(value), "start", 10))
     return _svg(title, top + len(rows) * row_height + 10, body)
 
@@ -118,16 +135,25 @@ def top_diagnoses(breakdown: list[dict], top: int = 12) -> str:
         patients[code] += int(row["patients"])
         names[code], ranks[code] = row["condition_description"] or code, int(row["condition_rank"])
     ordered = sorted(patients, key=lambda c: ranks[c])[:top]
-    return _horizontal_bars("Top diagnoses", [(names[c], patients[c], None) for c in ordered],
-                            lambda v: f"{int(v)} patients")
+    return _horizontal_bars(
+        "Top diagnoses", [(names[c], patients[c], None) for c in ordered], lambda v: f"{int(v)} patients"
+    )
 
 
 def medication_costs(insights: list[dict], top: int = 12) -> str:
     ordered = sorted(insights, key=lambda r: int(r["cost_rank"]))[:top]
-    return _horizontal_bars("Medication costs", [
-        (row["medication_description"] or row["medication_code"], float(row["total_cost"] or 0),
-         float(row["payer_coverage"] or 0))
-        for row in ordered], _money)
+    return _horizontal_bars(
+        "Medication costs",
+        [
+            (
+                row["medication_description"] or row["medication_code"],
+                float(row["total_cost"] or 0),
+                float(row["payer_coverage"] or 0),
+            )
+            for row in ordered
+        ],
+        _money,
+    )
 
 
 PAGE_SCRIPT = """
@@ -159,7 +185,8 @@ header h1 { margin: 0 0 4px; font-size: 22px; } header p { margin: 0; opacity: .
 .kpi b { display: block; font-size: 22px; } .kpi span { font-size: 12px; color: #666; }
 main { display: grid; grid-template-columns: repeat(auto-fit, minmax(640px, 1fr)); gap: 18px; padding: 18px 28px; }
 section.chart-card { background: #fff; border-radius: 8px; padding: 14px 18px; box-shadow: 0 1px 3px rgba(0,0,0,.1); }
-section.chart-card h2 { font-size: 15px; margin: 0 0 2px; } section.chart-card p { font-size: 12px; color: #666; margin: 0 0 8px; }
+section.chart-card h2 { font-size: 15px; margin: 0 0 2px; }
+section.chart-card p { font-size: 12px; color: #666; margin: 0 0 8px; }
 text { fill: #333; } footer { padding: 0 28px 24px; font-size: 12px; color: #777; }
 """
 
@@ -170,8 +197,13 @@ def headline_figures(views: dict[str, list[dict]], uploads: list[str]) -> list[t
     encounters = sum(int(r["encounters"]) for r in views["bi_encounter_trends"])
     claims = sum(float(r["total_claim_cost"] or 0) for r in views["bi_encounter_trends"])
     medication = sum(float(r["total_cost"] or 0) for r in views["bi_medication_insights"])
-    return [("patients", f"{patients:,}"), ("encounters", f"{encounters:,}"), ("claim costs", _money(claims)),
-            ("medication costs", _money(medication)), ("uploads", str(len(uploads)))]
+    return [
+        ("patients", f"{patients:,}"),
+        ("encounters", f"{encounters:,}"),
+        ("claim costs", _money(claims)),
+        ("medication costs", _money(medication)),
+        ("uploads", str(len(uploads))),
+    ]
 
 
 def render_dashboard(views: dict[str, list[dict]], lake_root: str, uploads: list[str]) -> str:
@@ -179,28 +211,51 @@ def render_dashboard(views: dict[str, list[dict]], lake_root: str, uploads: list
     demographics = views["bi_demographics"]
     cards = [
         ("Population pyramid", "Patients by age band and gender (bi_demographics).", population_pyramid(demographics)),
-        ("Encounters over time", ("Encounters per month (per year over long histories) for the busiest encounter "
-                                  "classes (bi_encounter_trends)."),
-         encounter_trends(views["bi_encounter_trends"])),
-        ("Top diagnoses", "Conditions by number of patients diagnosed (bi_diagnosis_breakdown).",
-         top_diagnoses(views["bi_diagnosis_breakdown"])),
-        ("Medication costs", ("Total cost per medication; the darker part is what payers covered "
-                              "(bi_medication_insights)."), medication_costs(views["bi_medication_insights"])),
+        (
+            "Encounters over time",
+            (
+                "Encounters per month (per year over long histories) for the busiest encounter "
+                "classes (bi_encounter_trends)."
+            ),
+            encounter_trends(views["bi_encounter_trends"]),
+        ),
+        (
+            "Top diagnoses",
+            "Conditions by number of patients diagnosed (bi_diagnosis_breakdown).",
+            top_diagnoses(views["bi_diagnosis_breakdown"]),
+        ),
+        (
+            "Medication costs",
+            ("Total cost per medication; the darker part is what payers covered (bi_medication_insights)."),
+            medication_costs(views["bi_medication_insights"]),
+        ),
     ]
     kpis = headline_figures(views, uploads)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>Synthea population dashboard</title>", f"<style>{STYLE}</style>",
-        f"<script>{PAGE_SCRIPT}</script></head><body>",
-        (f"<header><h1>Synthea population dashboard</h1><p>Lake {_esc(lake_root)} · {len(uploads)} uploads, "
-         f"latest {_esc(', '.join(uploads[-3:]))} · generated {generated}</p></header>"),
-        '<div class="kpis">' + "".join(f'<div class="kpi"><b>{v}</b><span>{_esc(k)}</span></div>' for k, v in kpis)
-        + "</div>",
-        "<main>" + "".join(f'<section class="chart-card"><h2>{_esc(t)}</h2><p>{_esc(d)}</p>{svg}</section>'
-                           for t, d, svg in cards) + "</main>",
-        ("<footer>Synthetic data generated by Synthea. Built by synthea-pipeline from the marts; the same views "
-         "are in the catalog for Athena, Power BI and QuickSight.</footer>"),
-        "</body></html>",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            "<title>Synthea population dashboard</title>",
+            f"<style>{STYLE}</style>",
+            f"<script>{PAGE_SCRIPT}</script></head><body>",
+            (
+                f"<header><h1>Synthea population dashboard</h1><p>Lake {_esc(lake_root)} · {len(uploads)} uploads, "
+                f"latest {_esc(', '.join(uploads[-3:]))} · generated {generated}</p></header>"
+            ),
+            '<div class="kpis">'
+            + "".join(f'<div class="kpi"><b>{v}</b><span>{_esc(k)}</span></div>' for k, v in kpis)
+            + "</div>",
+            "<main>"
+            + "".join(
+                f'<section class="chart-card"><h2>{_esc(t)}</h2><p>{_esc(d)}</p>{svg}</section>' for t, d, svg in cards
+            )
+            + "</main>",
+            (
+                "<footer>Synthetic data generated by Synthea. Built by synthea-pipeline from the marts; the same views "
+                "are in the catalog for Athena, Power BI and QuickSight.</footer>"
+            ),
+            "</body></html>",
+        ]
+    )

@@ -18,7 +18,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from synthea_pipeline.tables import TABLES
-from synthea_pipeline.transforms.iceberg import STAGING_LAYER, IcebergLake, UploadLog, quoted
+from synthea_pipeline.transforms.iceberg import STAGING_LAYER, IcebergTables, UploadLog
+from synthea_pipeline.transforms.sql import literal
 
 TRUNCATED_LINE = "truncated last line"
 """The raw pass's reason for a last line without its line break: the file was cut."""
@@ -51,40 +52,56 @@ class HistoryChange:
         upload's missing tables are warnings, not losses)."""
         if not self.superseded and not self.previous_load_rows:
             return []
-        found = [f"{table}.csv is absent (its previous load had {rows:,} rows)"
-                 for table, rows in self.previous_load_rows.items() if rows and table not in present]
+        found = [
+            f"{table}.csv is absent (its previous load had {rows:,} rows)"
+            for table, rows in self.previous_load_rows.items()
+            if rows and table not in present
+        ]
         for entry in self.superseded:
-            whose = ("its previous load" if entry.upload_id == self.upload_id else f"upload {entry.upload_id}")
+            whose = "its previous load" if entry.upload_id == self.upload_id else f"upload {entry.upload_id}"
             for table, (before, after) in entry.rows.items():
                 if entry.upload_id != self.upload_id and before and table not in present:
-                    found.append(f"{table}.csv is absent ({whose} had {before:,} rows for the {entry.patients:,} "
-                                 "patients this upload takes over)")
+                    found.append(
+                        f"{table}.csv is absent ({whose} had {before:,} rows for the {entry.patients:,} "
+                        "patients this upload takes over)"
+                    )
                 elif before and after < before * (1 - shrink_limit_percent / 100):
-                    found.append(f"{table}: {before:,} -> {after:,} rows ({(after - before) / before:+.0%}) for the "
-                                 f"{entry.patients:,} patients of {whose}, more than the {shrink_limit_percent:g}% "
-                                 "allowed")
+                    found.append(
+                        f"{table}: {before:,} -> {after:,} rows ({(after - before) / before:+.0%}) for the "
+                        f"{entry.patients:,} patients of {whose}, more than the {shrink_limit_percent:g}% "
+                        "allowed"
+                    )
         found += [f"the last line of {file} is cut (the file was truncated)" for file in truncated]
         return found
 
     def as_metadata(self) -> dict:
-        return {entry.upload_id: {"patients": entry.patients, "moved_to": entry.moved_to,
-                                  "rows": {t: {"before": b, "after": a} for t, (b, a) in entry.rows.items()}}
-                for entry in self.superseded}
+        return {
+            entry.upload_id: {
+                "patients": entry.patients,
+                "moved_to": entry.moved_to,
+                "rows": {t: {"before": b, "after": a} for t, (b, a) in entry.rows.items()},
+            }
+            for entry in self.superseded
+        }
 
     def describe(self) -> list[str]:
         """One line per superseded upload: patients moved and rows of their history removed or added."""
         lines = []
         for entry in self.superseded:
-            whose = (f"its previous load ({entry.patients:,} patients)" if entry.upload_id == self.upload_id
-                     else f"upload {entry.upload_id} ({entry.patients:,} patients moved)")
-            changes = [f"{table} {after - before:+,}" for table, (before, after) in entry.rows.items()
-                       if before != after]
+            whose = (
+                f"its previous load ({entry.patients:,} patients)"
+                if entry.upload_id == self.upload_id
+                else f"upload {entry.upload_id} ({entry.patients:,} patients moved)"
+            )
+            changes = [
+                f"{table} {after - before:+,}" for table, (before, after) in entry.rows.items() if before != after
+            ]
             lines.append(f"supersedes {whose}: " + (", ".join(changes) or "no rows removed or added"))
         return lines
 
 
 def _partitions(loads: set[tuple[str, str]]) -> str:
-    return " OR ".join(f"(upload_id = {quoted(u)} AND load_id = {quoted(load)})" for u, load in sorted(loads))
+    return " OR ".join(f"(upload_id = {literal(u)} AND load_id = {literal(load)})" for u, load in sorted(loads))
 
 
 def _owner(holders: dict[str, set[str]], loads: dict[str, str], rank: dict[str, int]) -> dict[str, str]:
@@ -97,7 +114,7 @@ def _owner(holders: dict[str, set[str]], loads: dict[str, str], rank: dict[str, 
     return owners
 
 
-def compare(spark: SparkSession, lake: IcebergLake, log: UploadLog, upload_id: str, load_id: str) -> HistoryChange:
+def compare(spark: SparkSession, lake: IcebergTables, log: UploadLog, upload_id: str, load_id: str) -> HistoryChange:
     """What committing `load_id` of `upload_id` would supersede, from the uploads log as it is before the commit.
     A first upload whose patients no other upload holds costs one read of the patients' ids; an empty lake none."""
     current = log.current()
@@ -125,23 +142,34 @@ def compare(spark: SparkSession, lake: IcebergLake, log: UploadLog, upload_id: s
     others = {u: u for u in before if u != upload_id}
     owner_before = _owner(holders, {**others, **({"previous": upload_id} if upload_id in before else {})}, rank)
     owner_after = _owner(holders, {**others, "new": upload_id}, rank)
-    moves = [(patient, was, owner_after.get(patient)) for patient, was in owner_before.items()
-             if was == "previous" or owner_after.get(patient) != was]
+    moves = [
+        (patient, was, owner_after.get(patient))
+        for patient, was in owner_before.items()
+        if was == "previous" or owner_after.get(patient) != was
+    ]
     if not moves:
         return change
     load_of = {**before, "previous": before.get(upload_id), "new": load_id}
     upload_of = {**{u: u for u in before}, "previous": upload_id, "new": upload_id}
     owners = spark.createDataFrame(
-        [(patient, upload_of[was], load_of[was], upload_of[now] if now else None, load_of[now] if now else None)
-         for patient, was, now in moves],
-        "patient string, was_upload string, was_load string, now_upload string, now_load string")
+        [
+            (patient, upload_of[was], load_of[was], upload_of[now] if now else None, load_of[now] if now else None)
+            for patient, was, now in moves
+        ],
+        "patient string, was_upload string, was_load string, now_upload string, now_load string",
+    )
     needed = {(upload_of[w], load_of[w]) for _, w, _ in moves} | {(upload_of[n], load_of[n]) for _, _, n in moves if n}
     counts = _history_rows(spark, lake, needed).join(F.broadcast(owners), "patient")
     is_before = (F.col("upload_id") == F.col("was_upload")) & (F.col("load_id") == F.col("was_load"))
     is_after = (F.col("upload_id") == F.col("now_upload")) & (F.col("load_id") == F.col("now_load"))
-    totals = counts.groupBy("table_name", "was_upload").agg(
-        F.sum(F.when(is_before, F.col("rows")).otherwise(0)).alias("before"),
-        F.sum(F.when(is_after, F.col("rows")).otherwise(0)).alias("after")).collect()
+    totals = (
+        counts.groupBy("table_name", "was_upload")
+        .agg(
+            F.sum(F.when(is_before, F.col("rows")).otherwise(0)).alias("before"),
+            F.sum(F.when(is_after, F.col("rows")).otherwise(0)).alias("after"),
+        )
+        .collect()
+    )
     rows: dict[str, dict[str, tuple[int, int]]] = {}
     for row in totals:
         rows.setdefault(row["was_upload"], {})[row["table_name"]] = (int(row["before"]), int(row["after"]))
@@ -159,26 +187,38 @@ def compare(spark: SparkSession, lake: IcebergLake, log: UploadLog, upload_id: s
     return change
 
 
-def _history_rows(spark: SparkSession, lake: IcebergLake, loads: set[tuple[str, str]]) -> DataFrame:
+def _history_rows(spark: SparkSession, lake: IcebergTables, loads: set[tuple[str, str]]) -> DataFrame:
     """Rows per (table, patient, upload, load) of every patient-scoped staging table, in the given loads."""
     frames = []
     for table in TABLES.values():
         identifier = lake.open(spark, STAGING_LAYER, table.name)
         if identifier and table.patient_column and table.name != "patients":
-            frames.append(spark.table(identifier).where(_partitions(loads)).groupBy(
-                F.col(table.patient_column).alias("patient"), "upload_id", "load_id").count()
-                .select(F.lit(table.name).alias("table_name"), "patient", "upload_id", "load_id",
-                        F.col("count").alias("rows")))
+            frames.append(
+                spark.table(identifier)
+                .where(_partitions(loads))
+                .groupBy(F.col(table.patient_column).alias("patient"), "upload_id", "load_id")
+                .count()
+                .select(
+                    F.lit(table.name).alias("table_name"),
+                    "patient",
+                    "upload_id",
+                    "load_id",
+                    F.col("count").alias("rows"),
+                )
+            )
     return reduce(lambda left, right: left.unionByName(right), frames)
 
 
-def _load_rows(spark: SparkSession, lake: IcebergLake, upload_id: str, load_id: str) -> dict[str, int]:
+def _load_rows(spark: SparkSession, lake: IcebergTables, upload_id: str, load_id: str) -> dict[str, int]:
     """Rows per staging table of one load."""
     frames = []
     for table in TABLES:
         identifier = lake.open(spark, STAGING_LAYER, table)
         if identifier:
-            frames.append(spark.table(identifier).where(_partitions({(upload_id, load_id)}))
-                          .select(F.lit(table).alias("table_name")))
+            frames.append(
+                spark.table(identifier)
+                .where(_partitions({(upload_id, load_id)}))
+                .select(F.lit(table).alias("table_name"))
+            )
     counts = reduce(lambda left, right: left.unionByName(right), frames).groupBy("table_name").count().collect()
     return {row["table_name"]: int(row["count"]) for row in counts}

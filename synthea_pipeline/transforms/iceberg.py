@@ -34,30 +34,57 @@ from typing import TypeVar
 from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    DataType,
+    DecimalType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StructField,
+    StructType,
+)
 
-from synthea_pipeline.transforms.lake import Lake, filesystem_for
+from synthea_pipeline.transforms.lake import Lake, aws_client, filesystem_for
 
 CATALOGS = ("path", "hadoop", "glue")
 GLUE_CATALOG = "glue"
 HADOOP_CATALOG = "lake"
 ICEBERG_DATABASE_SUFFIX = "_iceberg"
+STAGING_DATABASE, MARTS_DATABASE = "synthea_staging", "synthea_marts"
+"""The catalog databases readers query unless configured otherwise (settings `SYNTHEA_STAGING_DATABASE`,
+`SYNTHEA_MARTS_DATABASE`)."""
 STAGING_LAYER, MARTS_LAYER = "staging", "marts"
 QUARANTINE, UPLOADS, BUILDS = "quarantine", "uploads", "builds"
-UPLOADS_COLUMNS = ("upload_id string, load_id string, action string, logged_at timestamp, registered_at timestamp, "
-                   "upload_checksum string, synthea_release string, upload_token string, note string, patients bigint")
+UPLOADS_COLUMNS = (
+    "upload_id string, load_id string, action string, logged_at timestamp, registered_at timestamp, "
+    "upload_checksum string, synthea_release string, upload_token string, note string, patients bigint"
+)
 """`upload_token` names the manifest a load was made from, or the one a removal took out; `note` says why a load
 was discarded or an upload removed; `patients` is a committed load's count of staged patients."""
 BUILDS_COLUMNS = "build_id string, action string, logged_at timestamp, includes_identifiers boolean"
 MARTS_SUBJECT = "marts"
 """Builds are kept in the same shape as loads: one subject, the marts, whose versions are builds."""
-QUARANTINE_COLUMNS = ("table_name string, upload_id string, load_id string, file string, line_number bigint, "
-                      "reason string, text string")
+QUARANTINE_COLUMNS = (
+    "table_name string, upload_id string, load_id string, file string, line_number bigint, reason string, text string"
+)
 LOAD_PARTITIONING = ("upload_id", "load_id")
 BUILD_PARTITIONING = ("build_id",)
 COMMIT_ATTEMPTS = 5
 CONFLICT_MARKERS = ("conflict", "Cannot commit", "CommitFailedException", "ConcurrentModificationException")
 """How Sail, Iceberg Java and Glue word a lost optimistic commit."""
 LOCKS_FOLDER = ".locks"
+GLUE_TABLE_INPUT_KEYS = (
+    "Name",
+    "Description",
+    "Owner",
+    "Retention",
+    "StorageDescriptor",
+    "PartitionKeys",
+    "TableType",
+    "Parameters",
+)
+"""The parts of a Glue table that `UpdateTable` takes back."""
 ABANDONED_AFTER = dt.timedelta(days=1)
 """A build begun this long ago and never committed belongs to a run that died: a later build deletes its rows."""
 
@@ -65,40 +92,40 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class IcebergLake:
+class IcebergTables:
     """The lake's Iceberg tables as one Spark session sees them."""
 
     root: str
-    catalog: str = "path"
-    staging_database: str = "synthea_staging"
-    marts_database: str = "synthea_marts"
+    table_catalog: str = "path"
+    staging_database: str = STAGING_DATABASE
+    marts_database: str = MARTS_DATABASE
 
     def __post_init__(self):
-        if self.catalog not in CATALOGS:
-            raise ValueError(f"unknown Iceberg catalog {self.catalog!r}: choose one of {', '.join(CATALOGS)}")
+        if self.table_catalog not in CATALOGS:
+            raise ValueError(f"unknown Iceberg catalog {self.table_catalog!r}: choose one of {', '.join(CATALOGS)}")
 
     @property
-    def lake(self) -> Lake:
+    def layout(self) -> Lake:
         return Lake(self.root)
 
     def location(self, layer: str, table: str) -> str:
-        return self.lake.uri(layer, table)
+        return self.layout.uri(layer, table)
 
     def database(self, layer: str) -> str:
         """The Glue database that holds a layer's Iceberg tables."""
         return (self.staging_database if layer == STAGING_LAYER else self.marts_database) + ICEBERG_DATABASE_SUFFIX
 
     def identifier(self, layer: str, table: str) -> str:
-        if self.catalog == "glue":
+        if self.table_catalog == "glue":
             return f"{GLUE_CATALOG}.{self.database(layer)}.{table}"
-        if self.catalog == "hadoop":
+        if self.table_catalog == "hadoop":
             return f"{HADOOP_CATALOG}.{layer}.{table}"
         return f"{layer}__{table}"
 
     def exists(self, spark: SparkSession, layer: str, table: str) -> bool:
         """Whether the table is in the lake: path and Hadoop tables keep a version hint beside their metadata,
         Glue tables are in the catalog."""
-        if self.catalog == "glue":
+        if self.table_catalog == "glue":
             return spark.catalog.tableExists(self.identifier(layer, table))
         fs, path = filesystem_for(self.location(layer, table) + "/metadata/version-hint.text")
         return fs.get_file_info(path).type == pafs.FileType.File
@@ -107,24 +134,27 @@ class IcebergLake:
         """The identifier of an existing table in this session, None when the lake has no such table."""
         if not self.exists(spark, layer, table):
             return None
-        if self.catalog == "path":
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {self.identifier(layer, table)} USING iceberg "
-                      f"LOCATION '{self.location(layer, table)}'")
+        if self.table_catalog == "path":
+            spark.sql(
+                f"CREATE TABLE IF NOT EXISTS {self.identifier(layer, table)} USING iceberg "
+                f"LOCATION '{self.location(layer, table)}'"
+            )
         return self.identifier(layer, table)
 
-    def ensure(self, spark: SparkSession, layer: str, table: str, columns: str, partitioned_by: tuple[str, ...] = ()
-               ) -> str:
+    def ensure(
+        self, spark: SparkSession, layer: str, table: str, columns: str, partitioned_by: tuple[str, ...] = ()
+    ) -> str:
         """The table's identifier in this session, creating the table (empty) when it does not exist yet, and
-        adding the `columns` an existing table (written by an earlier version) lacks."""
+        evolving an existing table (written by an earlier contract) to the `columns` (`evolve`)."""
         identifier = self.identifier(layer, table)
         if self.open(spark, layer, table):
-            self.add_missing_columns(spark, identifier, columns)
+            self.evolve(spark, layer, table, columns)
             return identifier
         partitioning = f" PARTITIONED BY ({', '.join(partitioned_by)})" if partitioned_by else ""
-        location = "" if self.catalog == "hadoop" else f" LOCATION '{self.location(layer, table)}'"
-        if self.catalog == "glue":
+        location = "" if self.table_catalog == "hadoop" else f" LOCATION '{self.location(layer, table)}'"
+        if self.table_catalog == "glue":
             spark.sql(f"CREATE DATABASE IF NOT EXISTS {GLUE_CATALOG}.{self.database(layer)}")
-        if self.catalog == "hadoop":
+        if self.table_catalog == "hadoop":
             spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {HADOOP_CATALOG}.{layer}")
         with self.commit_lock(identifier):
             if self.open(spark, layer, table):
@@ -136,24 +166,72 @@ class IcebergLake:
                     raise
         return identifier
 
-    def add_missing_columns(self, spark: SparkSession, identifier: str, columns: str) -> list[str]:
-        """Iceberg schema evolution: adds the declared `columns` the table lacks (null in its earlier rows) in one
-        commit, and returns their names. JVM Spark alters the table; Sail, which has no `ALTER TABLE ... ADD
-        COLUMNS`, appends no rows with the declared schema, merging it into the table's."""
+    def evolve(self, spark: SparkSession, layer: str, table: str, columns: str) -> list[str]:
+        """Iceberg schema evolution, so a lake written by an earlier contract upgrades itself: adds the declared
+        `columns` the table lacks (null in its earlier rows, after the table's last column) and widens the ones
+        declared wider, in place, and returns their names. JVM Spark alters the table; Sail, which has no `ALTER
+        TABLE ... ADD COLUMNS` or `ALTER COLUMN ... TYPE`, appends no rows with the declared schema, merging it into
+        the table's; its Glue commit leaves Glue's columns as they were, so `show_columns_in_glue` updates them."""
+        identifier = self.identifier(layer, table)
         declared = spark.createDataFrame([], columns)
-        missing = [f for f in declared.schema if f.name not in spark.table(identifier).columns]
-        if not missing:
+        if not any(self.changes(spark, identifier, declared.schema)):
             return []
         with self.commit_lock(identifier):
-            missing = [f for f in missing if f.name not in spark.table(identifier).columns]
-            if not missing:
-                return []
+            missing, widened = self.changes(spark, identifier, declared.schema)
             added = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+            statements = [f"ALTER TABLE {identifier} ADD COLUMNS ({added})"] if missing else []
+            statements += [
+                f"ALTER TABLE {identifier} ALTER COLUMN `{f.name}` TYPE {f.dataType.simpleString()}" for f in widened
+            ]
             try:
-                spark.sql(f"ALTER TABLE {identifier} ADD COLUMNS ({added})")
-            except Exception:  # noqa: BLE001 - Sail: "unsupported ALTER TABLE operation"
+                spark.sql(statements[0])
+            except Exception:
                 retry(lambda: declared.writeTo(identifier).option("mergeSchema", "true").append())
-        return [f.name for f in missing]
+                if self.table_catalog == "glue":
+                    retry(lambda: self.show_columns_in_glue(spark, layer, table))
+            else:
+                for statement in statements[1:]:
+                    spark.sql(statement)
+        return [f.name for f in (*missing, *widened)]
+
+    def show_columns_in_glue(self, spark: SparkSession, layer: str, table: str) -> None:
+        """Make the Glue table's columns (what the Glue console, crawlers and Lake Formation show) the Iceberg
+        table's, as Iceberg's own Glue catalog does on every commit; the Glue table's partition keys stay."""
+        glue = aws_client("glue")
+        found = glue.get_table(DatabaseName=self.database(layer), Name=table)["Table"]
+        partition_keys = {key["Name"] for key in found.get("PartitionKeys", [])}
+        kept = {column["Name"]: column for column in found["StorageDescriptor"].get("Columns", [])}
+        columns = [
+            {**kept.get(f.name, {}), "Name": f.name, "Type": f.dataType.simpleString()}
+            for f in spark.table(self.identifier(layer, table)).schema
+            if f.name not in partition_keys
+        ]
+        table_input = {key: value for key, value in found.items() if key in GLUE_TABLE_INPUT_KEYS}
+        table_input["StorageDescriptor"] = {**found["StorageDescriptor"], "Columns": columns}
+        glue.update_table(
+            DatabaseName=self.database(layer),
+            TableInput=table_input,
+            **({"VersionId": found["VersionId"]} if found.get("VersionId") else {}),
+        )
+
+    def changes(
+        self, spark: SparkSession, identifier: str, declared: StructType
+    ) -> tuple[list[StructField], list[StructField]]:
+        """The declared columns the table lacks, and those it has in a type Iceberg widens to the declared one
+        (int to bigint, float to double, a decimal to more digits of the same scale). Raises `SchemaConflict` for
+        any other difference: Iceberg cannot narrow or convert a column in place."""
+        existing = {f.name: f.dataType for f in spark.table(identifier).schema}
+        missing = [f for f in declared if f.name not in existing]
+        changed = [f for f in declared if f.name in existing and existing[f.name] != f.dataType]
+        for column in changed:
+            if not widens(existing[column.name], column.dataType):
+                raise SchemaConflict(
+                    f"{identifier}: column {column.name} is {existing[column.name].simpleString()} in the lake but "
+                    f"{column.dataType.simpleString()} in the contract, a change Iceberg cannot make in place (only "
+                    f"int to bigint, float to double, decimal to more digits); declare the lake's type, or move the "
+                    f"table's folder aside and reprocess its uploads"
+                )
+        return missing, changed
 
     def append(self, frame: DataFrame, identifier: str) -> None:
         """Append rows in one Iceberg commit, retried when another writer committed first."""
@@ -169,9 +247,9 @@ class IcebergLake:
         """Serializes the commits to one table of a local lake across threads and processes. Path-based
         Iceberg commits are not atomic across processes: two Sail processes appending ten rows each to one
         table here kept 19. Sail and JVM Spark share the lock of a table (named `<layer>.<table>`), an expiry of
-        its snapshots (`upkeep`) takes it too. The lock is a `flock`, released by the kernel when its holder dies. On S3 the Glue
-        Data Catalog's optimistic concurrency does this job (`retry`)."""
-        if self.root.startswith("s3://"):
+        its snapshots (`upkeep`) takes it too. The lock is a `flock`, released by the kernel when its holder dies.
+        On S3 the Glue Data Catalog's optimistic concurrency does this job (`retry`)."""
+        if self.layout.on_s3:
             yield
             return
         folder = os.path.join(self.root, LOCKS_FOLDER)
@@ -183,6 +261,17 @@ class IcebergLake:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class SchemaConflict(Exception):
+    """A table's column has a type the contract cannot reach by Iceberg's in-place widening."""
+
+
+def widens(old: DataType, new: DataType) -> bool:
+    """Whether Iceberg's schema evolution turns a column of type `old` into one of type `new` in place."""
+    if isinstance(old, DecimalType) and isinstance(new, DecimalType):
+        return old.scale == new.scale and old.precision < new.precision
+    return (type(old), type(new)) in {(IntegerType, LongType), (FloatType, DoubleType)}
 
 
 def retry(commit: Callable[[], T]) -> T:
@@ -197,10 +286,6 @@ def retry(commit: Callable[[], T]) -> T:
                 raise
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")
-
-
-def quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def now() -> dt.datetime:
@@ -280,47 +365,73 @@ class UploadLog:
             committed = {r.load_id for r in records if r.action == "committed"}
             begun = {r.load_id: r.logged_at for r in records if r.action == "begun"}
             candidates = dict.fromkeys([*begun, *committed])
-            stale += [(upload, load) for load in candidates if load not in keep and load not in discarded
-                      and (load in committed or begun[load] < abandoned_before)]
+            stale += [
+                (upload, load)
+                for load in candidates
+                if load not in keep and load not in discarded and (load in committed or begun[load] < abandoned_before)
+            ]
         return stale
 
 
 class CommitLog:
     """Reads and appends the staging and marts commit logs of one lake through one Spark session."""
 
-    def __init__(self, spark: SparkSession, lake: IcebergLake):
+    def __init__(self, spark: SparkSession, lake: IcebergTables):
         self.spark = spark
-        self.lake = lake
+        self.tables = lake
 
     def uploads_table(self) -> str:
-        return self.lake.ensure(self.spark, STAGING_LAYER, UPLOADS, UPLOADS_COLUMNS)
+        return self.tables.ensure(self.spark, STAGING_LAYER, UPLOADS, UPLOADS_COLUMNS)
 
     def builds_table(self) -> str:
-        return self.lake.ensure(self.spark, MARTS_LAYER, BUILDS, BUILDS_COLUMNS)
+        return self.tables.ensure(self.spark, MARTS_LAYER, BUILDS, BUILDS_COLUMNS)
 
     def uploads(self) -> UploadLog:
         rows = self.spark.table(self.uploads_table()).collect()
-        return UploadLog([LoadRecord(**{**row.asDict(), "logged_at": utc(row["logged_at"]),
-                                        "registered_at": utc(row["registered_at"])}) for row in rows])
+        return UploadLog(
+            [
+                LoadRecord(
+                    **{**row.asDict(), "logged_at": utc(row["logged_at"]), "registered_at": utc(row["registered_at"])}
+                )
+                for row in rows
+            ]
+        )
 
     def record(self, record: LoadRecord) -> None:
         frame = self.spark.createDataFrame([record.__dict__], UPLOADS_COLUMNS)
-        self.lake.append(frame, self.uploads_table())
+        self.tables.append(frame, self.uploads_table())
 
     def builds(self) -> UploadLog:
         """The builds log in the shape of the uploads log: one subject (`marts`) whose loads are builds."""
         rows = self.spark.table(self.builds_table()).collect()
-        return UploadLog([LoadRecord(MARTS_SUBJECT, r["build_id"], r["action"], utc(r["logged_at"]), utc(r["logged_at"]))
-                          for r in rows])
+        return UploadLog(
+            [
+                LoadRecord(MARTS_SUBJECT, r["build_id"], r["action"], utc(r["logged_at"]), utc(r["logged_at"]))
+                for r in rows
+            ]
+        )
 
     def identifiers_included(self) -> bool:
         """Whether the committed build of the marts includes direct identifiers (False before the first)."""
-        rows = (self.spark.table(self.builds_table()).where("action = 'committed'")
-                .orderBy(F.col("logged_at").desc()).limit(1).collect())
+        rows = (
+            self.spark.table(self.builds_table())
+            .where("action = 'committed'")
+            .orderBy(F.col("logged_at").desc())
+            .limit(1)
+            .collect()
+        )
         return bool(rows and rows[0]["includes_identifiers"])
 
     def record_build(self, build_id: str, action: str, includes_identifiers: bool) -> None:
         frame = self.spark.createDataFrame(
-            [{"build_id": build_id, "action": action, "logged_at": now(), "includes_identifiers": includes_identifiers}],
-            BUILDS_COLUMNS)
-        self.lake.append(frame, self.builds_table())
+            [
+                {
+                    "build_id": build_id,
+                    "action": action,
+                    "logged_at": now(),
+                    "includes_identifiers": includes_identifiers,
+                }
+            ],
+            BUILDS_COLUMNS,
+        )
+        self.tables.append(frame, self.builds_table())

@@ -75,9 +75,26 @@ class Lake:
 
     root: str
 
+    @classmethod
+    def at(cls, root: str) -> Lake:
+        """The lake at a root as a user gives it: `s3://bucket/prefix`, or a folder (made absolute)."""
+        lake = cls(root)
+        return lake if lake.on_s3 else cls(os.path.abspath(root))
+
     @property
     def on_s3(self) -> bool:
+        """The one place that tells a lake on S3 from a local folder: everything else asks the lake."""
         return self.root.startswith("s3://")
+
+    @property
+    def bucket(self) -> str:
+        """The bucket of a lake on S3."""
+        return self.root[len("s3://") :].split("/", 1)[0]
+
+    def table_catalog(self, local: str) -> str:
+        """How Spark names the lake's Iceberg tables (`transforms.iceberg.CATALOGS`): through the Glue Data Catalog
+        for a lake on S3, else `local`, the engine's own way."""
+        return "glue" if self.on_s3 else local
 
     def uri(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])

@@ -19,15 +19,24 @@ from synthea_pipeline.tables import (
     may_omit_empty_files,
     release_note,
 )
+from synthea_pipeline.transforms.checks import (
+    EXPORT_COMPLETE,
+    HISTORY_PRESERVED,
+    RAW_QUARANTINE,
+    STAGING_QUARANTINE,
+    UPLOAD_CHECK_TABLE,
+)
 from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT, TRUNCATED_LINE, HistoryChange, compare
 from synthea_pipeline.transforms.iceberg import (
     ABANDONED_AFTER,
     LOAD_PARTITIONING,
+    MARTS_DATABASE,
     QUARANTINE,
     QUARANTINE_COLUMNS,
+    STAGING_DATABASE,
     STAGING_LAYER,
     CommitLog,
-    IcebergLake,
+    IcebergTables,
     LoadRecord,
     now,
 )
@@ -49,7 +58,13 @@ from synthea_pipeline.transforms.raw import (
     plan_table,
     write_raw,
 )
-from synthea_pipeline.transforms.staging import discard_load, discard_stale_loads, stage_table, staging_checks
+from synthea_pipeline.transforms.staging import (
+    discard_load,
+    discard_stale_loads,
+    stage_table,
+    staging_checks,
+    staging_columns,
+)
 
 PARALLEL_TABLES = 2
 PATH_KEYS = {"location"}
@@ -132,38 +147,34 @@ def external_metadata(metadata: dict) -> dict:
     return typed
 
 
-STAGING_ROW_KEY = {"name": "row_key", "type": "string", "description": "Key: MD5 of the row's normalized values.",
-                   "constraints": {"nullable": False}}
-"""The key the staging layer adds to tables without a natural key."""
-STAGING_LOAD_COLUMNS = (
-    {"name": "upload_id", "type": "string", "description": "The upload this row came from.",
-     "constraints": {"nullable": False}},
-    {"name": "load_id", "type": "string",
-     "description": "The staging run that wrote this row; readers take only the committed load of each upload.",
-     "constraints": {"nullable": False}},
-)
-"""The columns the staging layer adds to every table (see `staging.staging_schema`)."""
-
-
 def table_schema(table: Table) -> dict:
-    """A staging table's columns as a Pipes `table_schema` value: the contract's, then those staging adds."""
-    columns = [
-        {"name": c.name, "type": c.spark_type, "description": c.description,
-         "constraints": {"nullable": not c.required}}
-        for c in table.columns
-    ]
-    if not table.has_natural_key:
-        columns.append(STAGING_ROW_KEY)
-    return {"columns": [*columns, *STAGING_LOAD_COLUMNS]}
+    """A staging table's columns as a Pipes `table_schema` value."""
+    return {
+        "columns": [
+            {
+                "name": c.name,
+                "type": c.spark_type,
+                "description": c.description,
+                "constraints": {"nullable": c.nullable},
+            }
+            for c in staging_columns(table)
+        ]
+    }
 
 
 def mart_schema(mart: Mart) -> dict:
     """A mart's declared columns as a Pipes `table_schema` value, known before the mart is first built."""
-    return {"columns": [
-        {"name": c.name, "type": c.type, "description": c.description,
-         **({"constraints": {"nullable": False}} if c.name == mart.key else {})}
-        for c in mart.columns
-    ]}
+    return {
+        "columns": [
+            {
+                "name": c.name,
+                "type": c.type,
+                "description": c.description,
+                **({"constraints": {"nullable": False}} if c.name == mart.key else {}),
+            }
+            for c in mart.columns
+        ]
+    }
 
 
 def written_columns(spark: SparkSession, table: str) -> list[tuple[str, str]]:
@@ -176,12 +187,17 @@ def schema_differences(mart: Mart, written: list[tuple[str, str]]) -> list[str]:
     declared = {c.name: c.type for c in mart.columns}
     actual = dict(written)
     differences = [
-        f"{mart.name}.{name} is {actual[name]} in the written table but declared {kind}" if name in actual
+        f"{mart.name}.{name} is {actual[name]} in the written table but declared {kind}"
+        if name in actual
         else f"{mart.name}.{name} (declared {kind}) is not in the written table"
-        for name, kind in declared.items() if actual.get(name) != kind
+        for name, kind in declared.items()
+        if actual.get(name) != kind
     ]
-    differences += [f"{mart.name}.{name} ({kind}) is written but not declared"
-                    for name, kind in actual.items() if name not in declared]
+    differences += [
+        f"{mart.name}.{name} ({kind}) is written but not declared"
+        for name, kind in actual.items()
+        if name not in declared
+    ]
     if not differences and list(actual) != list(declared):
         differences.append(f"{mart.name} columns are written in the order {list(actual)}, declared {list(declared)}")
     return differences
@@ -191,21 +207,31 @@ def raw_reports(table: Table, raw: RawResult, raw_uri: str) -> list[Report]:
     """What the raw pass did to one table, as the raw asset's materialization and its warning check."""
     key = f"raw/{table.name}"
     return [
-        AssetReport(key, external_metadata({
-            "dagster/row_count": raw.rows_out,
-            "rows_in": raw.rows_in,
-            "quarantined": raw.quarantined,
-            "quarantine_reasons": raw.quarantine_reasons,
-            "blank_lines": raw.blank_lines,
-            "files": raw.files,
-            "bytes": raw.bytes_in,
-            "unknown_columns": raw.unknown_columns,
-            "dropped_columns": raw.dropped_columns,
-            "releases_matching_header": raw.releases,
-            "location": raw_uri,
-        })),
-        CheckReport(key, "no_quarantined_rows", raw.quarantined == 0, "WARN", external_metadata({
-            "quarantined": raw.quarantined, "reasons": raw.quarantine_reasons})),
+        AssetReport(
+            key,
+            external_metadata(
+                {
+                    "dagster/row_count": raw.rows_out,
+                    "rows_in": raw.rows_in,
+                    "quarantined": raw.quarantined,
+                    "quarantine_reasons": raw.quarantine_reasons,
+                    "blank_lines": raw.blank_lines,
+                    "files": raw.files,
+                    "bytes": raw.bytes_in,
+                    "unknown_columns": raw.unknown_columns,
+                    "dropped_columns": raw.dropped_columns,
+                    "releases_matching_header": raw.releases,
+                    "location": raw_uri,
+                }
+            ),
+        ),
+        CheckReport(
+            RAW_QUARANTINE.on(table.name),
+            RAW_QUARANTINE.name,
+            raw.quarantined == 0,
+            RAW_QUARANTINE.severity,
+            external_metadata({"quarantined": raw.quarantined, "reasons": raw.quarantine_reasons}),
+        ),
     ]
 
 
@@ -232,10 +258,20 @@ def plan_upload(source_uri: str, upload_id: str) -> list[RawPlan]:
     return sorted(plans, key=lambda p: -sum(sizes.get(file, 0) for file, *_ in p.headers))
 
 
-def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, load_id: str, catalog: str = "path",
-                staging_database: str = "synthea_staging", marts_database: str = "synthea_marts",
-                upload_checksum: str | None = None, upload_token: str | None = None, replace_history: bool = False,
-                history_shrink_limit_percent: float = SHRINK_LIMIT_PERCENT) -> list[Report]:
+def run_staging(
+    spark: SparkSession,
+    log: Log,
+    lake_root: str,
+    upload_id: str,
+    load_id: str,
+    table_catalog: str = "path",
+    staging_database: str = STAGING_DATABASE,
+    marts_database: str = MARTS_DATABASE,
+    upload_checksum: str | None = None,
+    upload_token: str | None = None,
+    replace_history: bool = False,
+    history_shrink_limit_percent: float = SHRINK_LIMIT_PERCENT,
+) -> list[Report]:
     """Reads the upload's CSV files into raw Parquet and types every table into the staging Iceberg tables under
     a new load, table by table, two at a time, so one table's raw pass (pyarrow, where the data is: this
     process, or the Glue / EMR driver) overlaps another's Spark queries; checks each, and commits the load for
@@ -244,7 +280,7 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
     committed (refused, failed or interrupted) is deleted with its raw files and was never visible; the log says
     why."""
     layout = Lake(lake_root)
-    lake = IcebergLake(lake_root, catalog, staging_database, marts_database)
+    lake = IcebergTables(lake_root, table_catalog, staging_database, marts_database)
     commits = CommitLog(spark, lake)
     begun = now()
     commits.record(LoadRecord(upload_id, load_id, "begun", begun, upload_token=upload_token))
@@ -256,21 +292,22 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
     try:
         plans = plan_upload(layout.source(upload_id), upload_id)
     except LayerFailed as failure:
-        commits.record(LoadRecord(upload_id, load_id, "discarded", now(), upload_token=upload_token,
-                                  note=str(failure)[:2000]))
+        commits.record(
+            LoadRecord(upload_id, load_id, "discarded", now(), upload_token=upload_token, note=str(failure)[:2000])
+        )
         raise
     try:
         reports = _stage_and_check(spark, log, lake, layout, plans, upload_id, load_id)
         checks = [r for r in reports if isinstance(r, CheckReport)]
         failed = [f"{c.asset_key}:{c.check_name}" for c in checks if c.severity == "ERROR" and not c.passed]
         if failed:
-            raise LayerFailed(f"upload {upload_id} not committed, blocking checks failed: {', '.join(failed)}",
-                              checks)
+            raise LayerFailed(f"upload {upload_id} not committed, blocking checks failed: {', '.join(failed)}", checks)
         outcomes = {p.table.name: p.result for p in plans}
         change = compare(spark, lake, commits.uploads(), upload_id, load_id)
         present = {name for name, raw in outcomes.items() if raw.files}
-        truncated = [file for raw in outcomes.values() if raw.quarantine_reasons.get(TRUNCATED_LINE)
-                     for file in raw.files]
+        truncated = [
+            file for raw in outcomes.values() if raw.quarantine_reasons.get(TRUNCATED_LINE) for file in raw.files
+        ]
         losses = change.losses(present, truncated, history_shrink_limit_percent)
         reports += upload_reports(change, losses, present, plans[0].result.upload_release, replace_history)
         for line in change.describe():
@@ -280,7 +317,8 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
                 f"upload {upload_id} not committed: it would remove history: {'; '.join(losses)}. If that is what you "
                 f"mean, confirm with --replace: `synthea-pipeline run EXPORT --upload-id {upload_id} --replace`, or "
                 f"`synthea-pipeline upload EXPORT --upload-id {upload_id} --replace` for the upload sensor and the UI",
-                [r for r in reports if isinstance(r, CheckReport)])
+                [r for r in reports if isinstance(r, CheckReport)],
+            )
     except LayerFailed as failure:
         discard(str(failure))
         raise
@@ -288,9 +326,19 @@ def run_staging(spark: SparkSession, log: Log, lake_root: str, upload_id: str, l
         discard("interrupted before its commit")
         raise
     at = now()
-    commits.record(LoadRecord(upload_id, load_id, "committed", at, commits.uploads().registered_at(upload_id, at),
-                              upload_checksum, plans[0].result.upload_release, upload_token,
-                              patients=staged_rows(reports, "patients")))
+    commits.record(
+        LoadRecord(
+            upload_id,
+            load_id,
+            "committed",
+            at,
+            commits.uploads().registered_at(upload_id, at),
+            upload_checksum,
+            plans[0].result.upload_release,
+            upload_token,
+            patients=staged_rows(reports, "patients"),
+        )
+    )
     discard_stale_loads(spark, lake, commits, begun, upload_id)
     log.info(f"committed load {load_id} of upload {upload_id} ({len(plans)} tables)")
     return reports
@@ -302,26 +350,49 @@ def staged_rows(reports: list[Report], table: str) -> int:
     return report.metadata["rows_out"]["raw_value"]
 
 
-def upload_reports(change: HistoryChange, losses: list[str], present: set[str], release: str,
-                   replace_history: bool) -> list[Report]:
+def upload_reports(
+    change: HistoryChange, losses: list[str], present: set[str], release: str, replace_history: bool
+) -> list[Report]:
     """The upload-level results, on `staging/patients` (every upload has patients): what the commit supersedes
     and whether it removes history (`history_preserved`), and the default tables of its release it lacks
     (`export_complete`). Both warn: a refused commit fails the step itself."""
-    key = "staging/patients"
     absent = [t for t, table in TABLES.items() if table.written_by(release) and t not in present]
     return [
-        CheckReport(key, "history_preserved", not losses, "WARN", external_metadata({
-            "losses": losses, "summary": change.describe(), "supersedes": change.as_metadata(),
-            "confirmed_with_replace": replace_history})),
-        CheckReport(key, "export_complete", not absent, "WARN", external_metadata({
-            "absent_tables": absent, "synthea_release": release,
-            "note": f"Synthea {EMPTY_FILES_OMITTED_SINCE}+ writes no file for an empty table"
-            if absent and may_omit_empty_files(release) else ""})),
+        CheckReport(
+            HISTORY_PRESERVED.on(UPLOAD_CHECK_TABLE),
+            HISTORY_PRESERVED.name,
+            not losses,
+            HISTORY_PRESERVED.severity,
+            external_metadata(
+                {
+                    "losses": losses,
+                    "summary": change.describe(),
+                    "supersedes": change.as_metadata(),
+                    "confirmed_with_replace": replace_history,
+                }
+            ),
+        ),
+        CheckReport(
+            EXPORT_COMPLETE.on(UPLOAD_CHECK_TABLE),
+            EXPORT_COMPLETE.name,
+            not absent,
+            EXPORT_COMPLETE.severity,
+            external_metadata(
+                {
+                    "absent_tables": absent,
+                    "synthea_release": release,
+                    "note": f"Synthea {EMPTY_FILES_OMITTED_SINCE}+ writes no file for an empty table"
+                    if absent and may_omit_empty_files(release)
+                    else "",
+                }
+            ),
+        ),
     ]
 
 
-def _stage_and_check(spark: SparkSession, log: Log, lake: IcebergLake, layout: Lake, plans: list[RawPlan],
-                     upload_id: str, load_id: str) -> list[Report]:
+def _stage_and_check(
+    spark: SparkSession, log: Log, lake: IcebergTables, layout: Lake, plans: list[RawPlan], upload_id: str, load_id: str
+) -> list[Report]:
     """Every table's raw pass and staging under the load, two tables at a time, then each table's materializations
     and checks. An interruption cancels the tables not started yet."""
     lake.ensure(spark, STAGING_LAYER, QUARANTINE, QUARANTINE_COLUMNS, LOAD_PARTITIONING)
@@ -335,7 +406,7 @@ def _stage_and_check(spark: SparkSession, log: Log, lake: IcebergLake, layout: L
 
     pool = ThreadPoolExecutor(max_workers=PARALLEL_TABLES)
     try:
-        outcomes = dict(zip([p.table.name for p in plans], pool.map(ingest, plans)))
+        outcomes = dict(zip([p.table.name for p in plans], pool.map(ingest, plans), strict=False))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     materializations: list[Report] = []
@@ -349,38 +420,66 @@ def _stage_and_check(spark: SparkSession, log: Log, lake: IcebergLake, layout: L
             log.warning(f"{table.name}: unparseable values set to null: {result.unparseable_values}")
         if result.quarantined:
             log.warning(f"{table.name}: {result.quarantined} rows quarantined: {result.quarantine_reasons}")
-        materializations.append(AssetReport(key, external_metadata({
-            "dagster/row_count": int(result.rows_out),
-            SCHEMA_KEY: table_schema(table),
-            "rows_in": raw.rows_in,
-            "rows_read_by_spark": result.rows_read,
-            "rows_out": result.rows_out,
-            "quarantined": result.quarantined,
-            "quarantine_reasons": result.quarantine_reasons,
-            "duplicates_dropped": result.duplicates_dropped,
-            "unparseable_values": result.unparseable_values,
-            "synthea_release": raw.upload_release,
-            **({"synthea_release_note": raw.release_note} if raw.release_note else {}),
-            "source_present": bool(raw.files),
-            "load_id": load_id,
-            "table": lake.identifier("staging", table.name),
-            "location": lake.location("staging", table.name),
-        })))
-        checks += [CheckReport(key, name, passed, metadata=external_metadata(metadata))
-                   for name, (passed, metadata) in outcome.items()]
-        checks.append(CheckReport(key, "no_quarantined_rows", result.quarantined == 0, "WARN", external_metadata({
-            "quarantined": result.quarantined, "reasons": result.quarantine_reasons,
-            "table": lake.identifier("staging", "quarantine")})))
+        materializations.append(
+            AssetReport(
+                key,
+                external_metadata(
+                    {
+                        "dagster/row_count": int(result.rows_out),
+                        SCHEMA_KEY: table_schema(table),
+                        "rows_in": raw.rows_in,
+                        "rows_read_by_spark": result.rows_read,
+                        "rows_out": result.rows_out,
+                        "quarantined": result.quarantined,
+                        "quarantine_reasons": result.quarantine_reasons,
+                        "duplicates_dropped": result.duplicates_dropped,
+                        "unparseable_values": result.unparseable_values,
+                        "synthea_release": raw.upload_release,
+                        **({"synthea_release_note": raw.release_note} if raw.release_note else {}),
+                        "source_present": bool(raw.files),
+                        "load_id": load_id,
+                        "table": lake.identifier("staging", table.name),
+                        "location": lake.location("staging", table.name),
+                    }
+                ),
+            )
+        )
+        checks += [
+            CheckReport(check.on(table.name), check.name, passed, check.severity, external_metadata(metadata))
+            for check, (passed, metadata) in outcome.items()
+        ]
+        checks.append(
+            CheckReport(
+                STAGING_QUARANTINE.on(table.name),
+                STAGING_QUARANTINE.name,
+                result.quarantined == 0,
+                STAGING_QUARANTINE.severity,
+                external_metadata(
+                    {
+                        "quarantined": result.quarantined,
+                        "reasons": result.quarantine_reasons,
+                        "table": lake.identifier("staging", "quarantine"),
+                    }
+                ),
+            )
+        )
     return materializations + checks
 
 
-def run_marts(spark: SparkSession, log: Log, lake_root: str, build_id: str, include_identifiers: bool | None = None,
-              catalog: str = "path", staging_database: str = "synthea_staging",
-              marts_database: str = "synthea_marts") -> list[Report]:
+def run_marts(
+    spark: SparkSession,
+    log: Log,
+    lake_root: str,
+    build_id: str,
+    include_identifiers: bool | None = None,
+    table_catalog: str = "path",
+    staging_database: str = STAGING_DATABASE,
+    marts_database: str = MARTS_DATABASE,
+) -> list[Report]:
     """Builds every mart from the committed loads of every upload in the lake (the latest upload wins) under a
     new build, checks it, and commits the build for all marts at once only when every blocking check passes.
     Direct identifiers are included as in the committed build unless `include_identifiers` says otherwise."""
-    lake = IcebergLake(lake_root, catalog, staging_database, marts_database)
+    lake = IcebergTables(lake_root, table_catalog, staging_database, marts_database)
     commits = CommitLog(spark, lake)
     if include_identifiers is None:
         include_identifiers = commits.identifiers_included()
@@ -390,14 +489,19 @@ def run_marts(spark: SparkSession, log: Log, lake_root: str, build_id: str, incl
     commits.record_build(build_id, "begun", include_identifiers)
     try:
         written = write_marts(spark, lake, loads, build_id, include_identifiers)
-        differences = [d for name in MARTS
-                       for d in schema_differences(MARTS[name], written_columns(spark, written[name]))]
+        differences = [
+            d for name in MARTS for d in schema_differences(MARTS[name], written_columns(spark, written[name]))
+        ]
         if differences:
-            raise MartSchemaMismatch("marts not committed, written columns differ from the declared schema (a "
-                                     "pipeline bug): " + "; ".join(differences))
+            raise MartSchemaMismatch(
+                "marts not committed, written columns differ from the declared schema (a "
+                "pipeline bug): " + "; ".join(differences)
+            )
         checks = check_marts(spark, lake, written, loads, build_id)
-        reports: list[Report] = [CheckReport(f"marts/{c.mart}", c.name, c.passed, "ERROR" if c.blocking else "WARN",
-                                             external_metadata(c.metadata)) for c in checks]
+        reports: list[Report] = [
+            CheckReport(c.check.on(c.mart), c.name, c.passed, c.check.severity, external_metadata(c.metadata))
+            for c in checks
+        ]
         failed = [f"{c.mart}:{c.name} {c.metadata}" for c in checks if c.blocking and not c.passed]
         if failed:
             raise LayerFailed("marts not committed, blocking checks failed: " + "; ".join(failed), reports)
@@ -410,15 +514,20 @@ def run_marts(spark: SparkSession, log: Log, lake_root: str, build_id: str, incl
     log.info(f"committed build {build_id} of {len(written)} marts over {len(order)} uploads")
     rows = {c.mart: c.metadata["rows"] for c in checks if c.name == "primary_key"}
     return [
-        AssetReport(f"marts/{name}", external_metadata({
-            "dagster/row_count": int(rows[name]),
-            SCHEMA_KEY: mart_schema(MARTS[name]),
-            "build_id": build_id,
-            "table": written[name],
-            "location": lake.location("marts", name),
-            "uploads": order,
-            "includes_identifiers": include_identifiers,
-        }))
+        AssetReport(
+            f"marts/{name}",
+            external_metadata(
+                {
+                    "dagster/row_count": int(rows[name]),
+                    SCHEMA_KEY: mart_schema(MARTS[name]),
+                    "build_id": build_id,
+                    "table": written[name],
+                    "location": lake.location("marts", name),
+                    "uploads": order,
+                    "includes_identifiers": include_identifiers,
+                }
+            ),
+        )
         for name in MARTS
     ] + reports
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from synthea_pipeline.tables import TABLES, UNKNOWN_MEMBER_KEY
+from synthea_pipeline.transforms.checks import Check
 from synthea_pipeline.transforms.iceberg import (
     BUILD_PARTITIONING,
     LOAD_PARTITIONING,
@@ -35,19 +36,31 @@ from synthea_pipeline.transforms.iceberg import (
     MARTS_SUBJECT,
     STAGING_LAYER,
     CommitLog,
-    IcebergLake,
+    IcebergTables,
     UploadLog,
-    quoted,
 )
+from synthea_pipeline.transforms.sql import literal
 from synthea_pipeline.transforms.staging import staging_schema
 
-PATIENT_IDENTIFIERS = {"ssn": "ssn", "drivers": "drivers", "passport": "passport", "prefix": "prefix",
-                       "first_name": "first", "middle_name": "middle", "last_name": "last", "suffix": "suffix",
-                       "maiden_name": "maiden", "address": "address"}
+PATIENT_IDENTIFIERS = {
+    "ssn": "ssn",
+    "drivers": "drivers",
+    "passport": "passport",
+    "prefix": "prefix",
+    "first_name": "first",
+    "middle_name": "middle",
+    "last_name": "last",
+    "suffix": "suffix",
+    "maiden_name": "maiden",
+    "address": "address",
+}
 """Direct identifiers of patient_fact (mart column: staging column), left out unless asked for."""
 IDENTIFIER_COLUMNS = tuple(PATIENT_IDENTIFIERS)
-MART_IDENTIFIERS = {"patient_fact": IDENTIFIER_COLUMNS, "provider_dim": ("provider_name", "address"),
-                    "organization_dim": ("address",)}
+MART_IDENTIFIERS = {
+    "patient_fact": IDENTIFIER_COLUMNS,
+    "provider_dim": ("provider_name", "address"),
+    "organization_dim": ("address",),
+}
 """Columns of each mart that are direct identifiers: null, and hidden by the catalog views, unless asked for."""
 
 PARALLEL_WRITES = 2
@@ -56,15 +69,33 @@ UNKNOWN_NAME = "Unknown"
 
 AGE_BANDS = ((18, "0-17"), (35, "18-34"), (50, "35-49"), (65, "50-64"), (80, "65-79"))
 """(first age not in the band, band); older is "80+"."""
+AGE_BAND = (
+    "CASE WHEN age IS NULL THEN NULL "
+    + " ".join(f"WHEN age < {limit} THEN '{band}'" for limit, band in AGE_BANDS)
+    + " ELSE '80+' END"
+)
+"""patient_fact's age_band, in Spark SQL over its age."""
 
 
 @dataclass(frozen=True)
 class MartColumn:
-    """One column of a mart as its table holds it; `type` is the Spark SQL simple type string (`simpleString`)."""
+    """One column of a mart as its table holds it; `type` is the Spark SQL simple type string (`simpleString`).
+    `expression` computes it, in Spark SQL over the mart's source frame (a string, so it is declared at import time
+    and runs on every engine); by default the source column of the same name."""
 
     name: str
     type: str
     description: str
+    expression: str | None = None
+
+    def of(self, expression: str) -> MartColumn:
+        """The same column computed from another expression (a shared key, taken from a mart's own id)."""
+        return replace(self, expression=expression)
+
+    def value(self, hidden: bool) -> Column:
+        """The column computed and cast to its type; null when `hidden` (an identifier the build leaves out)."""
+        computed = F.lit(None) if hidden else F.expr(self.expression or f"`{self.name}`")
+        return computed.cast(self.type).alias(self.name)
 
 
 @dataclass(frozen=True)
@@ -89,6 +120,19 @@ class Mart:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    def select(self, source: DataFrame, include_identifiers: bool = False) -> DataFrame:
+        """The mart's declared columns, in order and cast to their types, from its source frame; identifiers null
+        unless included. `is_unknown` is taken from a source that has its unknown member already (patient_fact),
+        else added with the member (`with_unknown_member`)."""
+        hidden = () if include_identifiers else MART_IDENTIFIERS.get(self.name, ())
+        return source.select(
+            *[
+                c.value(c.name in hidden)
+                for c in self.columns
+                if c.name != IS_UNKNOWN.name or IS_UNKNOWN.name in source.columns
+            ]
+        )
+
 
 def _inputs(*tables: str) -> tuple[str, ...]:
     """Staging tables in the contract's order, each once; a name the contract lacks is kept (last), so `Mart`
@@ -103,213 +147,340 @@ the unknown member."""
 _CONDITION_INPUTS = ("conditions", "patients", "encounters")
 _PROCEDURE_INPUTS = ("procedures", "patients", "encounters")
 _MEDICATION_INPUTS = ("medications", "patients", "encounters", "payers")
-_FACT_INPUTS = ("patients", "immunizations", *_ENCOUNTER_INPUTS, *_CONDITION_INPUTS, *_PROCEDURE_INPUTS,
-                *_MEDICATION_INPUTS)
+_FACT_INPUTS = (
+    "patients",
+    "immunizations",
+    *_ENCOUNTER_INPUTS,
+    *_CONDITION_INPUTS,
+    *_PROCEDURE_INPUTS,
+    *_MEDICATION_INPUTS,
+)
 """patient_fact aggregates the written encounter, condition, medication and procedure dimensions."""
 
 M = MartColumn
 UNKNOWN_MEMBER_NOTE = "`unknown`: the unknown member (referenced, absent from the lake)."
 
 
-def _identifier(name: str, description: str) -> MartColumn:
+def _identifier(name: str, description: str, expression: str | None = None) -> MartColumn:
     """A direct identifier: always a column, so the table keeps one schema, null unless asked for."""
-    return M(name, "string", f"{description} Null unless the build includes identifiers.")
+    return M(name, "string", f"{description} Null unless the build includes identifiers.", expression)
 
 
-PATIENT_KEY = M("patient_key", "string", f"Patient id (Synthea patients.Id); {UNKNOWN_MEMBER_NOTE}")
-ENCOUNTER_KEY = M("encounter_key", "string", f"Encounter id (Synthea encounters.Id); {UNKNOWN_MEMBER_NOTE}")
-PROVIDER_KEY = M("provider_key", "string", f"Provider id; {UNKNOWN_MEMBER_NOTE}")
-ORGANIZATION_KEY = M("organization_key", "string", f"Organization id; {UNKNOWN_MEMBER_NOTE}")
-PAYER_KEY = M("payer_key", "string", f"Payer id; {UNKNOWN_MEMBER_NOTE}")
-LOCATION_KEY = M("location_key", "string",
-                 f"MD5 of city|county|state|zip|fips; joins location_dim; {UNKNOWN_MEMBER_NOTE}")
-UPLOAD_ID = M("upload_id", "string",
-              "The upload this row was taken from (the latest that contains it); null on unknown members.")
-START_TS = M("start_ts", "timestamp", "Start (UTC timestamp).")
-STOP_TS = M("stop_ts", "timestamp", "End (UTC timestamp).")
-START_DATE = M("start_date", "date", "Start date (UTC date of start_ts).")
-CODE_SYSTEM = M("code_system", "string", "Code system (SNOMED-CT, RxNorm, ...), when the release writes it.")
-REASON = (M("reason_code", "string", "Code of the condition that caused this event."),
-          M("reason_description", "string", "Display text of the reason code."))
-IS_UNKNOWN = M("is_unknown", "boolean", "True on the unknown member, the row that stands for references absent "
-              "from the lake (its key and foreign keys are `unknown`); count real members with `NOT is_unknown`.")
+def _patient_count(column: str, type: str, description: str) -> MartColumn:
+    """A per-patient count, zero for a patient without such rows."""
+    return M(column, type, description, f"coalesce(`{column}`, 0)")
+
+
+def _patient_total(column: str, description: str) -> MartColumn:
+    """A per-patient sum of money (decimal(28,2) from Spark's sum), zero for a patient without such rows."""
+    return M(column, MONEY, description, f"coalesce(`{column}`, CAST(0 AS DECIMAL(28,2)))")
+
+
+# Shared keys are computed from the foreign-key column of the source; the mart they identify takes its own `id`.
+PATIENT_KEY = M("patient_key", "string", f"Patient id (Synthea patients.Id); {UNKNOWN_MEMBER_NOTE}", "patient")
+ENCOUNTER_KEY = M(
+    "encounter_key", "string", f"Encounter id (Synthea encounters.Id); {UNKNOWN_MEMBER_NOTE}", "encounter"
+)
+PROVIDER_KEY = M("provider_key", "string", f"Provider id; {UNKNOWN_MEMBER_NOTE}", "provider")
+ORGANIZATION_KEY = M("organization_key", "string", f"Organization id; {UNKNOWN_MEMBER_NOTE}", "organization")
+PAYER_KEY = M("payer_key", "string", f"Payer id; {UNKNOWN_MEMBER_NOTE}", "payer")
+LOCATION_KEY = M(
+    "location_key", "string", f"MD5 of city|county|state|zip|fips; joins location_dim; {UNKNOWN_MEMBER_NOTE}"
+)
+UPLOAD_ID = M(
+    "upload_id", "string", "The upload this row was taken from (the latest that contains it); null on unknown members."
+)
+START_TS = M("start_ts", "timestamp", "Start (UTC timestamp).", "start")
+STOP_TS = M("stop_ts", "timestamp", "End (UTC timestamp).", "stop")
+START_DATE = M("start_date", "date", "Start date (UTC date of start_ts).", "to_date(start)")
+CODE_SYSTEM = M("code_system", "string", "Code system (SNOMED-CT, RxNorm, ...), when the release writes it.", "system")
+REASON = (
+    M("reason_code", "string", "Code of the condition that caused this event.", "reasoncode"),
+    M("reason_description", "string", "Display text of the reason code.", "reasondescription"),
+)
+IS_UNKNOWN = M(
+    "is_unknown",
+    "boolean",
+    "True on the unknown member, the row that stands for references absent "
+    "from the lake (its key and foreign keys are `unknown`); count real members with `NOT is_unknown`.",
+)
+MONEY = "decimal(18,2)"
 LATITUDE = M("lat", "double", "Latitude (decimal degrees).")
 LONGITUDE = M("lon", "double", "Longitude (decimal degrees).")
-MONEY = "decimal(18,2)"
 
 MARTS = {
     m.name: m
     for m in (
-        Mart("patient_fact", "patient_key", "one row per patient", _inputs(*_FACT_INPUTS), (
-            PATIENT_KEY,
-            *(_identifier(column, TABLES["patients"].column_index[staged].description)
-              for column, staged in PATIENT_IDENTIFIERS.items()),
-            M("birth_date", "date", "Date of birth (local date, as Synthea writes it)."),
-            M("death_date", "date", "Date of death, null while alive."),
-            M("is_deceased", "boolean", "True when a death date is recorded."),
-            M("age", "int",
-              "Whole years at death, else at the latest encounter date in the data (the export's 'today')."),
-            M("age_band", "string", "0-17, 18-34, 35-49, 50-64, 65-79 or 80+."),
-            M("gender", "string", "M or F."),
-            M("race", "string", "Race, lower case: white, black, asian, native, hawaiian or other."),
-            M("ethnicity", "string", "hispanic or nonhispanic."),
-            M("marital_status", "string", "M, S, D, W or null."),
-            LOCATION_KEY,
-            M("income", "int", "Annual household income (Synthea 3.1+)."),
-            M("healthcare_expenses", MONEY, "Lifetime cost of care paid by the patient."),
-            M("healthcare_coverage", MONEY, "Lifetime cost of care paid by payers."),
-            M("encounter_count", "bigint", "Number of encounters."),
-            M("condition_count", "bigint", "Number of condition occurrences."),
-            M("active_condition_count", "int", "Conditions without a stop date."),
-            M("medication_count", "bigint", "Number of medication orders."),
-            M("procedure_count", "bigint", "Number of procedures."),
-            M("immunization_count", "bigint", "Number of immunizations."),
-            M("total_claim_cost", MONEY, "Sum of claim costs."),
-            M("total_payer_coverage", MONEY, "Sum of what payers covered."),
-            M("first_encounter_date", "date", "UTC date of the first encounter."),
-            M("last_encounter_date", "date", "UTC date of the latest encounter."),
-            UPLOAD_ID,
-            IS_UNKNOWN,
-        )),
+        Mart(
+            "patient_fact",
+            "patient_key",
+            "one row per patient",
+            _inputs(*_FACT_INPUTS),
+            (
+                PATIENT_KEY.of("id"),
+                *(
+                    _identifier(column, TABLES["patients"].column_index[staged].description, staged)
+                    for column, staged in PATIENT_IDENTIFIERS.items()
+                ),
+                M("birth_date", "date", "Date of birth (local date, as Synthea writes it).", "birthdate"),
+                M("death_date", "date", "Date of death, null while alive.", "deathdate"),
+                M("is_deceased", "boolean", "True when a death date is recorded.", "deathdate IS NOT NULL"),
+                M(
+                    "age",
+                    "int",
+                    "Whole years at death, else at the latest encounter date in the data (the export's 'today').",
+                ),
+                M("age_band", "string", "0-17, 18-34, 35-49, 50-64, 65-79 or 80+.", AGE_BAND),
+                M("gender", "string", "M or F."),
+                M("race", "string", "Race, lower case: white, black, asian, native, hawaiian or other."),
+                M("ethnicity", "string", "hispanic or nonhispanic."),
+                M("marital_status", "string", "M, S, D, W or null.", "marital"),
+                LOCATION_KEY,
+                M("income", "int", "Annual household income (Synthea 3.1+)."),
+                M("healthcare_expenses", MONEY, "Lifetime cost of care paid by the patient."),
+                M("healthcare_coverage", MONEY, "Lifetime cost of care paid by payers."),
+                _patient_count("encounter_count", "bigint", "Number of encounters."),
+                _patient_count("condition_count", "bigint", "Number of condition occurrences."),
+                _patient_count("active_condition_count", "int", "Conditions without a stop date."),
+                _patient_count("medication_count", "bigint", "Number of medication orders."),
+                _patient_count("procedure_count", "bigint", "Number of procedures."),
+                _patient_count("immunization_count", "bigint", "Number of immunizations."),
+                _patient_total("total_claim_cost", "Sum of claim costs."),
+                _patient_total("total_payer_coverage", "Sum of what payers covered."),
+                M("first_encounter_date", "date", "UTC date of the first encounter."),
+                M("last_encounter_date", "date", "UTC date of the latest encounter."),
+                UPLOAD_ID,
+                IS_UNKNOWN,
+            ),
+        ),
         # observations: read by the observations_without_encounter check
-        Mart("encounter_dim", "encounter_key", "one row per encounter", _inputs(*_ENCOUNTER_INPUTS, "observations"), (
-            ENCOUNTER_KEY,
-            PATIENT_KEY,
-            PROVIDER_KEY,
-            ORGANIZATION_KEY,
-            PAYER_KEY,
-            M("encounter_class", "string", "ambulatory, wellness, outpatient, emergency, inpatient, urgentcare, ..."),
-            M("encounter_code", "string", "SNOMED-CT code of the encounter type."),
-            M("encounter_description", "string", "Display text of the encounter code."),
-            START_TS,
-            STOP_TS,
-            START_DATE,
-            M("duration_minutes", "int", "stop_ts - start_ts in minutes."),
-            M("base_encounter_cost", MONEY, "Cost of the encounter itself, without its line items."),
-            M("total_claim_cost", MONEY, "Total cost of the encounter's claim, line items included."),
-            M("payer_coverage", MONEY, "Part of the claim cost the payer covered."),
-            *REASON,
-            UPLOAD_ID,
-            IS_UNKNOWN,
-        )),
-        Mart("condition_dim", "condition_key", "one row per diagnosed condition occurrence",
-             _inputs(*_CONDITION_INPUTS), (
-                 M("condition_key", "string", "Content hash of the staged condition row (row_key)."),
-                 PATIENT_KEY,
-                 ENCOUNTER_KEY,
-                 CODE_SYSTEM,
-                 M("condition_code", "string", "Code of the condition (SNOMED-CT)."),
-                 M("condition_description", "string", "Display text of the condition code."),
-                 M("icd10_code", "string", "ICD-10 code of the condition, when the Synthea build writes one."),
-                 M("start_date", "date", "Onset date (local date, as Synthea writes it)."),
-                 M("stop_date", "date", "End date (local date), null while active."),
-                 M("is_active", "boolean", "True when the condition has no stop date."),
-                 UPLOAD_ID,
-             )),
-        Mart("procedure_dim", "procedure_key", "one row per procedure occurrence", _inputs(*_PROCEDURE_INPUTS), (
-            M("procedure_key", "string", "Content hash of the staged procedure row (row_key)."),
-            PATIENT_KEY,
-            ENCOUNTER_KEY,
-            CODE_SYSTEM,
-            M("procedure_code", "string", "Code of the procedure (mostly SNOMED-CT)."),
-            M("procedure_description", "string", "Display text of the procedure code."),
-            START_TS,
-            STOP_TS,
-            START_DATE,
-            M("base_cost", MONEY, "Cost before coverage."),
-            *REASON,
-            UPLOAD_ID,
-        )),
-        Mart("medication_dim", "medication_key", "one row per medication order", _inputs(*_MEDICATION_INPUTS), (
-            M("medication_key", "string", "Content hash of the staged medication row (row_key)."),
-            PATIENT_KEY,
-            ENCOUNTER_KEY,
-            PAYER_KEY,
-            M("medication_code", "string", "RxNorm code of the medication."),
-            M("medication_description", "string", "Display text of the medication code."),
-            START_TS,
-            STOP_TS,
-            START_DATE,
-            M("dispenses", "int", "Number of times dispensed."),
-            M("base_cost", MONEY, "Cost of one dispense before coverage."),
-            M("payer_coverage", MONEY, "Part of the cost the payer covered."),
-            M("total_cost", MONEY, "Total cost of all dispenses."),
-            *REASON,
-            UPLOAD_ID,
-        )),
-        Mart("provider_dim", "provider_key", "one row per provider", _inputs("providers", "organizations"), (
-            PROVIDER_KEY,
-            ORGANIZATION_KEY,
-            _identifier("provider_name", "Name of the clinician (direct identifier)."),
-            _identifier("address", "Street address of the provider (direct identifier)."),
-            M("gender", "string", "M or F."),
-            M("specialty", "string", "Specialty, e.g. GENERAL PRACTICE (Synthea's SPECIALITY)."),
-            LOCATION_KEY,
-            LATITUDE,
-            LONGITUDE,
-            M("utilization", "int", "Number of encounters performed (Synthea up to 3.1; null later)."),
-            M("encounter_count", "int", "Number of encounters performed (Synthea 3.2+; null before)."),
-            M("procedure_count", "int", "Number of procedures performed (Synthea 3.2+; null before)."),
-            UPLOAD_ID,
-            IS_UNKNOWN,
-        )),
-        Mart("organization_dim", "organization_key", "one row per organization", _inputs("organizations"), (
-            ORGANIZATION_KEY,
-            M("organization_name", "string", "Name of the organization; `Unknown` on the unknown member."),
-            _identifier("address", "Street address of the organization (direct identifier)."),
-            LOCATION_KEY,
-            LATITUDE,
-            LONGITUDE,
-            M("phone", "string", "Phone number as written."),
-            M("revenue", MONEY, "Revenue of the organization over the whole simulation."),
-            M("utilization", "int", "Number of encounters the organization performed."),
-            UPLOAD_ID,
-            IS_UNKNOWN,
-        )),
-        Mart("payer_dim", "payer_key", "one row per payer", _inputs("payers"), (
-            PAYER_KEY,
-            M("payer_name", "string", "Name of the payer (NO_INSURANCE for none); `Unknown` on the unknown member."),
-            M("ownership", "string", "GOVERNMENT, PRIVATE or NO_INSURANCE (Synthea 3.2+)."),
-            M("amount_covered", MONEY, "Amount the payer paid to organizations."),
-            M("amount_uncovered", MONEY, "Amount the payer did not cover, paid by patients."),
-            M("revenue", MONEY, "Revenue of the payer over the whole simulation."),
-            M("unique_customers", "int", "Number of distinct patients enrolled with the payer."),
-            M("member_months", "int", "Total months patients were enrolled with the payer."),
-            UPLOAD_ID,
-            IS_UNKNOWN,
-        )),
-        Mart("location_dim", "location_key", "one row per distinct place (city, county, state, zip, FIPS)",
-             _inputs("patients", "providers", "organizations"), (
-                 LOCATION_KEY,
-                 M("city", "string", "City."),
-                 M("county", "string", "County; null for the places of providers and organizations."),
-                 M("state", "string", "State."),
-                 M("zip", "string", "ZIP code as text."),
-                 M("fips", "string", "County FIPS code; null for the places of providers and organizations."),
-                 IS_UNKNOWN,
-             )),
+        Mart(
+            "encounter_dim",
+            "encounter_key",
+            "one row per encounter",
+            _inputs(*_ENCOUNTER_INPUTS, "observations"),
+            (
+                ENCOUNTER_KEY.of("id"),
+                PATIENT_KEY,
+                PROVIDER_KEY,
+                ORGANIZATION_KEY,
+                PAYER_KEY,
+                M(
+                    "encounter_class",
+                    "string",
+                    "ambulatory, wellness, outpatient, emergency, inpatient, urgentcare, ...",
+                    "encounterclass",
+                ),
+                M("encounter_code", "string", "SNOMED-CT code of the encounter type.", "code"),
+                M("encounter_description", "string", "Display text of the encounter code.", "description"),
+                START_TS,
+                STOP_TS,
+                START_DATE,
+                M(
+                    "duration_minutes",
+                    "int",
+                    "stop_ts - start_ts in minutes.",
+                    "(unix_timestamp(stop) - unix_timestamp(start)) / 60",
+                ),
+                M("base_encounter_cost", MONEY, "Cost of the encounter itself, without its line items."),
+                M("total_claim_cost", MONEY, "Total cost of the encounter's claim, line items included."),
+                M("payer_coverage", MONEY, "Part of the claim cost the payer covered."),
+                *REASON,
+                UPLOAD_ID,
+                IS_UNKNOWN,
+            ),
+        ),
+        Mart(
+            "condition_dim",
+            "condition_key",
+            "one row per diagnosed condition occurrence",
+            _inputs(*_CONDITION_INPUTS),
+            (
+                M("condition_key", "string", "Content hash of the staged condition row (row_key).", "row_key"),
+                PATIENT_KEY,
+                ENCOUNTER_KEY,
+                CODE_SYSTEM,
+                M("condition_code", "string", "Code of the condition (SNOMED-CT).", "code"),
+                M("condition_description", "string", "Display text of the condition code.", "description"),
+                M("icd10_code", "string", "ICD-10 code of the condition, when the Synthea build writes one."),
+                M("start_date", "date", "Onset date (local date, as Synthea writes it).", "start"),
+                M("stop_date", "date", "End date (local date), null while active.", "stop"),
+                M("is_active", "boolean", "True when the condition has no stop date.", "stop IS NULL"),
+                UPLOAD_ID,
+            ),
+        ),
+        Mart(
+            "procedure_dim",
+            "procedure_key",
+            "one row per procedure occurrence",
+            _inputs(*_PROCEDURE_INPUTS),
+            (
+                M("procedure_key", "string", "Content hash of the staged procedure row (row_key).", "row_key"),
+                PATIENT_KEY,
+                ENCOUNTER_KEY,
+                CODE_SYSTEM,
+                M("procedure_code", "string", "Code of the procedure (mostly SNOMED-CT).", "code"),
+                M("procedure_description", "string", "Display text of the procedure code.", "description"),
+                START_TS,
+                STOP_TS,
+                START_DATE,
+                M("base_cost", MONEY, "Cost before coverage."),
+                *REASON,
+                UPLOAD_ID,
+            ),
+        ),
+        Mart(
+            "medication_dim",
+            "medication_key",
+            "one row per medication order",
+            _inputs(*_MEDICATION_INPUTS),
+            (
+                M("medication_key", "string", "Content hash of the staged medication row (row_key).", "row_key"),
+                PATIENT_KEY,
+                ENCOUNTER_KEY,
+                PAYER_KEY,
+                M("medication_code", "string", "RxNorm code of the medication.", "code"),
+                M("medication_description", "string", "Display text of the medication code.", "description"),
+                START_TS,
+                STOP_TS,
+                START_DATE,
+                M("dispenses", "int", "Number of times dispensed."),
+                M("base_cost", MONEY, "Cost of one dispense before coverage."),
+                M("payer_coverage", MONEY, "Part of the cost the payer covered."),
+                M("total_cost", MONEY, "Total cost of all dispenses.", "totalcost"),
+                *REASON,
+                UPLOAD_ID,
+            ),
+        ),
+        Mart(
+            "provider_dim",
+            "provider_key",
+            "one row per provider",
+            _inputs("providers", "organizations"),
+            (
+                PROVIDER_KEY.of("id"),
+                ORGANIZATION_KEY,
+                _identifier("provider_name", "Name of the clinician (direct identifier).", "name"),
+                _identifier("address", "Street address of the provider (direct identifier)."),
+                M("gender", "string", "M or F."),
+                M("specialty", "string", "Specialty, e.g. GENERAL PRACTICE (Synthea's SPECIALITY).", "speciality"),
+                LOCATION_KEY,
+                LATITUDE,
+                LONGITUDE,
+                M("utilization", "int", "Number of encounters performed (Synthea up to 3.1; null later)."),
+                M(
+                    "encounter_count",
+                    "int",
+                    "Number of encounters performed (Synthea 3.2+; null before).",
+                    "encounters",
+                ),
+                M(
+                    "procedure_count",
+                    "int",
+                    "Number of procedures performed (Synthea 3.2+; null before).",
+                    "procedures",
+                ),
+                UPLOAD_ID,
+                IS_UNKNOWN,
+            ),
+        ),
+        Mart(
+            "organization_dim",
+            "organization_key",
+            "one row per organization",
+            _inputs("organizations"),
+            (
+                ORGANIZATION_KEY.of("id"),
+                M("organization_name", "string", "Name of the organization; `Unknown` on the unknown member.", "name"),
+                _identifier("address", "Street address of the organization (direct identifier)."),
+                LOCATION_KEY,
+                LATITUDE,
+                LONGITUDE,
+                M("phone", "string", "Phone number as written."),
+                M("revenue", MONEY, "Revenue of the organization over the whole simulation."),
+                M("utilization", "int", "Number of encounters the organization performed."),
+                UPLOAD_ID,
+                IS_UNKNOWN,
+            ),
+        ),
+        Mart(
+            "payer_dim",
+            "payer_key",
+            "one row per payer",
+            _inputs("payers"),
+            (
+                PAYER_KEY.of("id"),
+                M(
+                    "payer_name",
+                    "string",
+                    "Name of the payer (NO_INSURANCE for none); `Unknown` on the unknown member.",
+                    "name",
+                ),
+                M("ownership", "string", "GOVERNMENT, PRIVATE or NO_INSURANCE (Synthea 3.2+)."),
+                M("amount_covered", MONEY, "Amount the payer paid to organizations."),
+                M("amount_uncovered", MONEY, "Amount the payer did not cover, paid by patients."),
+                M("revenue", MONEY, "Revenue of the payer over the whole simulation."),
+                M("unique_customers", "int", "Number of distinct patients enrolled with the payer."),
+                M("member_months", "int", "Total months patients were enrolled with the payer."),
+                UPLOAD_ID,
+                IS_UNKNOWN,
+            ),
+        ),
+        Mart(
+            "location_dim",
+            "location_key",
+            "one row per distinct place (city, county, state, zip, FIPS)",
+            _inputs("patients", "providers", "organizations"),
+            (
+                LOCATION_KEY,
+                M("city", "string", "City."),
+                M("county", "string", "County; null for the places of providers and organizations."),
+                M("state", "string", "State."),
+                M("zip", "string", "ZIP code as text."),
+                M("fips", "string", "County FIPS code; null for the places of providers and organizations."),
+                IS_UNKNOWN,
+            ),
+        ),
         # date_dim spans the dates of patient_fact and of the dimensions patient_fact aggregates
-        Mart("date_dim", "date_key", "one row per calendar day from the earliest to the latest date used",
-             _inputs(*_FACT_INPUTS), (
-                 M("date_key", "date", "Calendar date."),
-                 M("year", "int", "Calendar year."),
-                 M("quarter", "int", "Quarter of the year, 1-4."),
-                 M("month", "int", "Month of the year, 1-12."),
-                 M("month_name", "string", "English month name, January to December."),
-                 M("year_month", "string", "Year and month as yyyy-MM."),
-                 M("day_of_month", "int", "Day of the month, 1-31."),
-                 M("day_of_week", "int", "Day of the week, 1 (Sunday) to 7 (Saturday)."),
-                 M("day_name", "string", "English day name, Monday to Sunday."),
-                 M("is_weekend", "boolean", "True on Saturday and Sunday."),
-             )),
+        Mart(
+            "date_dim",
+            "date_key",
+            "one row per calendar day from the earliest to the latest date used",
+            _inputs(*_FACT_INPUTS),
+            (
+                M("date_key", "date", "Calendar date."),
+                M("year", "int", "Calendar year.", "year(date_key)"),
+                M("quarter", "int", "Quarter of the year, 1-4.", "quarter(date_key)"),
+                M("month", "int", "Month of the year, 1-12.", "month(date_key)"),
+                M("month_name", "string", "English month name, January to December.", "date_format(date_key, 'MMMM')"),
+                M("year_month", "string", "Year and month as yyyy-MM.", "date_format(date_key, 'yyyy-MM')"),
+                M("day_of_month", "int", "Day of the month, 1-31.", "dayofmonth(date_key)"),
+                M("day_of_week", "int", "Day of the week, 1 (Sunday) to 7 (Saturday).", "dayofweek(date_key)"),
+                M("day_name", "string", "English day name, Monday to Sunday.", "date_format(date_key, 'EEEE')"),
+                M("is_weekend", "boolean", "True on Saturday and Sunday.", "dayofweek(date_key) IN (1, 7)"),
+            ),
+        ),
     )
 }
 
 
+RECONCILED_MARTS = {
+    "patient_fact": "patients",
+    "encounter_dim": "encounters",
+    "provider_dim": "providers",
+    "organization_dim": "organizations",
+    "payer_dim": "payers",
+}
+"""Marts whose rows are the distinct current ids of a staging table plus the unknown member (`rows_reconcile`);
+encounters count only those of the patients in `patient_fact`."""
 FOREIGN_KEYS = {
     "patient_fact": {"location_key": "location_dim"},
-    "encounter_dim": {"patient_key": "patient_fact", "provider_key": "provider_dim",
-                      "organization_key": "organization_dim", "payer_key": "payer_dim"},
+    "encounter_dim": {
+        "patient_key": "patient_fact",
+        "provider_key": "provider_dim",
+        "organization_key": "organization_dim",
+        "payer_key": "payer_dim",
+    },
     "condition_dim": {"patient_key": "patient_fact", "encounter_key": "encounter_dim"},
     "procedure_dim": {"patient_key": "patient_fact", "encounter_key": "encounter_dim"},
     "medication_dim": {"patient_key": "patient_fact", "encounter_key": "encounter_dim", "payer_key": "payer_dim"},
@@ -327,7 +498,7 @@ def current_loads(spark: SparkSession, uploads: UploadLog) -> DataFrame:
     return spark.createDataFrame(rows, "upload_id string, load_id string, upload_rank int")
 
 
-def read_staging(spark: SparkSession, lake: IcebergLake, table: str, loads: DataFrame) -> DataFrame:
+def read_staging(spark: SparkSession, lake: IcebergTables, table: str, loads: DataFrame) -> DataFrame:
     """The committed rows of one staging table, with their upload's rank."""
     identifier = lake.ensure(spark, STAGING_LAYER, table, staging_schema(TABLES[table]), LOAD_PARTITIONING)
     return spark.table(identifier).join(F.broadcast(loads), ["upload_id", "load_id"]).drop("load_id")
@@ -354,27 +525,33 @@ def known_or_unknown(frame: DataFrame, column: str, keys: DataFrame) -> DataFram
     member's key where it does not, null where it is null."""
     known = keys.select(F.col(keys.columns[0]).alias("_known")).distinct()
     joined = frame.join(known, frame[column] == known["_known"], "left")
-    value = F.when(F.col(column).isNull(), None).when(F.col("_known").isNull(), F.lit(UNKNOWN_KEY)).otherwise(
-        F.col(column))
+    value = (
+        F.when(F.col(column).isNull(), None).when(F.col("_known").isNull(), F.lit(UNKNOWN_KEY)).otherwise(F.col(column))
+    )
     return joined.withColumn(column, value).drop("_known")
 
 
-def with_unknown_member(spark: SparkSession, frame: DataFrame, key: str, name_column: str | None = None,
-                        references: tuple[str, ...] = ()) -> DataFrame:
+def with_unknown_member(
+    spark: SparkSession, frame: DataFrame, key: str, name_column: str | None = None, references: tuple[str, ...] = ()
+) -> DataFrame:
     """`frame` plus its unknown member, conformed: key `unknown`, name `Unknown`, every foreign key in
     `references` pointing to the referenced mart's unknown member (so every join of the star keeps it), every
     other column null; `is_unknown` tells it from the real members."""
     member = [
-        (F.lit(UNKNOWN_KEY) if f.name == key or f.name in references else F.lit(UNKNOWN_NAME) if f.name == name_column
-         else F.lit(None)).cast(f.dataType).alias(f.name)
+        (
+            F.lit(UNKNOWN_KEY)
+            if f.name == key or f.name in references
+            else F.lit(UNKNOWN_NAME)
+            if f.name == name_column
+            else F.lit(None)
+        )
+        .cast(f.dataType)
+        .alias(f.name)
         for f in frame.schema
     ]
     return frame.withColumn(IS_UNKNOWN.name, F.lit(False)).unionByName(
-        spark.range(1).select(*member, F.lit(True).alias(IS_UNKNOWN.name)))
-
-
-def identifier(value: Column, included: bool) -> Column:
-    return value if included else F.lit(None).cast("string")
+        spark.range(1).select(*member, F.lit(True).alias(IS_UNKNOWN.name))
+    )
 
 
 def location_key(*parts: Column) -> Column:
@@ -385,8 +562,13 @@ def location_key(*parts: Column) -> Column:
 def _place_parts(county: bool) -> list[Column]:
     """city, county, state, zip, fips; providers and organizations have no county or FIPS."""
     absent = F.lit(None).cast("string")
-    return [F.col("city"), (F.col("county") if county else absent).alias("county"), F.col("state"), F.col("zip"),
-            (F.col("fips") if county else absent).alias("fips")]
+    return [
+        F.col("city"),
+        (F.col("county") if county else absent).alias("county"),
+        F.col("state"),
+        F.col("zip"),
+        (F.col("fips") if county else absent).alias("fips"),
+    ]
 
 
 def _place(frame: DataFrame, county: bool) -> DataFrame:
@@ -394,15 +576,9 @@ def _place(frame: DataFrame, county: bool) -> DataFrame:
     return frame.select(*parts, location_key(*parts).alias("location_key"))
 
 
-def _age_band(age: Column) -> Column:
-    expression = F.when(age.isNull(), None)
-    for limit, band in AGE_BANDS:
-        expression = expression.when(age < limit, band)
-    return expression.otherwise("80+")
-
-
-def write_marts(spark: SparkSession, lake: IcebergLake, loads: DataFrame, build_id: str,
-                include_identifiers: bool = False) -> dict[str, str]:
+def write_marts(
+    spark: SparkSession, lake: IcebergTables, loads: DataFrame, build_id: str, include_identifiers: bool = False
+) -> dict[str, str]:
     """Append every mart, sorted by key, under `build_id` (readers see it once the build is committed) from the
     given committed loads (`current_loads`); returns each mart's table. The dimensions are written first; the
     patient fact and the date dimension are then computed from the written dimensions, so no dimension's
@@ -429,77 +605,14 @@ def write_marts(spark: SparkSession, lake: IcebergLake, loads: DataFrame, build_
     encounter_ids = encounters.select("id")
     conditions = known_or_unknown(current("conditions"), "encounter", encounter_ids)
     procedures = known_or_unknown(current("procedures"), "encounter", encounter_ids)
-    medications = known_or_unknown(known_or_unknown(current("medications"), "encounter", encounter_ids),
-                                   "payer", payer_ids)
+    medications = known_or_unknown(
+        known_or_unknown(current("medications"), "encounter", encounter_ids), "payer", payer_ids
+    )
     immunizations = current("immunizations")
     providers = known_or_unknown(providers, "organization", organization_ids)
 
-    encounter_dim = encounters.select(
-        F.col("id").alias("encounter_key"),
-        F.col("patient").alias("patient_key"),
-        F.col("provider").alias("provider_key"),
-        F.col("organization").alias("organization_key"),
-        F.col("payer").alias("payer_key"),
-        F.col("encounterclass").alias("encounter_class"),
-        F.col("code").alias("encounter_code"),
-        F.col("description").alias("encounter_description"),
-        F.col("start").alias("start_ts"),
-        F.col("stop").alias("stop_ts"),
-        F.to_date("start").alias("start_date"),
-        ((F.unix_timestamp("stop") - F.unix_timestamp("start")) / 60).cast("int").alias("duration_minutes"),
-        F.col("base_encounter_cost"),
-        F.col("total_claim_cost"),
-        F.col("payer_coverage"),
-        F.col("reasoncode").alias("reason_code"),
-        F.col("reasondescription").alias("reason_description"),
-        F.col("upload_id"),
-    )
-    condition_dim = conditions.select(
-        F.col("row_key").alias("condition_key"),
-        F.col("patient").alias("patient_key"),
-        F.col("encounter").alias("encounter_key"),
-        F.col("system").alias("code_system"),
-        F.col("code").alias("condition_code"),
-        F.col("description").alias("condition_description"),
-        F.col("icd10_code"),
-        F.col("start").alias("start_date"),
-        F.col("stop").alias("stop_date"),
-        F.col("stop").isNull().alias("is_active"),
-        F.col("upload_id"),
-    )
-    procedure_dim = procedures.select(
-        F.col("row_key").alias("procedure_key"),
-        F.col("patient").alias("patient_key"),
-        F.col("encounter").alias("encounter_key"),
-        F.col("system").alias("code_system"),
-        F.col("code").alias("procedure_code"),
-        F.col("description").alias("procedure_description"),
-        F.col("start").alias("start_ts"),
-        F.col("stop").alias("stop_ts"),
-        F.to_date("start").alias("start_date"),
-        F.col("base_cost"),
-        F.col("reasoncode").alias("reason_code"),
-        F.col("reasondescription").alias("reason_description"),
-        F.col("upload_id"),
-    )
-    medication_dim = medications.select(
-        F.col("row_key").alias("medication_key"),
-        F.col("patient").alias("patient_key"),
-        F.col("encounter").alias("encounter_key"),
-        F.col("payer").alias("payer_key"),
-        F.col("code").alias("medication_code"),
-        F.col("description").alias("medication_description"),
-        F.col("start").alias("start_ts"),
-        F.col("stop").alias("stop_ts"),
-        F.to_date("start").alias("start_date"),
-        F.col("dispenses"),
-        F.col("base_cost"),
-        F.col("payer_coverage"),
-        F.col("totalcost").alias("total_cost"),
-        F.col("reasoncode").alias("reason_code"),
-        F.col("reasondescription").alias("reason_description"),
-        F.col("upload_id"),
-    )
+    def select(name: str, source: DataFrame) -> DataFrame:
+        return MARTS[name].select(source, include_identifiers)
 
     places = (
         _place(patients, county=True)
@@ -507,60 +620,26 @@ def write_marts(spark: SparkSession, lake: IcebergLake, loads: DataFrame, build_
         .unionByName(_place(organizations, county=False))
         .where(F.col("location_key").isNotNull())
     )
-    location_dim = places.dropDuplicates(["location_key"]).select(
-        "location_key", "city", "county", "state", "zip", "fips"
-    )
+    location_dim = select("location_dim", places.dropDuplicates(["location_key"]))
 
-    provider_dim = providers.select(
-        F.col("id").alias("provider_key"),
-        F.col("organization").alias("organization_key"),
-        identifier(F.col("name"), include_identifiers).alias("provider_name"),
-        identifier(F.col("address"), include_identifiers).alias("address"),
-        F.col("gender"),
-        F.col("speciality").alias("specialty"),
-        location_key(*_place_parts(county=False)).alias("location_key"),
-        F.col("lat"),
-        F.col("lon"),
-        F.col("utilization"),
-        F.col("encounters").alias("encounter_count"),
-        F.col("procedures").alias("procedure_count"),
-        F.col("upload_id"),
-    )
-    organization_dim = organizations.select(
-        F.col("id").alias("organization_key"),
-        F.col("name").alias("organization_name"),
-        identifier(F.col("address"), include_identifiers).alias("address"),
-        location_key(*_place_parts(county=False)).alias("location_key"),
-        F.col("lat"),
-        F.col("lon"),
-        F.col("phone"),
-        F.col("revenue"),
-        F.col("utilization"),
-        F.col("upload_id"),
-    )
-    payer_dim = payers.select(
-        F.col("id").alias("payer_key"),
-        F.col("name").alias("payer_name"),
-        F.col("ownership"),
-        F.col("amount_covered"),
-        F.col("amount_uncovered"),
-        F.col("revenue"),
-        F.col("unique_customers"),
-        F.col("member_months"),
-        F.col("upload_id"),
-    )
+    def placed(frame: DataFrame) -> DataFrame:
+        return frame.withColumn("location_key", location_key(*_place_parts(county=False)))
 
     def conformed(name: str, frame: DataFrame, name_column: str | None = None) -> DataFrame:
-        return with_unknown_member(spark, frame, MARTS[name].key, name_column, tuple(FOREIGN_KEYS.get(name, ())))
+        mart = MARTS[name]
+        member = with_unknown_member(spark, frame, mart.key, name_column, tuple(FOREIGN_KEYS.get(name, ())))
+        return member.select(*mart.column_names)
 
     dimensions = {
-        "encounter_dim": conformed("encounter_dim", encounter_dim),
-        "condition_dim": condition_dim,
-        "procedure_dim": procedure_dim,
-        "medication_dim": medication_dim,
-        "provider_dim": conformed("provider_dim", provider_dim),
-        "organization_dim": conformed("organization_dim", organization_dim, "organization_name"),
-        "payer_dim": conformed("payer_dim", payer_dim, "payer_name"),
+        "encounter_dim": conformed("encounter_dim", select("encounter_dim", encounters)),
+        "condition_dim": select("condition_dim", conditions),
+        "procedure_dim": select("procedure_dim", procedures),
+        "medication_dim": select("medication_dim", medications),
+        "provider_dim": conformed("provider_dim", select("provider_dim", placed(providers))),
+        "organization_dim": conformed(
+            "organization_dim", select("organization_dim", placed(organizations)), "organization_name"
+        ),
+        "payer_dim": conformed("payer_dim", select("payer_dim", payers), "payer_name"),
         "location_dim": conformed("location_dim", location_dim),
     }
     written = _write_each(spark, lake, dimensions, build_id)
@@ -578,8 +657,9 @@ def build_of(spark: SparkSession, tables: dict[str, str], build_id: str) -> dict
     return {name: spark.table(t).where(F.col("build_id") == build_id).drop("build_id") for name, t in tables.items()}
 
 
-def patient_fact(patients: DataFrame, dims: dict[str, DataFrame], immunizations: DataFrame,
-                 include_identifiers: bool) -> DataFrame:
+def patient_fact(
+    patients: DataFrame, dims: dict[str, DataFrame], immunizations: DataFrame, include_identifiers: bool
+) -> DataFrame:
     """One row per patient (and the unknown patient) with demographics and counts from the written dimensions."""
 
     def per_patient(frame: DataFrame, *aggregates: Column) -> DataFrame:
@@ -587,17 +667,24 @@ def patient_fact(patients: DataFrame, dims: dict[str, DataFrame], immunizations:
 
     encounters = dims["encounter_dim"].where(F.col("encounter_key") != UNKNOWN_KEY)
     counts = [
-        per_patient(encounters, F.count(F.lit(1)).alias("encounter_count"),
-                    F.sum("total_claim_cost").alias("total_claim_cost"),
-                    F.sum("payer_coverage").alias("total_payer_coverage"),
-                    F.min("start_date").alias("first_encounter_date"),
-                    F.max("start_date").alias("last_encounter_date")),
-        per_patient(dims["condition_dim"], F.count(F.lit(1)).alias("condition_count"),
-                    F.sum(F.col("is_active").cast("int")).alias("active_condition_count")),
+        per_patient(
+            encounters,
+            F.count(F.lit(1)).alias("encounter_count"),
+            F.sum("total_claim_cost").alias("total_claim_cost"),
+            F.sum("payer_coverage").alias("total_payer_coverage"),
+            F.min("start_date").alias("first_encounter_date"),
+            F.max("start_date").alias("last_encounter_date"),
+        ),
+        per_patient(
+            dims["condition_dim"],
+            F.count(F.lit(1)).alias("condition_count"),
+            F.sum(F.col("is_active").cast("int")).alias("active_condition_count"),
+        ),
         per_patient(dims["medication_dim"], F.count(F.lit(1)).alias("medication_count")),
         per_patient(dims["procedure_dim"], F.count(F.lit(1)).alias("procedure_count")),
-        per_patient(immunizations.withColumnRenamed("patient", "patient_key"),
-                    F.count(F.lit(1)).alias("immunization_count")),
+        per_patient(
+            immunizations.withColumnRenamed("patient", "patient_key"), F.count(F.lit(1)).alias("immunization_count")
+        ),
     ]
     as_of = encounters.agg(F.max("start_date").alias("as_of_date"))
     fact = patients.crossJoin(F.broadcast(as_of))
@@ -605,40 +692,14 @@ def patient_fact(patients: DataFrame, dims: dict[str, DataFrame], immunizations:
         fact = fact.join(frame, "id", "left")
     end = F.coalesce(F.col("deathdate"), F.col("as_of_date"))
     age = F.floor(F.months_between(end, F.col("birthdate")) / 12).cast("int")
-    identifiers = [identifier(F.col(staged), include_identifiers).alias(column)
-                   for column, staged in PATIENT_IDENTIFIERS.items()]
-    zero = F.lit(0)
-    return fact.select(
-        F.col("id").alias("patient_key"),
-        *identifiers,
-        F.col("birthdate").alias("birth_date"),
-        F.col("deathdate").alias("death_date"),
-        F.col("deathdate").isNotNull().alias("is_deceased"),
-        age.alias("age"),
-        _age_band(age).alias("age_band"),
-        F.col("gender"),
-        F.col("race"),
-        F.col("ethnicity"),
-        F.col("marital").alias("marital_status"),
-        # cast: Sail types a CASE of a literal and an MD5 as a string view, which the table's string column refuses
-        F.when(F.col(IS_UNKNOWN.name), F.lit(UNKNOWN_KEY)).otherwise(location_key(*_place_parts(county=True)))
-        .cast("string").alias("location_key"),
-        F.col("income"),
-        F.col("healthcare_expenses"),
-        F.col("healthcare_coverage"),
-        F.coalesce("encounter_count", zero).alias("encounter_count"),
-        F.coalesce("condition_count", zero).alias("condition_count"),
-        F.coalesce("active_condition_count", zero).cast("int").alias("active_condition_count"),
-        F.coalesce("medication_count", zero).alias("medication_count"),
-        F.coalesce("procedure_count", zero).alias("procedure_count"),
-        F.coalesce("immunization_count", zero).alias("immunization_count"),
-        F.coalesce("total_claim_cost", F.lit(0).cast("decimal(28,2)")).cast("decimal(18,2)").alias("total_claim_cost"),
-        F.coalesce("total_payer_coverage", F.lit(0).cast("decimal(28,2)")).cast("decimal(18,2)").alias(
-            "total_payer_coverage"),
-        F.col("first_encounter_date"),
-        F.col("last_encounter_date"),
-        F.col("upload_id"),
-        F.col(IS_UNKNOWN.name),
+    # cast: Sail types a CASE of a literal and an MD5 as a string view, which the table's string column refuses
+    location = (
+        F.when(F.col(IS_UNKNOWN.name), F.lit(UNKNOWN_KEY))
+        .otherwise(location_key(*_place_parts(county=True)))
+        .cast("string")
+    )
+    return MARTS["patient_fact"].select(
+        fact.withColumn("age", age).withColumn("location_key", location), include_identifiers
     )
 
 
@@ -657,22 +718,12 @@ def date_dim(fact: DataFrame, dims: dict[str, DataFrame]) -> DataFrame:
     ]
     dates = reduce(lambda a, b: a.unionByName(b), used_dates)
     bounds = dates.agg(F.min("d").alias("first"), F.max("d").alias("last"))
-    return bounds.select(F.explode(F.sequence("first", "last")).alias("date_key")).select(
-        "date_key",
-        F.year("date_key").alias("year"),
-        F.quarter("date_key").alias("quarter"),
-        F.month("date_key").alias("month"),
-        F.date_format("date_key", "MMMM").alias("month_name"),
-        F.date_format("date_key", "yyyy-MM").alias("year_month"),
-        F.dayofmonth("date_key").alias("day_of_month"),
-        F.dayofweek("date_key").alias("day_of_week"),
-        F.date_format("date_key", "EEEE").alias("day_name"),
-        F.dayofweek("date_key").isin(1, 7).alias("is_weekend"),
-    )
+    return MARTS["date_dim"].select(bounds.select(F.explode(F.sequence("first", "last")).alias("date_key")))
 
 
-def _write_each(spark: SparkSession, lake: IcebergLake, frames: dict[str, DataFrame], build_id: str
-                ) -> dict[str, str]:
+def _write_each(
+    spark: SparkSession, lake: IcebergTables, frames: dict[str, DataFrame], build_id: str
+) -> dict[str, str]:
     """Append marts under a build two at a time (their many small queries overlap), each sorted by its key."""
 
     def write(item: tuple[str, DataFrame]) -> tuple[str, str]:
@@ -686,16 +737,17 @@ def _write_each(spark: SparkSession, lake: IcebergLake, frames: dict[str, DataFr
         return dict(pool.map(write, frames.items()))
 
 
-def discard_build(spark: SparkSession, lake: IcebergLake, build_id: str) -> None:
+def discard_build(spark: SparkSession, lake: IcebergTables, build_id: str) -> None:
     """Delete one build's rows from every mart."""
     for name in MARTS:
         table = lake.open(spark, MARTS_LAYER, name)
         if table:
-            lake.delete(spark, table, f"build_id = {quoted(build_id)}")
+            lake.delete(spark, table, f"build_id = {literal(build_id)}")
 
 
-def discard_stale_builds(spark: SparkSession, lake: IcebergLake, commits: CommitLog, abandoned_before: dt.datetime
-                         ) -> list[str]:
+def discard_stale_builds(
+    spark: SparkSession, lake: IcebergTables, commits: CommitLog, abandoned_before: dt.datetime
+) -> list[str]:
     """Delete the builds that are neither the committed one nor the one before it (kept for readers that started
     before the switch), or were begun before `abandoned_before` and never committed; returns their ids."""
     stale = [build for _, build in commits.builds().stale(abandoned_before, MARTS_SUBJECT)]
@@ -705,21 +757,88 @@ def discard_stale_builds(spark: SparkSession, lake: IcebergLake, commits: Commit
     return stale
 
 
+PRIMARY_KEY = Check("primary_key", "The key is unique and never null.", MARTS_LAYER, tuple(MARTS), blocking=True)
+FOREIGN_KEYS_RESOLVE = Check(
+    "foreign_keys_resolve",
+    "Every foreign key finds its row in the referenced mart "
+    "(references absent from the lake point to its unknown member).",
+    MARTS_LAYER,
+    tuple(FOREIGN_KEYS),
+    blocking=True,
+)
+ROWS_RECONCILE = Check(
+    "rows_reconcile",
+    "Row count equals the distinct current ids in staging, plus the unknown member.",
+    MARTS_LAYER,
+    tuple(RECONCILED_MARTS),
+    blocking=True,
+)
+REFERENCES_KNOWN = Check(
+    "references_known",
+    "Source data: rows whose reference is absent from the lake and points "
+    "to the unknown member, counted per upload (warning; e.g. a partial export without "
+    "encounters.csv).",
+    MARTS_LAYER,
+    tuple(FOREIGN_KEYS),
+)
+STOPS_BEFORE_START = Check(
+    "stops_before_start",
+    "Synthea oddity: medications that stop before they start (warning).",
+    MARTS_LAYER,
+    ("medication_dim",),
+)
+OBSERVATIONS_WITHOUT_ENCOUNTER = Check(
+    "observations_without_encounter",
+    "Synthea oddity: yearly QALY/DALY/QOLS observations have no encounter (warning).",
+    MARTS_LAYER,
+    ("encounter_dim",),
+)
+DATED_LIKE_ENCOUNTER = Check(
+    "dated_like_encounter",
+    "Synthea oddity: condition dates (local) a day off their encounter (UTC) (warning).",
+    MARTS_LAYER,
+    ("condition_dim",),
+)
+MART_CHECKS = (
+    PRIMARY_KEY,
+    FOREIGN_KEYS_RESOLVE,
+    ROWS_RECONCILE,
+    REFERENCES_KNOWN,
+    STOPS_BEFORE_START,
+    OBSERVATIONS_WITHOUT_ENCOUNTER,
+    DATED_LIKE_ENCOUNTER,
+)
+"""Every check of a build, computed by `check_marts`."""
+
+
 @dataclass(frozen=True)
 class MartCheck:
+    """One declared check's result on one mart."""
+
+    check: Check
     mart: str
-    name: str
     passed: bool
     metadata: dict
-    blocking: bool = True
+
+    def __post_init__(self):
+        self.check.on(self.mart)
+
+    @property
+    def name(self) -> str:
+        return self.check.name
+
+    @property
+    def blocking(self) -> bool:
+        return self.check.blocking
 
 
 def _count(frame: DataFrame) -> int:
     return int(frame.count())
 
 
-def check_marts(spark: SparkSession, lake: IcebergLake, written: dict[str, str], loads: DataFrame, build_id: str
-                ) -> list[MartCheck]:
+def check_marts(
+    spark: SparkSession, lake: IcebergTables, written: dict[str, str], loads: DataFrame, build_id: str
+) -> list[MartCheck]:
     """Judge a written build: keys, foreign keys, row counts against the staging loads it was built from, and
     known Synthea oddities."""
     marts = build_of(spark, written, build_id)
@@ -728,54 +847,92 @@ def check_marts(spark: SparkSession, lake: IcebergLake, written: dict[str, str],
         frame = marts[name]
         rows, distinct = _count(frame), _count(frame.select(mart.key).distinct())
         nulls = _count(frame.where(F.col(mart.key).isNull()))
-        checks.append(MartCheck(name, "primary_key", rows == distinct and not nulls,
-                                {"rows": rows, "distinct_keys": distinct, "null_keys": nulls}))
+        checks.append(
+            MartCheck(
+                PRIMARY_KEY,
+                name,
+                rows == distinct and not nulls,
+                {"rows": rows, "distinct_keys": distinct, "null_keys": nulls},
+            )
+        )
     for name, references in FOREIGN_KEYS.items():
         orphans = {}
         for column, target in references.items():
             keys = marts[target].select(F.col(MARTS[target].key).alias(column))
             orphans[column] = _count(marts[name].where(F.col(column).isNotNull()).join(keys, column, "left_anti"))
-        checks.append(MartCheck(name, "foreign_keys_resolve", not any(orphans.values()), {"orphans": orphans}))
+        checks.append(MartCheck(FOREIGN_KEYS_RESOLVE, name, not any(orphans.values()), {"orphans": orphans}))
 
     checks += references_known(marts)
-    for mart_name, table in (("patient_fact", "patients"), ("provider_dim", "providers"),
-                             ("organization_dim", "organizations"), ("payer_dim", "payers")):
+    for mart_name, table in RECONCILED_MARTS.items():
+        if mart_name == "encounter_dim":  # reconciled below, against the encounters of patient_fact's patients
+            continue
         expected = _count(read_staging(spark, lake, table, loads).select("id").distinct()) + 1
         actual = _count(marts[mart_name])
-        checks.append(MartCheck(mart_name, "rows_reconcile", expected == actual,
-                                {"distinct_ids_in_staging_and_unknown_member": expected, "rows": actual}))
-    owners = marts["patient_fact"].where(F.col("patient_key") != UNKNOWN_KEY).select(
-        F.col("patient_key").alias("patient"), "upload_id")
-    encounters = patient_scoped(read_staging(spark, lake, "encounters", loads), owners, "id")
+        checks.append(
+            MartCheck(
+                ROWS_RECONCILE,
+                mart_name,
+                expected == actual,
+                {"distinct_ids_in_staging_and_unknown_member": expected, "rows": actual},
+            )
+        )
+    owners = (
+        marts["patient_fact"]
+        .where(F.col("patient_key") != UNKNOWN_KEY)
+        .select(F.col("patient_key").alias("patient"), "upload_id")
+    )
+    encounters = patient_scoped(read_staging(spark, lake, RECONCILED_MARTS["encounter_dim"], loads), owners, "id")
     expected, actual = _count(encounters.select("id").distinct()) + 1, _count(marts["encounter_dim"])
-    checks.append(MartCheck("encounter_dim", "rows_reconcile", expected == actual,
-                            {"distinct_current_encounters_and_unknown_member": expected, "rows": actual}))
+    checks.append(
+        MartCheck(
+            ROWS_RECONCILE,
+            "encounter_dim",
+            expected == actual,
+            {"distinct_current_encounters_and_unknown_member": expected, "rows": actual},
+        )
+    )
 
     observations = read_staging(spark, lake, "observations", loads).join(owners, ["patient", "upload_id"], "left_semi")
     encounter_dates = marts["encounter_dim"].select("encounter_key", F.col("start_date").alias("encounter_date"))
     oddities = (
-        ("medication_dim", "stops_before_start", "medications_stopping_before_start",
-         marts["medication_dim"].where(F.col("stop_ts") < F.col("start_ts")), {}),
-        ("encounter_dim", "observations_without_encounter", "observations_without_encounter",
-         observations.where(F.col("encounter").isNull()), {}),
-        ("condition_dim", "dated_like_encounter", "conditions_dated_off_their_encounter",
-         marts["condition_dim"].join(encounter_dates, "encounter_key")
-         .where(F.col("start_date") != F.col("encounter_date")),
-         {"why": "condition dates are local, encounter dates UTC"}),
+        (
+            STOPS_BEFORE_START,
+            "medication_dim",
+            "medications_stopping_before_start",
+            marts["medication_dim"].where(F.col("stop_ts") < F.col("start_ts")),
+            {},
+        ),
+        (
+            OBSERVATIONS_WITHOUT_ENCOUNTER,
+            "encounter_dim",
+            "observations_without_encounter",
+            observations.where(F.col("encounter").isNull()),
+            {},
+        ),
+        (
+            DATED_LIKE_ENCOUNTER,
+            "condition_dim",
+            "conditions_dated_off_their_encounter",
+            marts["condition_dim"]
+            .join(encounter_dates, "encounter_key")
+            .where(F.col("start_date") != F.col("encounter_date")),
+            {"why": "condition dates are local, encounter dates UTC"},
+        ),
     )
-    for mart_name, check, measure, rows, notes in oddities:
+    for check, mart_name, measure, rows, notes in oddities:
         by_upload = _per_upload(rows)
         total = sum(by_upload.values())
-        checks.append(MartCheck(mart_name, check, total == 0, {measure: total, "by_upload": by_upload, **notes},
-                                blocking=False))
+        checks.append(MartCheck(check, mart_name, total == 0, {measure: total, "by_upload": by_upload, **notes}))
     return checks
 
 
 def _per_upload(rows: DataFrame) -> dict[str, int]:
     """Row counts by upload (`unknown` for rows of no upload), for warnings that name the uploads they concern."""
     counts = rows.groupBy("upload_id").count().collect()
-    return {str(row["upload_id"] or UNKNOWN_KEY): int(row["count"])
-            for row in sorted(counts, key=lambda r: str(r["upload_id"]))}
+    return {
+        str(row["upload_id"] or UNKNOWN_KEY): int(row["count"])
+        for row in sorted(counts, key=lambda r: str(r["upload_id"]))
+    }
 
 
 def references_known(marts: dict[str, DataFrame]) -> list[MartCheck]:
@@ -790,6 +947,7 @@ def references_known(marts: dict[str, DataFrame]) -> list[MartCheck]:
         by_upload = {row["upload_id"]: {c: int(row[c]) for c in references if row[c]} for row in rows}
         by_upload = {upload: counts for upload, counts in sorted(by_upload.items(), key=lambda i: str(i[0])) if counts}
         total = sum(sum(counts.values()) for counts in by_upload.values())
-        checks.append(MartCheck(name, "references_known", total == 0,
-                                {"rows_pointing_to_unknown": total, "by_upload": by_upload}, blocking=False))
+        checks.append(
+            MartCheck(REFERENCES_KNOWN, name, total == 0, {"rows_pointing_to_unknown": total, "by_upload": by_upload})
+        )
     return checks

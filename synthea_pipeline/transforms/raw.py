@@ -12,10 +12,9 @@ the rejected lines together with its own.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +29,6 @@ BOM = b"\xef\xbb\xbf"
 NEWLINE, COMMA, CARRIAGE_RETURN = 10, 44, 13
 SOURCE_FILE = re.compile(r"^(?P<table>[A-Za-z_]+?)(?:-(?P<part>\d+))?\.csv$")
 UNNAMED = re.compile(r"^(Unnamed: \d+.*)?$")
-MANIFEST = "_manifest.json"
 LINEAGE = (("_file", pa.string()), ("_line", pa.int64()), ("_reason", pa.string()), ("_text", pa.string()))
 """Columns every raw row carries besides the header's: where it came from, and why and what it was when it
 could not be split into fields."""
@@ -48,7 +46,7 @@ class TableError(Exception):
 
 @dataclass
 class RawResult:
-    """What the raw pass did to one table of one upload; saved beside the raw files for the staging step.
+    """What the raw pass did to one table of one upload, handed to the staging step and reported.
     `columns` maps header names to canonical columns; `raw_columns` are the Parquet names of the kept header
     columns, in order (the header names, made unique)."""
 
@@ -69,13 +67,6 @@ class RawResult:
     bytes_in: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> RawResult:
-        return cls(**json.loads(text))
 
 
 def raw_file_name(source_file: str) -> str:
@@ -119,8 +110,13 @@ def read_header(source_uri: str, file: str, table: str) -> tuple[list[str], int,
     line = stripped if end < 0 else stripped[: end + 1]
     number = skipped.count(b"\n") + 1
     if b"\r" in line.rstrip(b"\r\n"):
-        raise TableError(table, file, number, "carriage returns (CR) inside the header line: old Mac line "
-                         "breaks are not supported, convert the file to LF or CRLF")
+        raise TableError(
+            table,
+            file,
+            number,
+            "carriage returns (CR) inside the header line: old Mac line "
+            "breaks are not supported, convert the file to LF or CRLF",
+        )
     try:
         decoded = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
@@ -181,7 +177,10 @@ def plan_table(table: Table, source_uri: str, files: list[str], release: str = "
             if match.missing_required:
                 known = "no known column" if not match.mapping else f"header {','.join(names)}"
                 raise TableError(
-                    table.name, file, number, f"missing required column(s) {', '.join(match.missing_required)} ({known})"
+                    table.name,
+                    file,
+                    number,
+                    f"missing required column(s) {', '.join(match.missing_required)} ({known})",
                 )
             result.header, result.columns, result.unknown_columns = header, match.mapping, match.unknown
             result.raw_columns = unique_names(header)
@@ -206,8 +205,10 @@ def write_raw(plan: RawPlan, raw_uri: str) -> RawResult:
         if not names:
             continue
         source_fs, source_path = filesystem_for(f"{plan.source_uri}/{file}")
-        with source_fs.open_input_stream(source_path) as stream, \
-                fs.open_output_stream(f"{raw_root}/{raw_file_name(file)}") as out:
+        with (
+            source_fs.open_input_stream(source_path) as stream,
+            fs.open_output_stream(f"{raw_root}/{raw_file_name(file)}") as out,
+        ):
             header_line = stream.read(header_bytes)
             writer = _FileWriter(file, names, result.raw_columns, header_line, header_line_number, out)
             writer.run(stream)
@@ -219,28 +220,14 @@ def write_raw(plan: RawPlan, raw_uri: str) -> RawResult:
         result.blank_lines += writer.blank_lines
         reasons.update(writer.reasons)
     result.quarantine_reasons = dict(reasons)
-    with fs.open_output_stream(f"{raw_root}/{MANIFEST}") as out:
-        out.write(result.to_json().encode())
     return result
-
-
-def clean_table(table: Table, source_uri: str, files: list[str], raw_uri: str, release: str = "unknown") -> RawResult:
-    """Plan and write one table's raw Parquet."""
-    return write_raw(plan_table(table, source_uri, files, release), raw_uri)
-
-
-def load_manifest(raw_uri: str) -> RawResult:
-    fs, path = filesystem_for(f"{raw_uri}/{MANIFEST}")
-    with fs.open_input_stream(path) as stream:
-        return RawResult.from_json(stream.read().decode())
 
 
 class _FileWriter:
     """Streams the data lines of one file into one Parquet file: well-formed rows as text columns, the others
     with their reason and text. Counts what it saw."""
 
-    def __init__(self, file: str, names: list[str], columns: list[str], header_line: bytes, header_number: int,
-                 out):
+    def __init__(self, file: str, names: list[str], columns: list[str], header_line: bytes, header_number: int, out):
         self.file = file
         self.fields = len(names)
         self.positional = [f"f{i}" for i in range(len(names))]
@@ -248,8 +235,9 @@ class _FileWriter:
         self.columns = columns
         self.header = header_line.removeprefix(BOM).lstrip(b"\r\n").rstrip(b"\r\n")
         self.schema = pa.schema([(c, pa.string()) for c in columns] + list(LINEAGE))
-        self.writer = pq.ParquetWriter(out, self.schema, compression="zstd", use_dictionary=["_file"],
-                                       write_statistics=False)
+        self.writer = pq.ParquetWriter(
+            out, self.schema, compression="zstd", use_dictionary=["_file"], write_statistics=False
+        )
         self.line_number = header_number
         self.bytes_in = self.rows_in = self.rows_out = self.rejected = self.blank_lines = 0
         self.reasons: Counter = Counter()
@@ -273,8 +261,11 @@ class _FileWriter:
             pa.py_buffer(lines),
             read_options=pacsv.ReadOptions(column_names=self.positional),
             parse_options=pacsv.ParseOptions(quote_char=False, newlines_in_values=False, ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in self.positional},
-                                                 include_columns=self.kept, strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in self.positional},
+                include_columns=self.kept,
+                strings_can_be_null=False,
+            ),
         )
         if table.num_rows != count:
             raise ValueError(f"{self.file}: parsed {table.num_rows} rows from {count} lines")
@@ -282,22 +273,33 @@ class _FileWriter:
 
     def _write_rows(self, table: pa.Table, line_numbers: np.ndarray) -> None:
         count = table.num_rows
-        lineage = [pa.array([self.file]).take(pa.array(np.zeros(count, dtype=np.int32))), pa.array(line_numbers),
-                   pa.nulls(count, pa.string()), pa.nulls(count, pa.string())]
+        lineage = [
+            pa.array([self.file]).take(pa.array(np.zeros(count, dtype=np.int32))),
+            pa.array(line_numbers),
+            pa.nulls(count, pa.string()),
+            pa.nulls(count, pa.string()),
+        ]
         self.writer.write_table(pa.Table.from_arrays([*table.columns, *lineage], schema=self.schema))
         self.rows_out += count
 
     def _has_header_line(self, block: bytes) -> bool:
         """Whether a line of the block is the header again, with or without a BOM (what `cat` of two files
         gives)."""
-        return any(block.startswith(line) or block.find(b"\n" + line) >= 0
-                   for line in (self.header + b"\n", BOM + self.header + b"\n"))
+        return any(
+            block.startswith(line) or block.find(b"\n" + line) >= 0
+            for line in (self.header + b"\n", BOM + self.header + b"\n")
+        )
 
     def _block(self, block: bytes, last_line_unterminated: bool = False) -> None:
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n")
-        clean = not (last_line_unterminated or b"\r" in block or block.startswith(b"\n") or b"\n\n" in block
-                     or self._has_header_line(block))
+        clean = not (
+            last_line_unterminated
+            or b"\r" in block
+            or block.startswith(b"\n")
+            or b"\n\n" in block
+            or self._has_header_line(block)
+        )
         if clean:
             count = block.count(b"\n")
             try:
@@ -352,8 +354,12 @@ class _FileWriter:
         count = len(order)
         texts = [block[starts[i] : ends[i]].decode("utf-8", errors="replace") for i in order]
         columns = [pa.nulls(count, pa.string()) for _ in self.columns]
-        lineage = [pa.array([self.file] * count), pa.array(numbers[order]), pa.array([reasons[i] for i in order]),
-                   pa.array(texts)]
+        lineage = [
+            pa.array([self.file] * count),
+            pa.array(numbers[order]),
+            pa.array([reasons[i] for i in order]),
+            pa.array(texts),
+        ]
         self.writer.write_table(pa.Table.from_arrays([*columns, *lineage], schema=self.schema))
         self.rejected += count
         self.reasons.update(reason_category(reasons[i]) for i in order)

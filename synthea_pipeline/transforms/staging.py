@@ -1,4 +1,5 @@
-"""Staging layer: typed, trimmed, deduplicated Parquet in the canonical schema of `tables.py`.
+"""Staging layer: typed, trimmed, deduplicated rows in the canonical schema of `tables.py`, one Apache Iceberg table
+per Synthea table.
 
 Plain PySpark DataFrame code (runs on Sail, JVM Spark, Glue or EMR), reading the raw Parquet. Every raw row ends in
 exactly one place: staged, quarantined with a reason, or dropped as an exact duplicate of a staged row.
@@ -21,20 +22,21 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from synthea_pipeline.tables import SPARK_TYPES, TABLES, UNKNOWN_MEMBER_KEY, Table
+from synthea_pipeline.transforms.checks import Check
 from synthea_pipeline.transforms.iceberg import (
     LOAD_PARTITIONING,
     QUARANTINE,
     QUARANTINE_COLUMNS,
     STAGING_LAYER,
     CommitLog,
-    IcebergLake,
+    IcebergTables,
     LoadRecord,
     now,
-    quoted,
     retry,
 )
 from synthea_pipeline.transforms.lake import delete_folder
 from synthea_pipeline.transforms.raw import RawResult, raw_file_name
+from synthea_pipeline.transforms.sql import literal, spark_identifier
 
 SPARK_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -121,10 +123,6 @@ def _typed(value: Column, column_type: str, sql_name: str) -> Column:
     return F.expr(f"try_cast({sql_name} as {SPARK_TYPES[column_type]})")
 
 
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def read_raw(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str) -> DataFrame:
     """Every raw row of one table: each canonical column as normalized text (missing ones as null), with its
     `_file`, `_line`, `_position` in the upload, the raw pass's `_reason` when it rejected the line, and
@@ -135,17 +133,21 @@ def read_raw(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str) ->
         for column, holder in table.moved_when_absent:
             if column not in by_name and holder in by_name:
                 by_name[column] = by_name.pop(holder)
-        fields = [F.coalesce(F.col(_quoted(c)), F.lit("")) for c in raw.raw_columns]
+        fields = [F.coalesce(F.col(spark_identifier(c)), F.lit("")) for c in raw.raw_columns]
         text = F.coalesce(F.col("_text"), F.concat_ws(",", *fields))
-        file_index = F.element_at(F.create_map(*[F.lit(v) for i, f in enumerate(raw.files) for v in (f, i)]),
-                                  F.col("_file"))
+        file_index = F.element_at(
+            F.create_map(*[F.lit(v) for i, f in enumerate(raw.files) for v in (f, i)]), F.col("_file")
+        )
     else:
         frame = spark.createDataFrame([], "_file string, _line bigint, _reason string, _text string")
         by_name, text, file_index = {}, F.col("_text"), F.lit(0)
     return frame.select(
         *[
-            (_normalized(F.col(_quoted(by_name[name])), table, name) if name in by_name
-             else F.lit(None).cast("string")).alias(name)
+            (
+                _normalized(F.col(spark_identifier(by_name[name])), table, name)
+                if name in by_name
+                else F.lit(None).cast("string")
+            ).alias(name)
             for name in table.column_names
         ],
         "_file",
@@ -167,8 +169,12 @@ def rejection(table: Table) -> Column:
         for c in table.required_columns
     ]
     if "id" in table.key:
-        problems.append(F.when(F.col("id") == UNKNOWN_MEMBER_KEY, F.lit(
-            f"reserved id: '{UNKNOWN_MEMBER_KEY}' is the key of the marts' unknown members")))
+        problems.append(
+            F.when(
+                F.col("id") == UNKNOWN_MEMBER_KEY,
+                F.lit(f"reserved id: '{UNKNOWN_MEMBER_KEY}' is the key of the marts' unknown members"),
+            )
+        )
     return F.coalesce(*problems) if problems else F.lit(None).cast("string")
 
 
@@ -179,12 +185,38 @@ def row_key(table: Table) -> Column:
     return F.md5(F.concat_ws(KEY_SEPARATOR, *values))
 
 
-def staging_schema(table: Table) -> str:
-    """The columns of a staging table (DDL): the contract's, `row_key` when the table has no natural key, then
+@dataclass(frozen=True)
+class StagingColumn:
+    """A column of a staging table, as its Iceberg table, its catalog view and its Dagster schema show it."""
+
+    name: str
+    spark_type: str
+    description: str
+    nullable: bool
+
+
+ROW_KEY = StagingColumn("row_key", "string", "Key: MD5 of the row's normalized values.", nullable=False)
+LOAD_COLUMNS = (
+    StagingColumn("upload_id", "string", "The upload this row came from.", nullable=False),
+    StagingColumn(
+        "load_id",
+        "string",
+        "The staging run that wrote this row; readers take only the committed load of each upload.",
+        nullable=False,
+    ),
+)
+
+
+def staging_columns(table: Table) -> list[StagingColumn]:
+    """The columns of a staging table: the contract's, `row_key` when the table has no natural key, then
     `upload_id` and `load_id`."""
-    columns = [f"`{c.name}` {c.spark_type}" for c in table.columns]
-    columns += [] if table.has_natural_key else ["row_key string"]
-    return ", ".join([*columns, "upload_id string", "load_id string"])
+    contract = [StagingColumn(c.name, c.spark_type, c.description, nullable=not c.required) for c in table.columns]
+    return [*contract, *([] if table.has_natural_key else [ROW_KEY]), *LOAD_COLUMNS]
+
+
+def staging_schema(table: Table) -> str:
+    """The columns of a staging table as DDL, to create it or add what an older table lacks."""
+    return ", ".join(f"{spark_identifier(c.name)} {c.spark_type}" for c in staging_columns(table))
 
 
 def type_columns(table: Table, text: DataFrame, *carried: str) -> DataFrame:
@@ -203,19 +235,30 @@ def read_stats(table: Table, lines: DataFrame) -> tuple[int, int, int, dict[str,
         F.sum(F.col("_reason").isNotNull().cast("int")).alias("_raw_rejected"),
         F.sum((F.col("_reason").isNull() & F.col("_problem").isNotNull()).cast("int")).alias("_rejected"),
     ] + [
-        F.sum((stageable & F.col(c.name).isNotNull() & _typed(F.col(c.name), c.type, f"`{c.name}`").isNull())
-              .cast("int")).alias(c.name)
+        F.sum(
+            (stageable & F.col(c.name).isNotNull() & _typed(F.col(c.name), c.type, f"`{c.name}`").isNull()).cast("int")
+        ).alias(c.name)
         for c in checked
     ]
     row = lines.agg(*sums).collect()[0]
-    return (int(row["_rows"]), int(row["_raw_rejected"] or 0), int(row["_rejected"] or 0),
-            {c.name: int(row[c.name]) for c in checked if row[c.name]})
+    return (
+        int(row["_rows"]),
+        int(row["_raw_rejected"] or 0),
+        int(row["_rejected"] or 0),
+        {c.name: int(row[c.name]) for c in checked if row[c.name]},
+    )
 
 
 def quarantine_rows(lines: DataFrame, reason: Column, table: str, upload_id: str, load_id: str) -> DataFrame:
-    return lines.select(F.lit(table).alias("table_name"), F.lit(upload_id).alias("upload_id"),
-                        F.lit(load_id).alias("load_id"), F.col("_file").alias("file"),
-                        F.col("_line").alias("line_number"), reason.alias("reason"), F.col("_text").alias("text"))
+    return lines.select(
+        F.lit(table).alias("table_name"),
+        F.lit(upload_id).alias("upload_id"),
+        F.lit(load_id).alias("load_id"),
+        F.col("_file").alias("file"),
+        F.col("_line").alias("line_number"),
+        reason.alias("reason"),
+        F.col("_text").alias("text"),
+    )
 
 
 def key_conflict_losers(table: Table, staged: DataFrame, rows: DataFrame) -> DataFrame:
@@ -223,29 +266,38 @@ def key_conflict_losers(table: Table, staged: DataFrame, rows: DataFrame) -> Dat
     `_reason` naming the rule that decided. `staged` holds the distinct rows, `rows` every stageable row typed,
     with `_file`, `_line`, `_position` and `_text`."""
     renamed = [f"_key{i}" for i in range(len(table.key))]
-    conflicted = staged.groupBy(*table.key).count().where(F.col("count") > 1).select(
-        *[F.col(k).alias(r) for k, r in zip(table.key, renamed)])
-    matches = reduce(lambda a, b: a & b, [F.col(k).eqNullSafe(F.col(r)) for k, r in zip(table.key, renamed)])
+    conflicted = (
+        staged.groupBy(*table.key)
+        .count()
+        .where(F.col("count") > 1)
+        .select(*[F.col(k).alias(r) for k, r in zip(table.key, renamed, strict=False)])
+    )
+    pairs = zip(table.key, renamed, strict=True)
+    matches = reduce(lambda a, b: a & b, [F.col(k).eqNullSafe(F.col(r)) for k, r in pairs])
     filled = reduce(lambda a, b: a + b, [F.col(n).isNotNull().cast("int") for n in table.column_names])
     candidates = rows.join(conflicted, matches, "left_semi").select(
-        "*", row_key(table).alias("_content"), filled.alias("_filled"))
+        "*", row_key(table).alias("_content"), filled.alias("_filled")
+    )
     versions = candidates.groupBy(*table.key, "_content", "_filled").agg(F.max("_position").alias("_last"))
     by_key = Window.partitionBy(*table.key)
     ranked = versions.select(
-        "_content", "_filled",
+        "_content",
+        "_filled",
         F.row_number().over(by_key.orderBy(F.col("_filled").desc(), F.col("_last").desc())).alias("_rank"),
         F.max("_filled").over(by_key).alias("_kept_filled"),
     )
     losers = ranked.where(F.col("_rank") > 1).select(
         "_content",
         F.when(F.col("_filled") < F.col("_kept_filled"), F.lit(f"{KEY_CONFLICT}: the kept row is more complete"))
-        .otherwise(F.lit(f"{KEY_CONFLICT}: the kept row comes later in the upload")).alias("_reason"),
+        .otherwise(F.lit(f"{KEY_CONFLICT}: the kept row comes later in the upload"))
+        .alias("_reason"),
     )
     return candidates.join(losers, "_content")
 
 
-def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, lake: IcebergLake, upload_id: str,
-                load_id: str) -> tuple[StagingResult, StagingProfile]:
+def stage_table(
+    spark: SparkSession, table: Table, raw: RawResult, raw_uri: str, lake: IcebergTables, upload_id: str, load_id: str
+) -> tuple[StagingResult, StagingProfile]:
     """Append one table's staged and quarantined rows of one upload to their Iceberg tables under `load_id`,
     where readers do not look until the upload is committed, and profile them for the checks.
 
@@ -260,14 +312,23 @@ def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str,
     lines = read_raw(spark, table, raw, raw_uri).withColumn("_problem", rejection(table))
     rows_read, raw_rejected, rejected, unparseable = read_stats(table, lines)
     stageable = lines.where(F.col("_reason").isNull() & F.col("_problem").isNull())
-    lake.append(type_columns(table, stageable).withColumn("upload_id", F.lit(upload_id))
-                .withColumn("load_id", F.lit(load_id)), target)
+    lake.append(
+        type_columns(table, stageable).withColumn("upload_id", F.lit(upload_id)).withColumn("load_id", F.lit(load_id)),
+        target,
+    )
     written = spark.table(target).where(this_load)
     facts = profile(table, written)
     if raw_rejected or rejected:
-        lake.append(quarantine_rows(lines.where(F.col("_reason").isNotNull() | F.col("_problem").isNotNull()),
-                                    F.coalesce("_reason", "_problem"), table.name, upload_id, load_id),
-                    quarantine_table)
+        lake.append(
+            quarantine_rows(
+                lines.where(F.col("_reason").isNotNull() | F.col("_problem").isNotNull()),
+                F.coalesce("_reason", "_problem"),
+                table.name,
+                upload_id,
+                load_id,
+            ),
+            quarantine_table,
+        )
     losing_lines = 0
     if facts.key_duplicates:
         kept = written.distinct()
@@ -276,10 +337,12 @@ def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str,
             losers = key_conflict_losers(table, kept, rows)
             losing_lines = int(losers.count())
             if losing_lines:
-                lake.append(quarantine_rows(losers, F.col("_reason"), table.name, upload_id, load_id),
-                            quarantine_table)
-                kept = kept.withColumn("_content", row_key(table)).join(
-                    losers.select("_content"), "_content", "left_anti").drop("_content")
+                lake.append(quarantine_rows(losers, F.col("_reason"), table.name, upload_id, load_id), quarantine_table)
+                kept = (
+                    kept.withColumn("_content", row_key(table))
+                    .join(losers.select("_content"), "_content", "left_anti")
+                    .drop("_content")
+                )
         with lake.commit_lock(target):
             retry(lambda: kept.writeTo(target).overwrite(this_load))
         facts = profile(table, spark.table(target).where(this_load))
@@ -293,8 +356,13 @@ def stage_table(spark: SparkSession, table: Table, raw: RawResult, raw_uri: str,
     return result, facts
 
 
-def discard_stale_loads(spark: SparkSession, lake: IcebergLake, commits: CommitLog, abandoned_before: dt.datetime,
-                        upload_id: str | None = None) -> list[tuple[str, str]]:
+def discard_stale_loads(
+    spark: SparkSession,
+    lake: IcebergTables,
+    commits: CommitLog,
+    abandoned_before: dt.datetime,
+    upload_id: str | None = None,
+) -> list[tuple[str, str]]:
     """Delete the loads that are neither an upload's committed load nor the one committed before it (kept for
     readers that started before the switch): loads that were replaced, and loads begun before
     `abandoned_before` and never committed (runs that died or failed). Also their raw files. Returns the
@@ -306,29 +374,51 @@ def discard_stale_loads(spark: SparkSession, lake: IcebergLake, commits: CommitL
     return stale
 
 
-def discard_load(spark: SparkSession, lake: IcebergLake, tables: list[str], upload_id: str, load_id: str) -> None:
+def discard_load(spark: SparkSession, lake: IcebergTables, tables: list[str], upload_id: str, load_id: str) -> None:
     """Delete one load's rows from the given staging tables and from the quarantine, and its raw files."""
-    condition = f"upload_id = {quoted(upload_id)} AND load_id = {quoted(load_id)}"
+    condition = f"upload_id = {literal(upload_id)} AND load_id = {literal(load_id)}"
     for table in tables:
-        delete_folder(lake.lake.raw(table, upload_id, load_id))
+        delete_folder(lake.layout.raw(table, upload_id, load_id))
     for name in [*tables, QUARANTINE]:
         identifier = lake.open(spark, STAGING_LAYER, name)
         if identifier:
             lake.delete(spark, identifier, condition)
 
 
-def staging_checks(table: Table, raw: RawResult, result: StagingResult, facts: StagingProfile
-                   ) -> dict[str, tuple[bool, dict]]:
-    """The blocking checks of a staging partition, (passed, metadata) by check name. Source-data problems are
-    quarantined before these run, so a failure means a bug in the pipeline, not in the upload."""
+ROWS_RECONCILE = Check(
+    "rows_reconcile",
+    "Rows in = rows out + quarantined + duplicates dropped.",
+    STAGING_LAYER,
+    tuple(TABLES),
+    blocking=True,
+)
+KEY_UNIQUE = Check("key_unique", "The table's key identifies one row.", STAGING_LAYER, tuple(TABLES), blocking=True)
+REQUIRED_NOT_NULL = Check(
+    "required_not_null", "Required columns have no nulls.", STAGING_LAYER, tuple(TABLES), blocking=True
+)
+STAGING_CHECKS = (ROWS_RECONCILE, KEY_UNIQUE, REQUIRED_NOT_NULL)
+"""Blocking: source-data problems are quarantined before they run, so a failure is a pipeline bug."""
+
+
+def staging_checks(
+    table: Table, raw: RawResult, result: StagingResult, facts: StagingProfile
+) -> dict[Check, tuple[bool, dict]]:
+    """The blocking checks of a staging partition, (passed, metadata) by check (`STAGING_CHECKS`)."""
     accounted = facts.rows + result.quarantined + result.duplicates_dropped
     return {
-        "rows_reconcile": (raw.rows_in == accounted == result.rows_read, {
-            "rows_in": raw.rows_in, "rows_read_by_spark": result.rows_read, "rows_out": facts.rows,
-            "quarantined": result.quarantined, "duplicates_dropped": result.duplicates_dropped,
-            "unaccounted": raw.rows_in - accounted}),
-        "key_unique": (facts.key_duplicates == 0, {"key": list(table.key), "duplicate_keys": facts.key_duplicates}),
-        "required_not_null": (not any(facts.null_required.values()), {"null_counts": facts.null_required}),
+        ROWS_RECONCILE: (
+            raw.rows_in == accounted == result.rows_read,
+            {
+                "rows_in": raw.rows_in,
+                "rows_read_by_spark": result.rows_read,
+                "rows_out": facts.rows,
+                "quarantined": result.quarantined,
+                "duplicates_dropped": result.duplicates_dropped,
+                "unaccounted": raw.rows_in - accounted,
+            },
+        ),
+        KEY_UNIQUE: (facts.key_duplicates == 0, {"key": list(table.key), "duplicate_keys": facts.key_duplicates}),
+        REQUIRED_NOT_NULL: (not any(facts.null_required.values()), {"null_counts": facts.null_required}),
     }
 
 

@@ -6,6 +6,7 @@ metadata (the upload sensor's listings, ETags) or verified uploads."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -126,10 +127,8 @@ class LocalStorage:
         os.replace(temp, target)
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(self.uri(key))
-        except FileNotFoundError:
-            pass
 
     @staticmethod
     def _temp(path: str) -> str:

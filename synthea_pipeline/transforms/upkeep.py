@@ -23,15 +23,16 @@ from pyarrow import fs as pafs
 from pyspark.sql import SparkSession
 
 from synthea_pipeline.tables import TABLES
-from synthea_pipeline.transforms.catalog import LAKE_TABLES
+from synthea_pipeline.transforms.catalog import LAKE_TABLES, connect
 from synthea_pipeline.transforms.iceberg import (
+    GLUE_TABLE_INPUT_KEYS,
     CommitLog,
-    IcebergLake,
+    IcebergTables,
     LoadRecord,
     now,
     utc,
 )
-from synthea_pipeline.transforms.lake import delete_folder, filesystem_for
+from synthea_pipeline.transforms.lake import aws_client, delete_folder, filesystem_for
 from synthea_pipeline.transforms.marts import discard_stale_builds
 from synthea_pipeline.transforms.staging import discard_stale_loads
 
@@ -49,8 +50,14 @@ class UnknownUpload(KeyError):
         super().__init__(f"upload {upload_id} is not in the lake (in the lake: {', '.join(uploads) or 'none'})")
 
 
-def remove_upload(spark: SparkSession, lake: IcebergLake, upload_id: str, upload_token: str | None = None,
-                  note: str = "removed", in_source: bool = False) -> list[tuple[str, str]]:
+def remove_upload(
+    spark: SparkSession,
+    lake: IcebergTables,
+    upload_id: str,
+    upload_token: str | None = None,
+    note: str = "removed",
+    in_source: bool = False,
+) -> list[tuple[str, str]]:
     """Takes an upload out of the lake: one `removed` record in the uploads log hides it from every reader at
     once (catalog views, the next marts build) and keeps the sensor, backfills and the marts off it until it is
     uploaded again (a manifest other than `upload_token`, the one in `source/` now); then its rows are deleted
@@ -65,17 +72,20 @@ def remove_upload(spark: SparkSession, lake: IcebergLake, upload_id: str, upload
     commits.record(LoadRecord(upload_id, load_id, "removed", now(), upload_token=upload_token, note=note))
     deleted = discard_stale_loads(spark, lake, commits, now(), upload_id)
     for table in TABLES:
-        delete_folder(lake.lake.raw(table, upload_id))
+        delete_folder(lake.layout.raw(table, upload_id))
     return deleted
 
 
-def discard_stale(spark: SparkSession, lake: IcebergLake, abandoned_before: dt.datetime
-                  ) -> tuple[list[tuple[str, str]], list[str]]:
+def discard_stale(
+    spark: SparkSession, lake: IcebergTables, abandoned_before: dt.datetime
+) -> tuple[list[tuple[str, str]], list[str]]:
     """Deletes the loads and builds no reader can see any more: replaced ones, and those begun before
     `abandoned_before` and never committed (runs that died or failed)."""
     commits = CommitLog(spark, lake)
-    return (discard_stale_loads(spark, lake, commits, abandoned_before),
-            discard_stale_builds(spark, lake, commits, abandoned_before))
+    return (
+        discard_stale_loads(spark, lake, commits, abandoned_before),
+        discard_stale_builds(spark, lake, commits, abandoned_before),
+    )
 
 
 @dataclass
@@ -102,11 +112,11 @@ class LocalMetadata:
     """Metadata of a local lake's tables: `metadata/vN.metadata.json` named by `metadata/version-hint.text`, as
     Sail's path-based tables and JVM Spark's Hadoop catalog both keep them."""
 
-    def __init__(self, lake: IcebergLake):
-        self.lake = lake
+    def __init__(self, lake: IcebergTables):
+        self.tables = lake
 
     def current(self, layer: str, table: str) -> Metadata | None:
-        folder = os.path.join(self.lake.location(layer, table), "metadata")
+        folder = os.path.join(self.tables.location(layer, table), "metadata")
         try:
             with open(os.path.join(folder, "version-hint.text")) as hint:
                 version = int(hint.read().strip())
@@ -135,16 +145,13 @@ class LocalMetadata:
 class GlueMetadata:
     """Metadata of a lake on S3: the Glue Data Catalog names each table's current metadata file."""
 
-    TABLE_INPUT_KEYS = ("Name", "Description", "Owner", "Retention", "StorageDescriptor", "PartitionKeys",
-                        "TableType", "Parameters")
-
-    def __init__(self, lake: IcebergLake, glue):
-        self.lake = lake
+    def __init__(self, lake: IcebergTables, glue):
+        self.tables = lake
         self.glue = glue
 
     def current(self, layer: str, table: str) -> Metadata | None:
         try:
-            found = self.glue.get_table(DatabaseName=self.lake.database(layer), Name=table)["Table"]
+            found = self.glue.get_table(DatabaseName=self.tables.database(layer), Name=table)["Table"]
         except self.glue.exceptions.EntityNotFoundException:
             return None
         location = found["Parameters"]["metadata_location"]
@@ -161,11 +168,17 @@ class GlueMetadata:
         fs, path = filesystem_for(location)
         with fs.open_output_stream(path) as stream:
             stream.write(json.dumps(content).encode())
-        table_input = {k: v for k, v in base.extra.items() if k in self.TABLE_INPUT_KEYS}
-        table_input["Parameters"] = {**table_input.get("Parameters", {}), "metadata_location": location,
-                                     "previous_metadata_location": base.location}
-        self.glue.update_table(DatabaseName=self.lake.database(layer), TableInput=table_input,
-                               **({"VersionId": base.version} if base.version else {}))
+        table_input = {k: v for k, v in base.extra.items() if k in GLUE_TABLE_INPUT_KEYS}
+        table_input["Parameters"] = {
+            **table_input.get("Parameters", {}),
+            "metadata_location": location,
+            "previous_metadata_location": base.location,
+        }
+        self.glue.update_table(
+            DatabaseName=self.tables.database(layer),
+            TableInput=table_input,
+            **({"VersionId": base.version} if base.version else {}),
+        )
         return location
 
 
@@ -188,7 +201,8 @@ def expire(content: dict, location: str, cutoff_ms: int) -> tuple[dict, int]:
     updated["snapshots"] = [s for s in snapshots if s["snapshot-id"] in keep]
     updated["snapshot-log"] = [e for e in content.get("snapshot-log", []) if e["snapshot-id"] in keep]
     updated["metadata-log"] = [e for e in content.get("metadata-log", []) if e["timestamp-ms"] >= cutoff_ms] + [
-        {"timestamp-ms": content["last-updated-ms"], "metadata-file": location}]
+        {"timestamp-ms": content["last-updated-ms"], "metadata-file": location}
+    ]
     for key in ("statistics", "partition-statistics"):
         if key in content:
             updated[key] = [e for e in content[key] if e["snapshot-id"] in keep]
@@ -210,11 +224,14 @@ def reachable_files(content: dict, metadata_location: str, connection: duckdb.Du
     return {_path(f) for f in files}
 
 
-def _column(connection: duckdb.DuckDBPyConnection, files: list[str], column: str, condition: str = "true"
-            ) -> list[str]:
+def _column(connection: duckdb.DuckDBPyConnection, files: list[str], column: str, condition: str = "true") -> list[str]:
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    return [row[0] for row in connection.execute(
-        f"SELECT DISTINCT {column} FROM read_avro([{listed}]) WHERE {condition}").fetchall()]
+    return [
+        row[0]
+        for row in connection.execute(
+            f"SELECT DISTINCT {column} FROM read_avro([{listed}]) WHERE {condition}"
+        ).fetchall()
+    ]
 
 
 def _path(uri: str) -> str:
@@ -223,21 +240,27 @@ def _path(uri: str) -> str:
     if uri.startswith(("s3://", "s3a://")):
         return uri.split("://", 1)[1]
     if uri.startswith("file:"):
-        uri = uri[len("file:"):].lstrip("/")
+        uri = uri[len("file:") :].lstrip("/")
     return "/" + uri.lstrip("/")
 
 
 def delete_unreachable(location: str, reachable: set[str], cutoff: dt.datetime) -> tuple[int, int]:
     """Deletes the files under a table's folder that no kept snapshot needs and are older than the cutoff."""
     fs, path = filesystem_for(location)
-    files = [info for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-             if info.type == pafs.FileType.File]
-    listed = {(info.path if location.startswith("s3://") else "/" + info.path.lstrip("/")): info for info in files}
-    folder = (path if location.startswith("s3://") else "/" + path.lstrip("/")).rstrip("/") + "/"
+    files = [
+        info
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        if info.type == pafs.FileType.File
+    ]
+    as_listed = (lambda p: "/" + p.lstrip("/")) if isinstance(fs, pafs.LocalFileSystem) else (lambda p: p)
+    listed = {as_listed(info.path): info for info in files}
+    folder = as_listed(path).rstrip("/") + "/"
     unmatched = [f for f in reachable if f.startswith(folder) and f not in listed]
     if unmatched:
-        raise UpkeepRefused(f"{location}: {len(unmatched)} files the table needs are not where its folder lists "
-                            f"them (e.g. {unmatched[0]}); nothing deleted")
+        raise UpkeepRefused(
+            f"{location}: {len(unmatched)} files the table needs are not where its folder lists "
+            f"them (e.g. {unmatched[0]}); nothing deleted"
+        )
     deleted = size = 0
     for name, info in listed.items():
         if name in reachable or info.base_name in KEPT_FILES or utc(info.mtime) >= cutoff:
@@ -248,20 +271,23 @@ def delete_unreachable(location: str, reachable: set[str], cutoff: dt.datetime) 
     return deleted, size
 
 
-def expire_and_clean(lake: IcebergLake, metadata: LocalMetadata | GlueMetadata, cutoff: dt.datetime,
-                     connection: duckdb.DuckDBPyConnection) -> list[TableUpkeep]:
+def expire_and_clean(lake: IcebergTables, cutoff: dt.datetime) -> list[TableUpkeep]:
     """Expires each table's snapshots older than the cutoff, then deletes its files that are unreachable and
-    older than the cutoff (orphans of runs that died included)."""
+    older than the cutoff (orphans of runs that died included): committed through the Glue Data Catalog for a
+    lake on S3."""
+    on_s3 = lake.layout.on_s3
+    metadata = GlueMetadata(lake, aws_client("glue")) if on_s3 else LocalMetadata(lake)
     cutoff_ms = int(cutoff.timestamp() * 1000)
     results = []
-    for layer, table in LAKE_TABLES:
-        with lake.commit_lock(lake.identifier(layer, table)):
-            base = metadata.current(layer, table)
-            if base is None:
-                continue
-            content, expired = expire(base.content, base.location, cutoff_ms)
-            location = metadata.commit(layer, table, base, content) if expired else base.location
-        files, size = delete_unreachable(lake.location(layer, table), reachable_files(content, location, connection),
-                                         cutoff)
-        results.append(TableUpkeep(layer, table, len(content.get("snapshots", [])), expired, files, size))
+    with connect(s3=on_s3) as connection:
+        for layer, table in LAKE_TABLES:
+            with lake.commit_lock(lake.identifier(layer, table)):
+                base = metadata.current(layer, table)
+                if base is None:
+                    continue
+                content, expired = expire(base.content, base.location, cutoff_ms)
+                location = metadata.commit(layer, table, base, content) if expired else base.location
+            reachable = reachable_files(content, location, connection)
+            files, size = delete_unreachable(lake.location(layer, table), reachable, cutoff)
+            results.append(TableUpkeep(layer, table, len(content.get("snapshots", [])), expired, files, size))
     return results

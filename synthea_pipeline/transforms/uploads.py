@@ -70,11 +70,15 @@ def export_folder(path: str) -> Iterator[str]:
         raise UploadError(f"{path} is not a readable zip file ({error})") from None
     with archive, tempfile.TemporaryDirectory(prefix="synthea-export-") as folder:
         members = [m for m in archive.infolist() if not m.is_dir()]
-        exports = sorted({posixpath.dirname(m.filename) for m in members
-                          if posixpath.basename(m.filename).lower() == "patients.csv"})
+        exports = sorted(
+            {posixpath.dirname(m.filename) for m in members if posixpath.basename(m.filename).lower() == "patients.csv"}
+        )
         if len(exports) != 1:
-            found = f"{len(exports)} folders with patients.csv ({', '.join(e or '/' for e in exports)})" if exports \
+            found = (
+                f"{len(exports)} folders with patients.csv ({', '.join(e or '/' for e in exports)})"
+                if exports
                 else "no patients.csv"
+            )
             raise UploadError(f"{path}: {found}; a zip must hold one Synthea CSV export")
         for member in members:
             parent, name = posixpath.split(member.filename)
@@ -132,7 +136,11 @@ def read_manifest(storage: Storage, upload_id: str) -> dict | None:
 
 
 def upload_export(
-    folder: str, storage: Storage, upload_id: str, replace: bool = True, part_size: int = PART_SIZE,
+    folder: str,
+    storage: Storage,
+    upload_id: str,
+    replace: bool = True,
+    part_size: int = PART_SIZE,
     replace_history: bool = False,
 ) -> dict:
     """Store an export's CSV files under `<upload_id>/` of `storage` (the lake's `source/`), verify each one,
@@ -159,8 +167,11 @@ def upload_export(
     marker = f"{upload_id}{UPLOADING_SUFFIX}"
     storage.write_bytes(marker, json.dumps({"upload_id": upload_id}).encode())
     with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
-        list(pool.map(lambda d: storage.upload_file(f"{folder}/{d.name}", f"{upload_id}/{d.name}", d, part_size),
-                      digests))
+        list(
+            pool.map(
+                lambda d: storage.upload_file(f"{folder}/{d.name}", f"{upload_id}/{d.name}", d, part_size), digests
+            )
+        )
     for stale in {o.key for o in existing_objects} - {f"{upload_id}/{n}" for n in names}:
         storage.delete(stale)
     storage.write_bytes(manifest_key(upload_id), json.dumps(manifest, indent=1).encode())
@@ -173,8 +184,10 @@ def confirm_replace(storage: Storage, upload_id: str) -> dict:
     `replace` set and a new token (so the sensor sees a new upload)."""
     manifest = read_manifest(storage, upload_id)
     if manifest is None:
-        raise UploadError(f"upload {upload_id} has no manifest to confirm --replace in: upload it with "
-                          f"synthea-pipeline upload EXPORT --upload-id {upload_id} --replace")
+        raise UploadError(
+            f"upload {upload_id} has no manifest to confirm --replace in: upload it with "
+            f"synthea-pipeline upload EXPORT --upload-id {upload_id} --replace"
+        )
     manifest.update({REPLACE_FIELD: True, "upload_token": uuid.uuid4().hex})
     storage.write_bytes(manifest_key(upload_id), json.dumps(manifest, indent=1).encode())
     return manifest
@@ -196,15 +209,22 @@ def removal_holds(state: dict | None, manifest: dict | None) -> bool:
 
 
 def removal_notice(upload_id: str, state: dict) -> str:
-    return (f"removed from the lake at {state['removed_at']:%Y-%m-%d %H:%M:%S} UTC "
-            f"({state.get('removal_note') or 'removed'}); upload it again to bring it back: "
-            f"synthea-pipeline upload EXPORT --upload-id {upload_id}")
+    return (
+        f"removed from the lake at {state['removed_at']:%Y-%m-%d %H:%M:%S} UTC "
+        f"({state.get('removal_note') or 'removed'}); upload it again to bring it back: "
+        f"synthea-pipeline upload EXPORT --upload-id {upload_id}"
+    )
 
 
 def already_committed(state: dict | None, manifest: dict | None) -> bool:
     """Whether the lake's committed load of an upload was made from this very manifest."""
-    return bool(state and manifest and state["state"] == "committed" and state.get("upload_token")
-                and state["upload_token"] == manifest.get("upload_token"))
+    return bool(
+        state
+        and manifest
+        and state["state"] == "committed"
+        and state.get("upload_token")
+        and state["upload_token"] == manifest.get("upload_token")
+    )
 
 
 def missing_or_different(manifest: dict, objects: list[StoredObject]) -> list[str]:
@@ -263,7 +283,7 @@ class TickOutcome:
         done, pending, after = dict(self.done), dict(self.pending), self.after
         held_back = [ready.upload_id for ready in self.ready[count:]]
         for upload in held_back:
-            for entries, previous in zip((done, pending), self.before[upload]):
+            for entries, previous in zip((done, pending), self.before[upload], strict=False):
                 if previous is None:
                     entries.pop(upload, None)
                 else:
@@ -271,8 +291,10 @@ class TickOutcome:
         if held_back:
             position = self.inspected.index(held_back[0])
             after = self.inspected[position - 1] if position else self.started_after
-        return json.dumps({"done": dict(sorted(done.items())), "pending": dict(sorted(pending.items())),
-                           "after": after}, separators=(",", ":"))
+        return json.dumps(
+            {"done": dict(sorted(done.items())), "pending": dict(sorted(pending.items())), "after": after},
+            separators=(",", ":"),
+        )
 
 
 class UploadWatcher:
@@ -290,8 +312,13 @@ class UploadWatcher:
     turns across ticks so uploads that keep waiting cannot starve the others, and a tick stays short however
     many uploads land at once. `clock` (monotonic) times the deadline; tests pass one they advance themselves."""
 
-    def __init__(self, storage: Storage, quiet_seconds: float, max_inspections: int = 200,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        storage: Storage,
+        quiet_seconds: float,
+        max_inspections: int = 200,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.storage = storage
         self.quiet_seconds = quiet_seconds
         self.max_inspections = max_inspections
@@ -323,19 +350,25 @@ class UploadWatcher:
             else:
                 to_inspect.append(upload)
         outcome.started_after = state.get("after", "")
-        to_inspect = ([u for u in to_inspect if u > outcome.started_after]
-                      + [u for u in to_inspect if u <= outcome.started_after])
+        to_inspect = [u for u in to_inspect if u > outcome.started_after] + [
+            u for u in to_inspect if u <= outcome.started_after
+        ]
         found = self._inspect_in_order(to_inspect[: self.max_inspections], manifests, deadline)
         outcome.inspected = to_inspect[: len(found)]
         if len(found) < len(to_inspect):
-            limit = (f"at most {self.max_inspections} per tick" if len(found) == self.max_inspections
-                     else "the tick's time budget ran out")
+            limit = (
+                f"at most {self.max_inspections} per tick"
+                if len(found) == self.max_inspections
+                else "the tick's time budget ran out"
+            )
             for upload in to_inspect[len(found) :]:
-                outcome.skipped[upload] = (f"left for a later tick ({len(to_inspect)} uploads to inspect, "
-                                           f"{len(found)} inspected: {limit}; in turn)")
+                outcome.skipped[upload] = (
+                    f"left for a later tick ({len(to_inspect)} uploads to inspect, "
+                    f"{len(found)} inspected: {limit}; in turn)"
+                )
             outcome.after = outcome.inspected[-1]
         before = {upload: (done.get(upload), pending.get(upload)) for upload in outcome.inspected}
-        for upload, (content, listed) in zip(outcome.inspected, found):
+        for upload, (content, listed) in zip(outcome.inspected, found, strict=False):
             if upload in manifests:
                 self._with_manifest(upload, manifests[upload], content, listed, done, pending, outcome)
             else:
@@ -345,8 +378,9 @@ class UploadWatcher:
         outcome.pending = {u: v for u, v in pending.items() if u in present}
         return outcome
 
-    def _inspect_in_order(self, uploads: list[str], manifests: dict[str, StoredObject],
-                          deadline: float | None) -> list[tuple[dict | str | None, list[StoredObject]]]:
+    def _inspect_in_order(
+        self, uploads: list[str], manifests: dict[str, StoredObject], deadline: float | None
+    ) -> list[tuple[dict | str | None, list[StoredObject]]]:
         """Inspects `uploads` in order, `INSPECTING_THREADS` at a time, and starts none once `deadline` has passed
         (except the first, so every tick makes progress). What it returns is for a prefix of `uploads`: the rest
         can wait their turn behind the cursor's `after`."""
@@ -370,12 +404,20 @@ class UploadWatcher:
                 content = json.loads(self.storage.read_bytes(manifest.key))
                 if not {"checksum", "files"} <= set(content):
                     raise ValueError("no 'checksum' or 'files'")
-            except Exception as error:  # noqa: BLE001 - one bad manifest is reported, never fails the tick
+            except Exception as error:
                 content = f"manifest {manifest.key} unreadable: {error!r}"
         return content, list(self.storage.list_objects(upload))
 
-    def _with_manifest(self, upload: str, manifest: StoredObject, content: dict | str, present: list[StoredObject],
-                       done: dict, pending: dict, outcome: TickOutcome) -> None:
+    def _with_manifest(
+        self,
+        upload: str,
+        manifest: StoredObject,
+        content: dict | str,
+        present: list[StoredObject],
+        done: dict,
+        pending: dict,
+        outcome: TickOutcome,
+    ) -> None:
         if isinstance(content, str):
             outcome.skipped[upload] = content
             return
@@ -383,8 +425,10 @@ class UploadWatcher:
         problems = missing_or_different(content, present)
         if problems:
             have = len(listed) - sum(1 for p in problems if p.endswith(" missing"))
-            outcome.skipped[upload] = (f"incomplete: manifest lists {len(listed)} files, {have} present "
-                                       f"({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})")
+            outcome.skipped[upload] = (
+                f"incomplete: manifest lists {len(listed)} files, {have} present "
+                f"({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})"
+            )
             return
         previous = done.get(upload)
         pending.pop(upload, None)
@@ -394,8 +438,9 @@ class UploadWatcher:
             return
         outcome.ready.append(ReadyUpload(upload, checksum, manifest.version, content))
 
-    def _without_manifest(self, upload: str, present: list[StoredObject], now: float, done: dict, pending: dict,
-                          outcome: TickOutcome) -> None:
+    def _without_manifest(
+        self, upload: str, present: list[StoredObject], now: float, done: dict, pending: dict, outcome: TickOutcome
+    ) -> None:
         names = {o.key[len(upload) + 1 :] for o in present}
         if "patients.csv" not in names:
             nested = sorted(n for n in names if n.endswith("/patients.csv"))
@@ -412,8 +457,10 @@ class UploadWatcher:
             seen = pending[upload]
         quiet_for = now - seen[1]
         if quiet_for < self.quiet_seconds:
-            outcome.skipped[upload] = (f"no manifest: waiting until its files have been unchanged for "
-                                       f"{self.quiet_seconds:g} s (unchanged for {quiet_for:.0f} s)")
+            outcome.skipped[upload] = (
+                f"no manifest: waiting until its files have been unchanged for "
+                f"{self.quiet_seconds:g} s (unchanged for {quiet_for:.0f} s)"
+            )
             return
         pending.pop(upload)
         done[upload] = ["", signature]
