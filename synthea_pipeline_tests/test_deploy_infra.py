@@ -1,8 +1,9 @@
 """The orchestrator template (infra/dagster-ecs.yaml) against the image and the instance it runs: every container
 gets what deploy/dagster.yaml and deploy/workspace.yaml read from the environment (the password only from the
-RDS-managed secret), the commands and ports match the Dockerfile, the UI stays internal, the database private and
-encrypted, and the task roles reach the lake through the lake stack's orchestrator policy only, with the run
-launcher's ECS permissions scoped to this cluster and its run task definition."""
+RDS-managed secret), the commands and ports match the Dockerfile, every task reaches the database through its
+PgBouncer sidecar in transaction mode, the UI stays internal, the database private and encrypted, and the task
+roles reach the lake through the lake stack's orchestrator policy only, with the run launcher's ECS permissions
+scoped to this cluster and its run task definition."""
 
 import re
 import shlex
@@ -36,7 +37,9 @@ TASKS = {
     "CodeServerTaskDefinition": "code-server",
     "RunTaskDefinition": "run",
 }
-"""Each task definition and its one container."""
+"""Each task definition and its Dagster container (the other one is the pooler, POOLER)."""
+POOLER = "pgbouncer"
+POOLER_PORT = "6432"
 PASSWORD_SECRET = {"Sub": "${Db.MasterUserSecret.SecretArn}:password::"}
 DELIBERATELY_UNSET = {
     "SYNTHEA_PIPES_URI": "the AWS engines default to _pipes/ under the S3 lake, where the roles may write",
@@ -98,18 +101,19 @@ def env_names(config) -> set[str]:
     return set()
 
 
-def container(resources, task: str) -> dict:
-    [definition] = resources[task]["Properties"]["ContainerDefinitions"]
-    assert definition["Name"] == TASKS[task]
-    return definition
+def container(resources, task: str, name: str | None = None) -> dict:
+    """A task definition's Dagster container, or its container `name`; a task has those two containers only."""
+    definitions = {d["Name"]: d for d in resources[task]["Properties"]["ContainerDefinitions"]}
+    assert set(definitions) == {TASKS[task], POOLER}
+    return definitions[name or TASKS[task]]
 
 
-def environment(resources, task: str) -> dict:
-    return {entry["Name"]: entry["Value"] for entry in container(resources, task).get("Environment", [])}
+def environment(resources, task: str, name: str | None = None) -> dict:
+    return {entry["Name"]: entry["Value"] for entry in container(resources, task, name).get("Environment", [])}
 
 
-def secrets(resources, task: str) -> dict:
-    return {entry["Name"]: entry["ValueFrom"] for entry in container(resources, task).get("Secrets", [])}
+def secrets(resources, task: str, name: str | None = None) -> dict:
+    return {entry["Name"]: entry["ValueFrom"] for entry in container(resources, task, name).get("Secrets", [])}
 
 
 def option(command: list[str], *names: str) -> str:
@@ -144,10 +148,11 @@ def test_every_container_gets_what_the_instance_reads(resources, task):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_the_password_comes_only_from_the_rds_managed_secret(resources, task):
-    """DAGSTER_POSTGRES_PASSWORD is an ECS secret from the `password` key of the secret RDS manages, never in the
-    Environment, and no Environment entry looks like a credential."""
+    """DAGSTER_POSTGRES_PASSWORD, and the pooler's DB_PASSWORD, are ECS secrets from the `password` key of the
+    secret RDS manages, never in the Environment, and no Environment entry looks like a credential."""
     assert secrets(resources, task) == {"DAGSTER_POSTGRES_PASSWORD": PASSWORD_SECRET}
-    for name, value in environment(resources, task).items():
+    assert secrets(resources, task, POOLER) == {"DB_PASSWORD": PASSWORD_SECRET}
+    for name, value in [*environment(resources, task).items(), *environment(resources, task, POOLER).items()]:
         assert not re.search(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL|PRIVATE", name), name
         if isinstance(value, str):
             assert not re.search(r"AKIA[0-9A-Z]{16}|://[^/\s]+:[^/\s]+@|-----BEGIN", value), (name, value)
@@ -174,12 +179,45 @@ def test_the_database_is_encrypted_private_and_kept(resources, template):
     assert (ingress["FromPort"], ingress["ToPort"]) == (5432, 5432)
     assert ingress["SourceSecurityGroupId"] == {"Ref": "TaskSecurityGroup"}
     for task in TASKS:
-        postgres = environment(resources, task)
-        assert postgres["DAGSTER_POSTGRES_HOST"] == {"GetAtt": "Db.Endpoint.Address"}
-        assert postgres["DAGSTER_POSTGRES_USER"] == properties["MasterUsername"]
-        assert postgres["DAGSTER_POSTGRES_DB"] == properties["DBName"]
-        if "DAGSTER_POSTGRES_PORT" not in postgres:
-            assert str(properties.get("Port", 5432)) == IMAGE["env"]["DAGSTER_POSTGRES_PORT"]
+        postgres, pooler = environment(resources, task), environment(resources, task, POOLER)
+        assert pooler["DB_HOST"] == {"GetAtt": "Db.Endpoint.Address"}
+        assert pooler["DB_PORT"] == {"GetAtt": "Db.Endpoint.Port"}
+        assert postgres["DAGSTER_POSTGRES_USER"] == pooler["DB_USER"] == properties["MasterUsername"]
+        assert postgres["DAGSTER_POSTGRES_DB"] == pooler["DB_NAME"] == properties["DBName"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_dagster_reaches_postgres_through_the_pooler(resources, template, task):
+    """Every Dagster container (webserver, daemon, code server, runs) connects to its task's PgBouncer sidecar on
+    loopback, in transaction mode, and starts only once it answers; the sidecar is essential, listens on loopback
+    only (nothing outside the task reaches it), logs where its task does, and goes to the database over TLS."""
+    dagster, pooler = container(resources, task), container(resources, task, POOLER)
+    postgres, pooling = environment(resources, task), environment(resources, task, POOLER)
+    assert (postgres["DAGSTER_POSTGRES_HOST"], postgres["DAGSTER_POSTGRES_PORT"]) == ("127.0.0.1", POOLER_PORT)
+    assert (pooling["LISTEN_ADDR"], pooling["LISTEN_PORT"]) == ("127.0.0.1", POOLER_PORT)
+    assert pooling["POOL_MODE"] == "transaction"
+    assert pooling["SERVER_TLS_SSLMODE"] in ("require", "verify-ca", "verify-full")
+    assert int(pooling["DEFAULT_POOL_SIZE"]) <= 10
+    instance = INSTANCE["storage"]["postgres"]["postgres_db"]
+    assert (instance["hostname"], instance["port"]) == (
+        {"env": "DAGSTER_POSTGRES_HOST"},
+        {"env": "DAGSTER_POSTGRES_PORT"},
+    )
+    assert dagster["DependsOn"] == [{"ContainerName": POOLER, "Condition": "HEALTHY"}]
+    assert pooler["Essential"] is True and "PortMappings" not in pooler and "DependsOn" not in pooler
+    check = pooler["HealthCheck"]["Command"]
+    assert check[:2] == ["CMD", "pg_isready"] and option(check, "-h") == "127.0.0.1"
+    assert option(check, "-p") == POOLER_PORT
+    assert pooler["Image"] == {"Ref": "PoolerImage"} and template["Parameters"]["PoolerImage"]["Default"]
+    assert (
+        pooler["LogConfiguration"]["Options"]["awslogs-group"]
+        == dagster["LogConfiguration"]["Options"]["awslogs-group"]
+    )
+    assert pooler["LogConfiguration"]["Options"]["awslogs-stream-prefix"] == POOLER
+    first = container(resources, next(iter(TASKS)), POOLER)
+    assert {k: v for k, v in pooler.items() if k != "LogConfiguration"} == {
+        k: v for k, v in first.items() if k != "LogConfiguration"
+    }  # the same sidecar in every task
 
 
 def test_only_the_execution_role_reads_the_secret(resources):

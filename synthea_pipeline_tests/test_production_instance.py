@@ -2,7 +2,9 @@
 bucket, with only the run launcher swapped for the local one (there is no ECS here): an upload carried through by
 the upload sensor under `dagster-daemon`, which talks to the image's code-location server over gRPC as on ECS,
 and the marts automation, then a backfill of it. The ECS launcher's own configuration is checked by loading the
-unchanged file against moto's ECS, with the run task definition the orchestrator template declares."""
+unchanged file against moto's ECS, with the run task definition the orchestrator template declares. And the pooler
+path the ECS tasks take: the same file with its host and port at PgBouncer in transaction mode in front of the
+server stores and reads runs."""
 
 import os
 import subprocess
@@ -12,7 +14,16 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultRunLauncher,
+    RunsFilter,
+    asset,
+    materialize,
+)
 from dagster._check import CheckError
 from dagster_aws.ecs import EcsRunLauncher
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
@@ -22,7 +33,7 @@ from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
 from synthea_pipeline.runs import backfill
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, free_port, server_process, wait_for
-from synthea_pipeline_tests.postgres import postgres_server
+from synthea_pipeline_tests.postgres import pgbouncer, postgres_server
 from synthea_pipeline_tests.test_deploy_infra import IMAGE
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server, pipeline runs, dagster-daemon
@@ -56,11 +67,24 @@ def log_bucket(moto_endpoint):
     return LOG_BUCKET
 
 
+@pytest.fixture(scope="module")
+def pooler(postgres):
+    """PgBouncer in transaction mode in front of the server, as the ECS tasks' sidecar."""
+    with pgbouncer(postgres) as bouncer:
+        yield bouncer
+
+
 @pytest.fixture
 def production_home(postgres, log_bucket, tmp_path, request, monkeypatch):
     """A DAGSTER_HOME whose dagster.yaml is deploy/dagster.yaml with the local run launcher, a database of its
     own, and the environment the task definitions give (the server's own port: not the image's 5432)."""
-    database = request.node.name.lower()[:60]
+    return home_for(postgres, postgres, log_bucket, tmp_path, request.node.name, monkeypatch)
+
+
+def home_for(postgres, reached_at, log_bucket, tmp_path, name, monkeypatch):
+    """The DAGSTER_HOME of `production_home`, with a new database on `postgres` reached at `reached_at` (the
+    server itself, or a pooler in front of it)."""
+    database = name.lower()[:60]
     postgres.create_database(database)
     config = yaml.safe_load(PRODUCTION_CONFIG.read_text())
     config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
@@ -68,7 +92,7 @@ def production_home(postgres, log_bucket, tmp_path, request, monkeypatch):
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     environment = {
-        **postgres.environment(database),
+        **reached_at.environment(database),
         "DAGSTER_COMPUTE_LOG_BUCKET": log_bucket,
         "DAGSTER_COMPUTE_LOG_PREFIX": f"{LOG_PREFIX}/{database}",
         "DAGSTER_HOME": str(home),
@@ -203,7 +227,9 @@ def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgre
     assert instance.run_monitoring_enabled and instance.run_retries_enabled
     assert instance.run_retries_max_retries == 1
     assert instance.compute_log_manager._s3_bucket == log_bucket  # no public accessor
-    assert IMAGE["env"]["DAGSTER_POSTGRES_PORT"] == "5432"  # what the task definitions leave unset
+    assert (
+        IMAGE["env"]["DAGSTER_POSTGRES_PORT"] == "5432"
+    )  # a direct connection's; the task definitions set the pooler's
 
     ecs.register_task_definition(
         family="no-run-container",
@@ -212,3 +238,39 @@ def test_the_ecs_launcher_configuration_loads_against_ecs(moto_endpoint, postgre
     monkeypatch.setenv("DAGSTER_RUN_TASK_DEFINITION", "no-run-container")
     with pytest.raises(CheckError, match="Cannot override container 'run'"):
         DagsterInstance.from_config(str(home)).run_launcher  # noqa: B018 - the launcher loads on first use
+
+
+@asset
+def pooled_number() -> int:
+    return 3
+
+
+def test_the_pooler_path_stores_and_reads_runs(postgres, pooler, log_bucket, tmp_path, request, monkeypatch):
+    """deploy/dagster.yaml with DAGSTER_POSTGRES_HOST/PORT at PgBouncer in transaction mode, as on ECS: a run
+    materializes an asset, and the run, its events and the materialization read back through a second instance
+    set up as dagster-webserver sets up its own (pooled engines, statement_timeout set on each new connection).
+    PgBouncer's console shows it carried the database's transactions, so a configuration that bypassed it fails;
+    the rows are in the server behind it."""
+    home, database = home_for(postgres, pooler, log_bucket, tmp_path, request.node.name, monkeypatch)
+    assert os.environ["DAGSTER_POSTGRES_PORT"] == str(pooler.port) != str(postgres.port)
+    before = pooler.stats().get(database, {}).get("total_xact_count", 0)
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        result = materialize([pooled_number], instance=instance)
+        assert result.success
+    run_id = result.run_id
+
+    with DagsterInstance.from_config(str(home)) as reader:
+        reader.optimize_for_webserver(statement_timeout=15000, pool_recycle=3600, max_overflow=20)
+        [run] = reader.get_runs()
+        assert (run.run_id, run.status) == (run_id, DagsterRunStatus.SUCCESS)
+        events = reader.all_logs(run_id)
+        kinds = [e.dagster_event.event_type for e in events if e.is_dagster_event]
+        assert DagsterEventType.ASSET_MATERIALIZATION in kinds and kinds[-1] == DagsterEventType.RUN_SUCCESS
+        [record] = reader.fetch_materializations(AssetKey("pooled_number"), limit=5).records
+        assert record.run_id == run_id
+
+    # each stored event is at least one transaction through the pooler; none when the config bypassed it
+    carried = pooler.stats().get(database, {}).get("total_xact_count", 0) - before
+    assert carried >= len(events), f"PgBouncer carried {carried} transactions for {len(events)} events"
+    assert postgres.query(database, "SELECT run_id, status FROM runs") == [(run_id, "SUCCESS")]
