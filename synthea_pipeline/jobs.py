@@ -30,8 +30,10 @@ rebuild_marts_job = define_asset_job(
     "rebuild_marts",
     selection=DOWNSTREAM_OF_STAGING,
     executor_def=in_process_executor,
-    description="Rebuilds the marts over every upload in the lake, registers the catalog and redraws the "
-    "dashboard; started after an upload is removed.",
+    config={"ops": {"marts": {"config": {"full_rebuild": True}}}},
+    description="Rebuilds the marts over every upload in the lake from scratch (every upload's rows rewritten), "
+    "registers the catalog and redraws the dashboard; started after an upload is removed, and what a change of "
+    "the marts' declarations calls for.",
 )
 
 

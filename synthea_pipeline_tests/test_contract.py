@@ -2,6 +2,7 @@
 writes (and what the layers report), a mart written unlike its declaration stops the build, and each mart and BI
 view names the inputs it reads."""
 
+import dataclasses
 import logging
 
 import pytest
@@ -156,3 +157,18 @@ def test_a_mart_written_unlike_its_declaration_stops_the_build(spark, lake, monk
     for name in MARTS:
         table = session.read.format("iceberg").load(lake.uri("marts", name))
         assert table.where(F.col("build_id") == "mismatched").count() == 0, name
+
+
+@pytest.mark.unit
+def test_the_contract_fingerprint_follows_expressions_and_types_not_descriptions():
+    fact = MARTS["patient_fact"]
+    age = next(c for c in fact.columns if c.name == "age")
+
+    def with_age(column):
+        columns = tuple(column if c.name == "age" else c for c in fact.columns)
+        return {**MARTS, "patient_fact": dataclasses.replace(fact, columns=columns)}
+
+    assert mart_code.contract(MARTS) == mart_code.CONTRACT
+    assert mart_code.contract(with_age(dataclasses.replace(age, description="Years."))) == mart_code.CONTRACT
+    assert mart_code.contract(with_age(age.of("0"))) != mart_code.CONTRACT
+    assert mart_code.contract(with_age(dataclasses.replace(age, type="bigint"))) != mart_code.CONTRACT

@@ -168,11 +168,11 @@ def test_a_pipeline_bug_that_breaks_a_blocking_check_leaves_the_marts_unpublishe
     """Blocking checks guard against the pipeline's own bugs: one is injected here (patient_fact appended twice)."""
     write = layers.write_marts
 
-    def write_with_a_bug(spark, lake, loads, build_id, include_identifiers):
-        written = write(spark, lake, loads, build_id, include_identifiers)
-        fact = written["patient_fact"]
+    def write_with_a_bug(spark, lake, loads, build_id, include_identifiers, plan):
+        build = write(spark, lake, loads, build_id, include_identifiers, plan)
+        fact = build.tables["patient_fact"]
         lake.append(spark.table(fact).where(F.col("build_id") == build_id), fact)
-        return written
+        return build
 
     monkeypatch.setattr(layers, "write_marts", write_with_a_bug)
     before = {name: mart(small_lake, name) for name in MARTS}

@@ -12,9 +12,10 @@ import sqlglot
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.runs import SAMPLE_DIR, catalog_from_environment, maintain, remove, run_upload
 from synthea_pipeline.tables import TABLES
+from synthea_pipeline.transforms.bi import BI_VIEWS
 from synthea_pipeline.transforms.catalog import iceberg_sources
 from synthea_pipeline.transforms.lake import Lake
-from synthea_pipeline.transforms.marts import MARTS
+from synthea_pipeline.transforms.marts import MARTS, PARTS
 from synthea_pipeline_tests.conftest import fresh_instance
 
 pytestmark = pytest.mark.slow  # S3 lakes on moto, JVM Spark
@@ -86,7 +87,7 @@ def test_the_iceberg_tables_are_in_glue_as_athena_reads_them(lakes):
     assert metadata["format-version"] == 2
     assert [f["name"] for f in metadata["partition-specs"][0]["fields"]] == ["upload_id", "load_id"]
     names = {t["Name"] for t in glue.get_tables(DatabaseName="synthea_marts_iceberg")["TableList"]}
-    assert names == {*MARTS, "builds"}
+    assert names == {*MARTS, PARTS, "builds"}
 
 
 def test_the_catalog_views_are_athena_views_and_registering_again_changes_nothing(lakes):
@@ -110,7 +111,9 @@ def test_the_catalog_views_are_athena_views_and_registering_again_changes_nothin
     catalog = CatalogResource()
     with catalog.registered(on_s3) as (_, again):
         pass
-    assert set(again.values()) == {"unchanged"} and len(again) == len(TABLES) + 3 + 1 + len(MARTS) + 4
+    staging_views = (*TABLES, "quarantine", "uploads", "upload_states")
+    marts_views = (*MARTS, "current_build", "current_parts", *BI_VIEWS)
+    assert set(again.values()) == {"unchanged"} and len(again) == len(staging_views) + len(marts_views)
     assert snapshot() == before
 
 

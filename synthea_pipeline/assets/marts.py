@@ -24,6 +24,13 @@ class MartsConfig(Config):
         " and addresses). Unset: as the committed build, which has none unless a run asked (marts are for"
         " analysis).",
     )
+    full_rebuild: bool = Field(
+        default=False,
+        description="Rewrite every upload's rows. Unset, a build rewrites only the uploads whose committed load"
+        " changed since the committed build and keeps the others' rows (the result is the same: a build falls back"
+        " to a full rebuild whenever the lake's data ties a changed upload to an unchanged one). The"
+        " `rebuild_marts` job sets it.",
+    )
 
 
 def build_mart_assets():
@@ -50,11 +57,11 @@ def build_mart_assets():
         spark: SparkResource,
         catalog: CatalogResource,
     ) -> Iterator:
-        """Rebuilds every mart from the committed loads of every upload in the lake (the latest upload wins)
-        under this run's build, and commits the build for all marts at once only when every blocking check
-        passes, so readers never see a mart that failed one nor a mix of two builds. The `marts` pool (limit 1
-        in dagster.yaml) runs one rebuild at a time when many uploads arrive together: the last one to run sees
-        every committed upload."""
+        """Builds every mart from the committed loads of every upload in the lake (the latest upload wins)
+        under this run's build, rewriting only the uploads that changed since the committed build, and commits
+        the build for all marts at once only when every blocking check passes, so readers never see a mart that
+        failed one nor a mix of two builds. The `marts` pool (limit 1 in dagster.yaml) runs one build at a time
+        when many uploads arrive together: the last one to run sees every committed upload."""
         databases = catalog.databases()
         yield from spark.run_layer(
             context,
@@ -63,6 +70,7 @@ def build_mart_assets():
                 "lake_root": lake.layout().root,
                 "build_id": context.run_id,
                 "include_identifiers": config.include_identifiers,
+                "full_rebuild": config.full_rebuild,
                 "staging_database": databases.staging,
                 "marts_database": databases.marts,
             },

@@ -85,11 +85,17 @@ def run_standalone(layer: str, argv: list[str]) -> int:
     else:
         parser.add_argument("--build-id", default=f"standalone-{uuid.uuid4().hex[:12]}")
         parser.add_argument("--include-identifiers", action="store_true")
+        parser.add_argument("--full-rebuild", action="store_true", help="rewrite every upload's rows")
     args = parser.parse_args(argv)
     if layer == "staging":
         params = {"lake_root": args.lake, "upload_id": args.upload_id, "load_id": args.load_id}
     else:
-        params = {"lake_root": args.lake, "build_id": args.build_id, "include_identifiers": args.include_identifiers}
+        params = {
+            "lake_root": args.lake,
+            "build_id": args.build_id,
+            "include_identifiers": args.include_identifiers,
+            "full_rebuild": args.full_rebuild,
+        }
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         reports = LAYERS[layer](spark_session(), logging.getLogger(layer), table_catalog=args.catalog, **params)

@@ -39,7 +39,7 @@ from synthea_pipeline.transforms.iceberg import (
     IcebergTables,
 )
 from synthea_pipeline.transforms.lake import aws_endpoint, aws_region
-from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS
+from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS, PARTITIONED_MARTS, PARTS
 from synthea_pipeline.transforms.sql import identifier, literal
 from synthea_pipeline.transforms.staging import staging_columns
 
@@ -87,9 +87,12 @@ QUARANTINE_NAMES = [column.split()[0] for column in QUARANTINE_COLUMNS.split(", 
 
 
 def catalog_views(
-    databases: Databases, mart_columns: dict[str, list[str]], includes_identifiers: bool
+    databases: Databases, mart_columns: dict[str, list[str]], includes_identifiers: bool, part_map: bool = True
 ) -> dict[tuple[str, str], str]:
-    """Every catalog view's Athena SQL by (database, view); `mart_columns` are the marts' table columns."""
+    """Every catalog view's Athena SQL by (database, view); `mart_columns` are the marts' table columns. A
+    partitioned mart shows each upload's rows of the build the committed build's part map names, and the unknown
+    members of the committed build; without a part map (a lake written before incremental builds), the committed
+    build's rows."""
     staging, iceberg = databases.staging, databases.staging_iceberg
     views = {
         (staging, UPLOADS): f"""
@@ -165,10 +168,24 @@ FROM {databases.marts_iceberg}.{BUILDS}
 WHERE action = 'committed'
 ORDER BY logged_at DESC, build_id DESC
 LIMIT 1"""
+    if part_map:
+        views[(marts, "current_parts")] = f"""
+SELECT upload_id, part_build
+FROM {databases.marts_iceberg}.{PARTS}
+WHERE build_id = (SELECT build_id FROM {marts}.current_build)"""
     for mart, columns in mart_columns.items():
         hidden = {"build_id", *([] if includes_identifiers else MART_IDENTIFIERS.get(mart, ()))}
-        views[(marts, mart)] = f"""
-SELECT {", ".join(f"m.{identifier(c)}" for c in columns if c not in hidden)}
+        select = f"SELECT {', '.join(f'm.{identifier(c)}' for c in columns if c not in hidden)}"
+        if part_map and mart in PARTITIONED_MARTS:
+            views[(marts, mart)] = f"""
+{select}
+FROM {databases.marts_iceberg}.{mart} AS m
+LEFT JOIN {marts}.current_parts AS p ON m.upload_id = p.upload_id AND m.build_id = p.part_build
+WHERE p.upload_id IS NOT NULL
+   OR (m.upload_id IS NULL AND m.build_id = (SELECT build_id FROM {marts}.current_build))"""
+        else:
+            views[(marts, mart)] = f"""
+{select}
 FROM {databases.marts_iceberg}.{mart} AS m
 WHERE m.build_id = (SELECT build_id FROM {marts}.current_build)"""
     for view in BI_VIEWS:
@@ -226,7 +243,7 @@ def s3_secret() -> str:
 
 
 LAKE_TABLES = tuple(
-    [(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)] + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS)]
+    [(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)] + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS, PARTS)]
 )
 """Every Iceberg table of a lake, as (layer, table)."""
 UPLOAD_STATE_TABLES = ((STAGING_LAYER, UPLOADS),)
@@ -308,7 +325,7 @@ def open_catalog(
             f"SELECT includes_identifiers FROM {databases.marts_iceberg}.{BUILDS} "
             "WHERE action = 'committed' ORDER BY logged_at DESC, build_id DESC LIMIT 1"
         ).fetchall()
-    views = catalog_views(databases, mart_columns, bool(build and build[0][0]))
+    views = catalog_views(databases, mart_columns, bool(build and build[0][0]), (MARTS_LAYER, PARTS) in sources)
     layers = {databases.staging_iceberg: STAGING_LAYER, databases.marts_iceberg: MARTS_LAYER}
     available = {(database, table) for (layer, table) in sources for database in layers if layers[database] == layer}
     for (database, name), sql in views.items():

@@ -48,6 +48,7 @@ from synthea_pipeline.transforms.marts import (
     current_loads,
     discard_build,
     discard_stale_builds,
+    plan_build,
     write_marts,
 )
 from synthea_pipeline.transforms.raw import (
@@ -475,10 +476,13 @@ def run_marts(
     table_catalog: str = "path",
     staging_database: str = STAGING_DATABASE,
     marts_database: str = MARTS_DATABASE,
+    full_rebuild: bool = False,
 ) -> list[Report]:
     """Builds every mart from the committed loads of every upload in the lake (the latest upload wins) under a
     new build, checks it, and commits the build for all marts at once only when every blocking check passes.
-    Direct identifiers are included as in the committed build unless `include_identifiers` says otherwise."""
+    The build rewrites only the uploads whose load changed since the committed build (`plan_build`) unless
+    `full_rebuild`; either way its rows equal a full rebuild's. Direct identifiers are included as in the
+    committed build unless `include_identifiers` says otherwise."""
     lake = IcebergTables(lake_root, table_catalog, staging_database, marts_database)
     commits = CommitLog(spark, lake)
     if include_identifiers is None:
@@ -486,9 +490,14 @@ def run_marts(
     uploads = commits.uploads()
     order = uploads.order()
     loads = current_loads(spark, uploads)
+    plan = plan_build(
+        spark, lake, commits, {u: r.load_id for u, r in uploads.current().items()}, include_identifiers, full_rebuild
+    )
     commits.record_build(build_id, "begun", include_identifiers)
     try:
-        written = write_marts(spark, lake, loads, build_id, include_identifiers)
+        build = write_marts(spark, lake, loads, build_id, include_identifiers, plan)
+        written = build.tables
+        log.info(f"build {build_id}: {build.plan.reason}")
         differences = [
             d for name in MARTS for d in schema_differences(MARTS[name], written_columns(spark, written[name]))
         ]
@@ -497,7 +506,7 @@ def run_marts(
                 "marts not committed, written columns differ from the declared schema (a "
                 "pipeline bug): " + "; ".join(differences)
             )
-        checks = check_marts(spark, lake, written, loads, build_id)
+        checks = check_marts(spark, lake, build, loads)
         reports: list[Report] = [
             CheckReport(c.check.on(c.mart), c.name, c.passed, c.check.severity, external_metadata(c.metadata))
             for c in checks
@@ -511,7 +520,7 @@ def run_marts(
         raise
     commits.record_build(build_id, "committed", include_identifiers)
     discard_stale_builds(spark, lake, commits, now() - ABANDONED_AFTER)
-    log.info(f"committed build {build_id} of {len(written)} marts over {len(order)} uploads")
+    log.info(f"committed build {build_id} of {len(MARTS)} marts over {len(order)} uploads")
     rows = {c.mart: c.metadata["rows"] for c in checks if c.name == "primary_key"}
     return [
         AssetReport(
@@ -525,6 +534,7 @@ def run_marts(
                     "location": lake.location("marts", name),
                     "uploads": order,
                     "includes_identifiers": include_identifiers,
+                    "build_plan": build.plan.reason,
                 }
             ),
         )

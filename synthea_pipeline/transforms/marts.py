@@ -20,8 +20,11 @@ timestamp are its UTC date, so a condition's `start_date` can be a day off its e
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -228,7 +231,8 @@ MARTS = {
                 M(
                     "age",
                     "int",
-                    "Whole years at death, else at the latest encounter date in the data (the export's 'today').",
+                    "Whole years at death, else at the latest encounter date of the patient's upload (its export's"
+                    " 'today').",
                 ),
                 M("age_band", "string", "0-17, 18-34, 35-49, 50-64, 65-79 or 80+.", AGE_BAND),
                 M("gender", "string", "M or F."),
@@ -498,10 +502,38 @@ def current_loads(spark: SparkSession, uploads: UploadLog) -> DataFrame:
     return spark.createDataFrame(rows, "upload_id string, load_id string, upload_rank int")
 
 
-def read_staging(spark: SparkSession, lake: IcebergTables, table: str, loads: DataFrame) -> DataFrame:
-    """The committed rows of one staging table, with their upload's rank."""
+def read_staging(
+    spark: SparkSession, lake: IcebergTables, table: str, loads: DataFrame, uploads: list[str] | None = None
+) -> DataFrame:
+    """The committed rows of one staging table, with their upload's rank; only those of `uploads` when given (a
+    filter on the partition column, so the other uploads' files are not read)."""
     identifier = lake.ensure(spark, STAGING_LAYER, table, staging_schema(TABLES[table]), LOAD_PARTITIONING)
-    return spark.table(identifier).join(F.broadcast(loads), ["upload_id", "load_id"]).drop("load_id")
+    rows = spark.table(identifier)
+    if uploads is not None:
+        rows = rows.where(F.col("upload_id").isin(uploads))
+    return rows.join(F.broadcast(loads), ["upload_id", "load_id"]).drop("load_id")
+
+
+PATIENT_SCOPED = ("encounters", "conditions", "procedures", "medications", "immunizations", "observations")
+"""The staging tables whose rows come from the upload owning their patient."""
+
+
+def owners_of(spark: SparkSession, lake: IcebergTables, loads: DataFrame, plan: BuildPlan) -> DataFrame:
+    """(patient, upload_id): the upload each patient of the rewritten uploads belongs to (the latest that holds
+    them), and, with a null upload, the kept uploads' patients that rewritten rows name, so such a row is neither
+    owned nor an orphan. The plan rewrites every upload that shares a patient with a kept one, so the kept uploads'
+    patients need no window, and only those the rewritten rows name are looked up, once."""
+    rewritten = latest_per_key(read_staging(spark, lake, "patients", loads, plan.rewritten), "id")
+    owners = rewritten.select(F.col("id").alias("patient"), "upload_id")
+    if not plan.kept:
+        return owners
+    named = reduce(
+        lambda a, b: a.unionByName(b),
+        [read_staging(spark, lake, t, loads, plan.rewritten).select("patient") for t in PATIENT_SCOPED],
+    )
+    kept = read_staging(spark, lake, "patients", loads, list(plan.kept)).select(F.col("id").alias("patient"))
+    taken = [(row["patient"], None) for row in named.distinct().join(kept, "patient", "left_semi").collect()]
+    return owners.unionByName(spark.createDataFrame(taken, "patient string, upload_id string"))
 
 
 def patient_scoped(frame: DataFrame, owners: DataFrame, key: str) -> DataFrame:
@@ -576,46 +608,233 @@ def _place(frame: DataFrame, county: bool) -> DataFrame:
     return frame.select(*parts, location_key(*parts).alias("location_key"))
 
 
+PARTITIONED_MARTS = ("patient_fact", "encounter_dim", "condition_dim", "procedure_dim", "medication_dim")
+"""The patient-scoped marts: a build writes them per upload and keeps the rows an earlier build wrote for an upload
+that did not change. The other marts are small and written whole by every build."""
+PARTS = "build_parts"
+"""The builds' part maps: for each build and upload, the build whose rows of the partitioned marts it shows, and
+what the next build needs to know without reading those rows (date bounds, the unknown patient's counts, the
+references the upload's rows could not resolve, what the checks counted)."""
+PART_KEYS = (
+    "build_id string, upload_id string, load_id string, part_build string, contract string, unresolved string, "
+    "measures string"
+)
+"""The part map's columns that say what a part is (the others, written from the build's frames, hold its counts)."""
+PATIENT_AGGREGATES = (
+    ("encounter_dim", "encounter_count", "count(1)", "sum"),
+    ("encounter_dim", "total_claim_cost", "sum(total_claim_cost)", "sum"),
+    ("encounter_dim", "total_payer_coverage", "sum(payer_coverage)", "sum"),
+    ("encounter_dim", "first_encounter_date", "min(start_date)", "min"),
+    ("encounter_dim", "last_encounter_date", "max(start_date)", "max"),
+    ("condition_dim", "condition_count", "count(1)", "sum"),
+    ("condition_dim", "active_condition_count", "sum(cast(is_active AS int))", "sum"),
+    ("medication_dim", "medication_count", "count(1)", "sum"),
+    ("procedure_dim", "procedure_count", "count(1)", "sum"),
+    ("immunizations", "immunization_count", "count(1)", "sum"),
+)
+"""patient_fact's counts: (source, column, aggregate per patient and upload, how the per-upload parts combine)."""
+USED_DATES = (
+    ("patient_fact", "birth_date"),
+    ("patient_fact", "death_date"),
+    ("encounter_dim", "to_date(stop_ts)"),
+    ("encounter_dim", "start_date"),
+    ("condition_dim", "start_date"),
+    ("condition_dim", "stop_date"),
+    ("procedure_dim", "start_date"),
+    ("medication_dim", "start_date"),
+    ("medication_dim", "to_date(stop_ts)"),
+)
+"""The dates date_dim spans: those of patient_fact and of the dimensions it aggregates."""
+
+
+def contract(marts: dict[str, Mart]) -> str:
+    """A fingerprint of every declaration a build's rows depend on (not of descriptions): a build of another
+    contract is rebuilt, never continued."""
+    declared = [(m.name, m.key, [(c.name, c.type, c.expression) for c in m.columns]) for m in marts.values()]
+    return hashlib.md5(repr((declared, PATIENT_AGGREGATES, USED_DATES)).encode()).hexdigest()
+
+
+CONTRACT = contract(MARTS)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Which uploads a build writes: every one (`rewritten` None), or only those whose committed load changed since
+    the previous build (`rewritten`), the others keeping the rows of the build named in `kept`."""
+
+    reason: str
+    previous_build: str | None = None
+    kept: dict[str, str] = field(default_factory=dict)
+    replaced: tuple[str, ...] = ()
+    unresolved_in_kept: frozenset[tuple[str, str]] = frozenset()
+    rewritten: list[str] | None = None
+
+    @classmethod
+    def full(cls, reason: str) -> BuildPlan:
+        return cls(f"full rebuild: {reason}")
+
+
+@dataclass(frozen=True)
+class Build:
+    """One build of the marts and where its rows are: a shared mart's rows carry its id, a partitioned mart's rows
+    are each upload's rows of the build its part map names, plus the unknown members this build wrote."""
+
+    build_id: str
+    plan: BuildPlan = field(default_factory=lambda: BuildPlan.full("new"))
+    tables: dict[str, str] = field(default_factory=dict)
+
+    def parts(self, spark: SparkSession, lake: IcebergTables) -> DataFrame:
+        table = lake.open(spark, MARTS_LAYER, PARTS)
+        if table is None:
+            return spark.createDataFrame([], PART_KEYS)
+        return spark.table(table).where(F.col("build_id") == self.build_id)
+
+    def rows(self, spark: SparkSession, lake: IcebergTables, name: str, uploads: list[str] | None = None) -> DataFrame:
+        """The build's rows of one mart, without the build column; only those of `uploads` when given."""
+        table = spark.table(
+            self.tables.get(name) or lake.open(spark, MARTS_LAYER, name) or lake.identifier(MARTS_LAYER, name)
+        )
+        if name not in PARTITIONED_MARTS:
+            return table.where(F.col("build_id") == self.build_id).drop("build_id")
+        parts = self.parts(spark, lake).select("upload_id", F.col("part_build").alias("build_id"))
+        if uploads is not None:
+            parts = parts.where(F.col("upload_id").isin(uploads))
+        rows = table.join(F.broadcast(parts), ["upload_id", "build_id"], "left_semi")
+        if uploads is None:
+            rows = rows.unionByName(table.where((F.col("build_id") == self.build_id) & F.col("upload_id").isNull()))
+        return rows.drop("build_id")
+
+
+def plan_build(
+    spark: SparkSession,
+    lake: IcebergTables,
+    commits: CommitLog,
+    loads: dict[str, str],
+    include_identifiers: bool,
+    full_rebuild: bool = False,
+) -> BuildPlan:
+    """What a build over the committed `loads` (upload: load) must write, from the committed build's part map."""
+    if full_rebuild:
+        return BuildPlan.full("asked for")
+    committed = commits.builds().current().get(MARTS_SUBJECT)
+    if committed is None:
+        return BuildPlan.full("the lake's first build")
+    if commits.identifiers_included() != include_identifiers:
+        return BuildPlan.full("identifiers are asked for differently from the committed build")
+    previous = {row["upload_id"]: row for row in Build(committed.load_id).parts(spark, lake).collect()}
+    if loads and not previous:
+        return BuildPlan.full("the committed build has no part map (it was written before incremental builds)")
+    if any(row["contract"] != CONTRACT for row in previous.values()):
+        return BuildPlan.full("the marts' declarations changed since the committed build")
+    if removed := sorted(set(previous) - set(loads)):
+        return BuildPlan.full(f"uploads left the lake: {', '.join(removed)}")
+    kept = {u: row["part_build"] for u, row in previous.items() if loads[u] == row["load_id"]}
+    waiting = {
+        tuple(line.split("\t", 1)) for upload in kept for line in (previous[upload]["unresolved"] or "").splitlines()
+    }
+    return BuildPlan(
+        f"rewrites {len(loads) - len(kept)} of {len(loads)} uploads, keeps the others' rows",
+        committed.load_id,
+        kept,
+        tuple(sorted(u for u in loads if u in previous and u not in kept)),
+        frozenset(waiting),
+        sorted(u for u in loads if u not in kept),
+    )
+
+
 def write_marts(
-    spark: SparkSession, lake: IcebergTables, loads: DataFrame, build_id: str, include_identifiers: bool = False
-) -> dict[str, str]:
-    """Append every mart, sorted by key, under `build_id` (readers see it once the build is committed) from the
-    given committed loads (`current_loads`); returns each mart's table. The dimensions are written first; the
-    patient fact and the date dimension are then computed from the written dimensions, so no dimension's
-    lineage is computed twice. Identifier columns are always there, null unless asked for, so the tables keep
-    one schema; the catalog views show them only for a build that includes them."""
+    spark: SparkSession,
+    lake: IcebergTables,
+    loads: DataFrame,
+    build_id: str,
+    include_identifiers: bool = False,
+    plan: BuildPlan | None = None,
+) -> Build:
+    """Write a build of every mart from the committed loads (`current_loads`) under `build_id` (readers see it once
+    it is committed). The shared marts are written whole; the partitioned ones only for the uploads the `plan`
+    rewrites, the others keeping the rows an earlier build wrote for them. When the data ties a rewritten upload to
+    a kept one (an id in both, a reference that resolves differently now), the build rewrites every upload instead,
+    so a build always equals a full rebuild. Identifier columns are always there, null unless asked for."""
+    plan = plan or BuildPlan.full("no earlier build to continue")
+    tables, tie = _write_build(spark, lake, loads, build_id, include_identifiers, plan)
+    if tie:
+        plan = BuildPlan.full(tie)
+        tables, _ = _write_build(spark, lake, loads, build_id, include_identifiers, plan)
+    return Build(build_id, plan, tables)
+
+
+def _write_build(
+    spark: SparkSession,
+    lake: IcebergTables,
+    loads: DataFrame,
+    build_id: str,
+    include_identifiers: bool,
+    plan: BuildPlan,
+) -> tuple[dict[str, str], str | None]:
+    """One attempt at `write_marts`: the written tables, or (having written nothing) why the plan's kept uploads
+    must be rewritten too. The dimensions are written first; the patient fact, the part map and the date dimension
+    are then computed from the written dimensions, so no dimension's lineage is computed twice."""
+    kept = list(plan.kept)
+    previous = Build(plan.previous_build or "", plan)
 
     def read(table: str) -> DataFrame:
         return read_staging(spark, lake, table, loads)
 
-    patients = latest_per_key(read("patients"), "id")
-    owners = patients.select(F.col("id").alias("patient"), "upload_id")
+    def read_rewritten(table: str) -> DataFrame:
+        return read_staging(spark, lake, table, loads, plan.rewritten)
+
+    all_patients = latest_per_key(read("patients"), "id")
+    owners = owners_of(spark, lake, loads, plan)
+    patients = latest_per_key(read_rewritten("patients"), "id")
     providers = latest_per_key(read("providers"), "id")
     organizations = latest_per_key(read("organizations"), "id")
     payers = latest_per_key(read("payers"), "id")
     provider_ids, organization_ids, payer_ids = (t.select("id") for t in (providers, organizations, payers))
 
     def current(table: str, key: str = "row_key") -> DataFrame:
-        return patient_scoped(read(table), owners, key)
+        return patient_scoped(read_rewritten(table), owners, key)
 
     encounters = current("encounters", "id")
+    scoped = {t: current(t) for t in ("conditions", "procedures", "medications", "immunizations")}
+    orphans = [orphan_patients(read_rewritten(t), owners) for t in ("encounters", *scoped)]
+    if kept:
+        tie = _tie_to_kept(
+            spark,
+            lake,
+            plan,
+            read("patients"),
+            encounters,
+            (providers, organizations, payers),
+            reduce(lambda a, b: a.unionByName(b), orphans),
+        )
+        if tie:
+            return {}, tie
+    kept_encounters = referenced_kept_encounters(spark, lake, plan, encounters, read_rewritten)
+    encounter_ids = encounters.select("id").unionByName(kept_encounters.select(F.col("encounter_key").alias("id")))
+    references = [
+        *(
+            unresolved(encounters, c, ids)
+            for c, ids in (("provider", provider_ids), ("organization", organization_ids), ("payer", payer_ids))
+        ),
+        *(unresolved(scoped[t], "encounter", encounter_ids) for t in ("conditions", "procedures", "medications")),
+        unresolved(scoped["medications"], "payer", payer_ids),
+        *orphans,
+    ]
     encounters = known_or_unknown(encounters, "provider", provider_ids)
     encounters = known_or_unknown(encounters, "organization", organization_ids)
     encounters = known_or_unknown(encounters, "payer", payer_ids)
-    encounter_ids = encounters.select("id")
-    conditions = known_or_unknown(current("conditions"), "encounter", encounter_ids)
-    procedures = known_or_unknown(current("procedures"), "encounter", encounter_ids)
+    conditions = known_or_unknown(scoped["conditions"], "encounter", encounter_ids)
+    procedures = known_or_unknown(scoped["procedures"], "encounter", encounter_ids)
     medications = known_or_unknown(
-        known_or_unknown(current("medications"), "encounter", encounter_ids), "payer", payer_ids
+        known_or_unknown(scoped["medications"], "encounter", encounter_ids), "payer", payer_ids
     )
-    immunizations = current("immunizations")
     providers = known_or_unknown(providers, "organization", organization_ids)
 
     def select(name: str, source: DataFrame) -> DataFrame:
         return MARTS[name].select(source, include_identifiers)
 
     places = (
-        _place(patients, county=True)
+        _place(all_patients, county=True)
         .unionByName(_place(providers, county=False))
         .unionByName(_place(organizations, county=False))
         .where(F.col("location_key").isNotNull())
@@ -643,53 +862,177 @@ def write_marts(
         "location_dim": conformed("location_dim", location_dim),
     }
     written = _write_each(spark, lake, dimensions, build_id)
-    dims = build_of(spark, written, build_id)
-    patients = with_unknown_member(spark, patients, "id")
-    fact = patient_fact(patients, dims, immunizations, include_identifiers)
+
+    def this_build(name: str) -> DataFrame:
+        return spark.table(written[name]).where(F.col("build_id") == build_id).drop("build_id")
+
+    dims = {name: this_build(name) for name in dimensions}
+    immunizations = scoped["immunizations"].withColumnRenamed("patient", "patient_key")
+    partials = patient_partials(dims, immunizations)
+    unknown_parts = partials.where(F.col("patient_key") == UNKNOWN_KEY).drop("upload_id")
+    if kept:
+        recorded = previous.parts(spark, lake).where(F.col("upload_id").isin(kept))
+        unknown_parts = unknown_parts.unionByName(
+            recorded.select(
+                F.lit(UNKNOWN_KEY).alias("patient_key"),
+                *[F.col(f"unknown_{c}").alias(c) for _, c, *_ in PATIENT_AGGREGATES],
+            )
+        )
+    counts = _combined(partials.where(F.col("patient_key") != UNKNOWN_KEY).drop("upload_id").unionByName(unknown_parts))
+    fact = patient_fact(with_unknown_member(spark, patients, "id"), dims, counts, include_identifiers)
     written |= _write_each(spark, lake, {"patient_fact": fact}, build_id)
-    fact = build_of(spark, written, build_id)["patient_fact"]
-    written |= _write_each(spark, lake, {"date_dim": date_dim(fact, dims)}, build_id)
-    return written
+    dims["patient_fact"] = this_build("patient_fact")
+    observations = read_rewritten("observations").join(owners, ["patient", "upload_id"], "left_semi")
+    written[PARTS] = write_parts(
+        spark, lake, plan, loads, build_id, dims, partials, references, observations, kept_encounters
+    )
+    bounds = (
+        spark.table(written[PARTS])
+        .where(F.col("build_id") == build_id)
+        .agg(F.min("first_date").alias("first"), F.max("last_date").alias("last"))
+    )
+    date_dim = MARTS["date_dim"].select(bounds.select(F.explode(F.sequence("first", "last")).alias("date_key")))
+    written |= _write_each(spark, lake, {"date_dim": date_dim}, build_id)
+    return written, None
 
 
-def build_of(spark: SparkSession, tables: dict[str, str], build_id: str) -> dict[str, DataFrame]:
-    """One build's rows of each mart table, without the build column."""
-    return {name: spark.table(t).where(F.col("build_id") == build_id).drop("build_id") for name, t in tables.items()}
+def referenced_kept_encounters(
+    spark: SparkSession, lake: IcebergTables, plan: BuildPlan, encounters: DataFrame, staged: Callable[[str], DataFrame]
+) -> DataFrame:
+    """The (encounter_key, start_date) of the kept uploads' encounters that rewritten conditions, procedures or
+    medications (`staged`: their rewritten staging rows) reference: none without kept uploads, and the kept rows are
+    read only when such a reference exists (an edited export), so a build of new uploads does not read the lake's
+    encounters for it."""
+    empty = spark.createDataFrame([], "encounter_key string, start_date date")
+    if not plan.kept:
+        return empty
+    named = reduce(
+        lambda a, b: a.unionByName(b),
+        [staged(t).select(F.col("encounter").alias("id")) for t in ("conditions", "procedures", "medications")],
+    )
+    foreign = named.where(F.col("id").isNotNull()).distinct().join(encounters.select("id"), "id", "left_anti")
+    wanted = [(row["id"],) for row in foreign.collect()]
+    if not wanted:
+        return empty
+    rows = Build(plan.previous_build or "", plan).rows(spark, lake, "encounter_dim", list(plan.kept))
+    wanted_keys = spark.createDataFrame(wanted, "encounter_key string")
+    return rows.join(wanted_keys, "encounter_key", "left_semi").select("encounter_key", "start_date")
+
+
+def unresolved(frame: DataFrame, column: str, keys: DataFrame) -> DataFrame:
+    """The values of `column` that `keys` (one column) lacks, i.e. the references `known_or_unknown` points to the
+    unknown member, as (upload_id, reference, value)."""
+    known = keys.select(F.col(keys.columns[0]).alias(column))
+    return (
+        frame.where(F.col(column).isNotNull())
+        .join(known, column, "left_anti")
+        .select("upload_id", F.lit(column).alias("reference"), F.col(column).alias("value"))
+    )
+
+
+def orphan_patients(frame: DataFrame, owners: DataFrame) -> DataFrame:
+    """The patients that rows of a patient-scoped table name but no upload holds, as unresolved references."""
+    return unresolved(frame, "patient", owners.select("patient"))
+
+
+def _tie_to_kept(
+    spark: SparkSession,
+    lake: IcebergTables,
+    plan: BuildPlan,
+    patients: DataFrame,
+    encounters: DataFrame,
+    shared: tuple[DataFrame, DataFrame, DataFrame],
+    orphans: DataFrame,
+) -> str | None:
+    """Why the uploads a build rewrites change the rows of an upload it keeps, or None: a patient or encounter id
+    in both; an id the kept uploads' rows could resolve that is gone; a reference a kept upload could not resolve
+    that resolves now; a patient absent from the lake whose rows are in both (such rows are kept once)."""
+    providers, organizations, payers = shared
+
+    def any_row(frame: DataFrame) -> bool:
+        return not frame.limit(1).isEmpty()
+
+    kept = list(plan.kept)
+    in_kept = F.col("upload_id").isin(kept)
+    if any_row(patients.where(in_kept).select("id").join(patients.where(~in_kept).select("id"), "id")):
+        return "a patient id is in an upload the build rewrites and in one it keeps"
+    previous = Build(plan.previous_build or "", plan)
+    kept_encounters = previous.rows(spark, lake, "encounter_dim", kept).select(F.col("encounter_key").alias("id"))
+    if any_row(encounters.select("id").join(kept_encounters, "id")):
+        return "an encounter id is in an upload the build rewrites and in one it keeps"
+    shared = {"provider_dim": providers, "organization_dim": organizations, "payer_dim": payers}
+
+    def tagged(frames: dict[str, DataFrame]) -> DataFrame:
+        return reduce(
+            lambda a, b: a.unionByName(b), [f.select(F.lit(n).alias("mart"), "id") for n, f in frames.items()]
+        )
+
+    before = {
+        name: previous.rows(spark, lake, name).where(~F.col(IS_UNKNOWN.name)).withColumnRenamed(MARTS[name].key, "id")
+        for name in shared
+    }
+    gone = tagged(before).join(tagged(shared), ["mart", "id"], "left_anti").select("mart").limit(1).collect()
+    if gone:
+        return f"an id of {gone[0]['mart']} that kept uploads may reference is gone"
+    replaced = list(plan.replaced)
+    for name, key, now in (
+        ("patient_fact", "patient_key", patients.where(~in_kept)),
+        ("encounter_dim", "encounter_key", encounters),
+    ):
+        if replaced:
+            before = previous.rows(spark, lake, name, replaced).select(F.col(key).alias("id"))
+            if any_row(before.join(now.select("id"), "id", "left_anti")):
+                return f"a {key} of a replaced upload is gone"
+    if not plan.unresolved_in_kept:
+        return None
+    now_known = {
+        "patient": patients.where(~in_kept).select("id"),
+        "encounter": encounters.select("id"),
+        "provider": providers.select("id"),
+        "organization": organizations.select("id"),
+        "payer": payers.select("id"),
+    }
+    waiting = spark.createDataFrame(sorted(plan.unresolved_in_kept), "reference string, id string")
+    missing_patients = waiting.where(F.col("reference") == "patient").select("id")
+    if any_row(missing_patients.join(orphans.select(F.col("value").alias("id")), "id", "left_semi")):
+        return "a patient absent from the lake has rows in an upload the build rewrites and in one it keeps"
+    for reference, ids in now_known.items():
+        if any_row(waiting.where(F.col("reference") == reference).join(ids, "id", "left_semi")):
+            return f"a {reference} that a kept upload references without finding it is in the lake now"
+    return None
+
+
+def patient_partials(dims: dict[str, DataFrame], immunizations: DataFrame) -> DataFrame:
+    """patient_fact's counts per (patient, upload): one part per patient (its rows are its upload's), one per upload
+    for the unknown patient, whose rows come from every upload."""
+    sources = {**dims, "immunizations": immunizations}
+    sources["encounter_dim"] = dims["encounter_dim"].where(F.col("encounter_key") != UNKNOWN_KEY)
+    frames = [
+        sources[source]
+        .groupBy("patient_key", "upload_id")
+        .agg(*[F.expr(a).alias(c) for s, c, a, _ in PATIENT_AGGREGATES if s == source])
+        for source in dict.fromkeys(s for s, *_ in PATIENT_AGGREGATES)
+    ]
+    return reduce(lambda a, b: a.join(b, ["patient_key", "upload_id"], "full"), frames)
+
+
+def _combined(partials: DataFrame) -> DataFrame:
+    """Per-(patient, upload) counts combined per patient."""
+    return partials.groupBy("patient_key").agg(
+        *[getattr(F, combine)(column).alias(column) for _, column, _, combine in PATIENT_AGGREGATES]
+    )
 
 
 def patient_fact(
-    patients: DataFrame, dims: dict[str, DataFrame], immunizations: DataFrame, include_identifiers: bool
+    patients: DataFrame, dims: dict[str, DataFrame], counts: DataFrame, include_identifiers: bool
 ) -> DataFrame:
-    """One row per patient (and the unknown patient) with demographics and counts from the written dimensions."""
-
-    def per_patient(frame: DataFrame, *aggregates: Column) -> DataFrame:
-        return frame.groupBy(F.col("patient_key").alias("id")).agg(*aggregates)
-
+    """One row per patient of the rewritten uploads and the unknown patient, with demographics and counts. A
+    living patient's age is taken at the latest encounter of their upload (its export's 'today')."""
     encounters = dims["encounter_dim"].where(F.col("encounter_key") != UNKNOWN_KEY)
-    counts = [
-        per_patient(
-            encounters,
-            F.count(F.lit(1)).alias("encounter_count"),
-            F.sum("total_claim_cost").alias("total_claim_cost"),
-            F.sum("payer_coverage").alias("total_payer_coverage"),
-            F.min("start_date").alias("first_encounter_date"),
-            F.max("start_date").alias("last_encounter_date"),
-        ),
-        per_patient(
-            dims["condition_dim"],
-            F.count(F.lit(1)).alias("condition_count"),
-            F.sum(F.col("is_active").cast("int")).alias("active_condition_count"),
-        ),
-        per_patient(dims["medication_dim"], F.count(F.lit(1)).alias("medication_count")),
-        per_patient(dims["procedure_dim"], F.count(F.lit(1)).alias("procedure_count")),
-        per_patient(
-            immunizations.withColumnRenamed("patient", "patient_key"), F.count(F.lit(1)).alias("immunization_count")
-        ),
-    ]
-    as_of = encounters.agg(F.max("start_date").alias("as_of_date"))
-    fact = patients.crossJoin(F.broadcast(as_of))
-    for frame in counts:
-        fact = fact.join(frame, "id", "left")
+    as_of = encounters.groupBy("upload_id").agg(F.max("start_date").alias("as_of_date"))
+    fact = patients.join(F.broadcast(as_of), "upload_id", "left").join(
+        counts.withColumnRenamed("patient_key", "id"), "id", "left"
+    )
     end = F.coalesce(F.col("deathdate"), F.col("as_of_date"))
     age = F.floor(F.months_between(end, F.col("birthdate")) / 12).cast("int")
     # cast: Sail types a CASE of a literal and an MD5 as a string view, which the table's string column refuses
@@ -703,22 +1046,118 @@ def patient_fact(
     )
 
 
-def date_dim(fact: DataFrame, dims: dict[str, DataFrame]) -> DataFrame:
-    """Every calendar day from the earliest to the latest date the marts use."""
-    used_dates = [
-        fact.select(F.col("birth_date").alias("d")),
-        fact.select(F.col("death_date").alias("d")),
-        dims["encounter_dim"].select(F.to_date("stop_ts").alias("d")),
-        dims["encounter_dim"].select(F.col("start_date").alias("d")),
-        dims["condition_dim"].select(F.col("start_date").alias("d")),
-        dims["condition_dim"].select(F.col("stop_date").alias("d")),
-        dims["procedure_dim"].select(F.col("start_date").alias("d")),
-        dims["medication_dim"].select(F.col("start_date").alias("d")),
-        dims["medication_dim"].select(F.to_date("stop_ts").alias("d")),
-    ]
-    dates = reduce(lambda a, b: a.unionByName(b), used_dates)
-    bounds = dates.agg(F.min("d").alias("first"), F.max("d").alias("last"))
-    return MARTS["date_dim"].select(bounds.select(F.explode(F.sequence("first", "last")).alias("date_key")))
+def part_measures(
+    spark: SparkSession, rows: dict[str, DataFrame], observations: DataFrame, kept_encounters: DataFrame
+) -> DataFrame:
+    """What the checks count in each rewritten upload's rows of the partitioned marts, as (upload_id, measures: JSON),
+    so a later build that keeps the upload reports its counts without reading its rows again: rows per mart, rows
+    pointing to an unknown member per mart and foreign key, and the Synthea oddities."""
+    measures: dict[str, dict] = {}
+
+    def add(frame: DataFrame, path: tuple[str, ...], *aggregates: Column) -> None:
+        for row in frame.where(F.col("upload_id").isNotNull()).groupBy("upload_id").agg(*aggregates).collect():
+            values = row.asDict()
+            upload = values.pop("upload_id")
+            target = measures.setdefault(upload, {})
+            for key in path:
+                target = target.setdefault(key, {})
+            target.update({k: int(v or 0) for k, v in values.items()})
+
+    for name in PARTITIONED_MARTS:
+        add(rows[name], ("rows",), F.count(F.lit(1)).alias(name))
+        if name in FOREIGN_KEYS:
+            members = rows[name].where(~F.col(IS_UNKNOWN.name)) if IS_UNKNOWN.name in rows[name].columns else rows[name]
+            add(
+                members,
+                ("references_unknown", name),
+                *[F.sum((F.col(c) == UNKNOWN_KEY).cast("int")).alias(c) for c in FOREIGN_KEYS[name]],
+            )
+    for measure, frame in oddity_rows(rows, observations, kept_encounters).items():
+        add(frame, (), F.count(F.lit(1)).alias(measure))
+    return spark.createDataFrame(
+        [(upload, json.dumps(values, sort_keys=True)) for upload, values in sorted(measures.items())],
+        "upload_id string, measures string",
+    )
+
+
+def oddity_rows(
+    marts: dict[str, DataFrame], observations: DataFrame, kept_encounters: DataFrame
+) -> dict[str, DataFrame]:
+    """The rows each Synthea oddity check counts, by its measure (`kept_encounters`: the encounters of kept uploads
+    that the rewritten rows reference)."""
+    encounter_dates = (
+        marts["encounter_dim"]
+        .select("encounter_key", "start_date")
+        .unionByName(kept_encounters)
+        .select("encounter_key", F.col("start_date").alias("encounter_date"))
+    )
+    return {
+        "medications_stopping_before_start": marts["medication_dim"].where(F.col("stop_ts") < F.col("start_ts")),
+        "observations_without_encounter": observations.where(F.col("encounter").isNull()),
+        "conditions_dated_off_their_encounter": marts["condition_dim"]
+        .join(encounter_dates, "encounter_key")
+        .where(F.col("start_date") != F.col("encounter_date")),
+    }
+
+
+def write_parts(
+    spark: SparkSession,
+    lake: IcebergTables,
+    plan: BuildPlan,
+    loads: DataFrame,
+    build_id: str,
+    rows: dict[str, DataFrame],
+    partials: DataFrame,
+    references: list[DataFrame],
+    observations: DataFrame,
+    kept_encounters: DataFrame,
+) -> str:
+    """Append the build's part map: a new part for each rewritten upload (its date bounds, the unknown patient's
+    counts from its rows, the references it could not resolve, its `measures`), the previous build's part for each
+    kept one."""
+    kept = list(plan.kept)
+    measured = part_measures(spark, rows, observations, kept_encounters)
+    dates = reduce(
+        lambda a, b: a.unionByName(b),
+        [rows[mart].select("upload_id", F.expr(date).alias("d")) for mart, date in USED_DATES],
+    )
+    bounds = dates.groupBy("upload_id").agg(F.min("d").alias("first_date"), F.max("d").alias("last_date"))
+    unknown = partials.where(F.col("patient_key") == UNKNOWN_KEY).select(
+        "upload_id", *[F.col(c).alias(f"unknown_{c}") for _, c, *_ in PATIENT_AGGREGATES]
+    )
+    waiting = (
+        reduce(lambda a, b: a.unionByName(b), references)
+        .select("upload_id", F.concat_ws("\t", "reference", "value").alias("reference"))
+        .groupBy("upload_id")
+        .agg(F.concat_ws("\n", F.sort_array(F.collect_set("reference"))).alias("unresolved"))
+    )
+    rewritten = loads.where(~F.col("upload_id").isin(kept)) if kept else loads
+    new = (
+        rewritten.select("upload_id", "load_id")
+        .join(bounds, "upload_id", "left")
+        .join(unknown, "upload_id", "left")
+        .join(waiting, "upload_id", "left")
+        .join(measured, "upload_id", "left")
+        .select(
+            F.lit(build_id).alias("build_id"),
+            "upload_id",
+            "load_id",
+            F.lit(build_id).alias("part_build"),
+            F.lit(CONTRACT).alias("contract"),
+            "first_date",
+            "last_date",
+            "unresolved",
+            "measures",
+            *[f"unknown_{c}" for _, c, *_ in PATIENT_AGGREGATES],
+        )
+    )
+    columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new.schema)
+    table = lake.ensure(spark, MARTS_LAYER, PARTS, columns, BUILD_PARTITIONING)
+    if kept:
+        carried = Build(plan.previous_build or "", plan).parts(spark, lake).where(F.col("upload_id").isin(kept))
+        new = new.unionByName(carried.withColumn("build_id", F.lit(build_id)).select(*new.columns))
+    lake.append(new, table)
+    return table
 
 
 def _write_each(
@@ -738,8 +1177,8 @@ def _write_each(
 
 
 def discard_build(spark: SparkSession, lake: IcebergTables, build_id: str) -> None:
-    """Delete one build's rows from every mart."""
-    for name in MARTS:
+    """Delete one build's rows from every mart and its part map."""
+    for name in (*MARTS, PARTS):
         table = lake.open(spark, MARTS_LAYER, name)
         if table:
             lake.delete(spark, table, f"build_id = {literal(build_id)}")
@@ -749,8 +1188,16 @@ def discard_stale_builds(
     spark: SparkSession, lake: IcebergTables, commits: CommitLog, abandoned_before: dt.datetime
 ) -> list[str]:
     """Delete the builds that are neither the committed one nor the one before it (kept for readers that started
-    before the switch), or were begun before `abandoned_before` and never committed; returns their ids."""
-    stale = [build for _, build in commits.builds().stale(abandoned_before, MARTS_SUBJECT)]
+    before the switch), or were begun before `abandoned_before` and never committed, unless the part map of one of
+    those two still shows rows they wrote; returns their ids."""
+    builds = commits.builds()
+    current = builds.current().get(MARTS_SUBJECT)
+    shown = set()
+    for build in filter(None, (current and current.load_id, builds.previous(MARTS_SUBJECT))):
+        shown |= {
+            row["part_build"] for row in Build(build).parts(spark, lake).select("part_build").distinct().collect()
+        }
+    stale = [build for _, build in builds.stale(abandoned_before, MARTS_SUBJECT) if build not in shown]
     for build in stale:
         discard_build(spark, lake, build)
         commits.record_build(build, "discarded", False)
@@ -836,38 +1283,66 @@ def _count(frame: DataFrame) -> int:
     return int(frame.count())
 
 
-def check_marts(
-    spark: SparkSession, lake: IcebergTables, written: dict[str, str], loads: DataFrame, build_id: str
-) -> list[MartCheck]:
+def check_marts(spark: SparkSession, lake: IcebergTables, build: Build, loads: DataFrame) -> list[MartCheck]:
     """Judge a written build: keys, foreign keys, row counts against the staging loads it was built from, and
-    known Synthea oddities."""
-    marts = build_of(spark, written, build_id)
+    known Synthea oddities. The rows this build wrote are checked; a kept upload's rows passed these checks when
+    they were written, and the plan rewrites every upload whose rows the others could change, so its counts come
+    from its part's measures."""
+    written = {
+        name: spark.table(t).where(F.col("build_id") == build.build_id).drop("build_id")
+        for name, t in build.tables.items()
+        if name in MARTS
+    }
+    parts = build.parts(spark, lake).select("upload_id", "part_build", "measures").collect()
+    kept = [json.loads(row["measures"] or "{}") for row in parts if row["part_build"] != build.build_id]
+    measures = {row["upload_id"]: json.loads(row["measures"] or "{}") for row in parts}
+
+    def kept_rows(name: str) -> int:
+        return sum(m.get("rows", {}).get(name, 0) for m in kept)
+
     checks = []
     for name, mart in MARTS.items():
-        frame = marts[name]
-        rows, distinct = _count(frame), _count(frame.select(mart.key).distinct())
+        frame = written[name]
+        rows, distinct = _count(frame) + kept_rows(name), _count(frame.select(mart.key).distinct()) + kept_rows(name)
         nulls = _count(frame.where(F.col(mart.key).isNull()))
         checks.append(
             MartCheck(
                 PRIMARY_KEY,
                 name,
                 rows == distinct and not nulls,
-                {"rows": rows, "distinct_keys": distinct, "null_keys": nulls},
+                {"rows": rows, "distinct_keys": distinct, "null_keys": nulls, "rows_checked": _count(frame)},
             )
         )
+    kept_keys: dict[str, DataFrame] = {}
     for name, references in FOREIGN_KEYS.items():
         orphans = {}
         for column, target in references.items():
-            keys = marts[target].select(F.col(MARTS[target].key).alias(column))
-            orphans[column] = _count(marts[name].where(F.col(column).isNotNull()).join(keys, column, "left_anti"))
+            keys = written[target].select(F.col(MARTS[target].key).alias(column))
+            dangling = written[name].where(F.col(column).isNotNull()).join(keys, column, "left_anti")
+            if build.plan.kept and target in PARTITIONED_MARTS:
+                values = [r[column] for r in dangling.select(column).distinct().collect()]
+                if values:
+                    if target not in kept_keys:
+                        kept_keys[target] = build.rows(spark, lake, target, list(build.plan.kept)).select(
+                            MARTS[target].key
+                        )
+                    found = kept_keys[target].join(
+                        spark.createDataFrame([(v,) for v in values], f"{MARTS[target].key} string"),
+                        MARTS[target].key,
+                        "left_semi",
+                    )
+                    dangling = dangling.join(found.select(F.col(MARTS[target].key).alias(column)), column, "left_anti")
+            orphans[column] = _count(dangling)
         checks.append(MartCheck(FOREIGN_KEYS_RESOLVE, name, not any(orphans.values()), {"orphans": orphans}))
 
-    checks += references_known(marts)
+    checks += references_known(written, measures)
     for mart_name, table in RECONCILED_MARTS.items():
-        if mart_name == "encounter_dim":  # reconciled below, against the encounters of patient_fact's patients
+        if mart_name == "encounter_dim":  # reconciled below, against the encounters of the patients' uploads
             continue
-        expected = _count(read_staging(spark, lake, table, loads).select("id").distinct()) + 1
-        actual = _count(marts[mart_name])
+        scope = build.plan.rewritten if mart_name in PARTITIONED_MARTS else None
+        staged_ids = read_staging(spark, lake, table, loads, scope).select("id").distinct()
+        expected = _count(staged_ids) + 1 + kept_rows(mart_name)
+        actual = _count(written[mart_name]) + kept_rows(mart_name)
         checks.append(
             MartCheck(
                 ROWS_RECONCILE,
@@ -876,13 +1351,11 @@ def check_marts(
                 {"distinct_ids_in_staging_and_unknown_member": expected, "rows": actual},
             )
         )
-    owners = (
-        marts["patient_fact"]
-        .where(F.col("patient_key") != UNKNOWN_KEY)
-        .select(F.col("patient_key").alias("patient"), "upload_id")
-    )
-    encounters = patient_scoped(read_staging(spark, lake, RECONCILED_MARTS["encounter_dim"], loads), owners, "id")
-    expected, actual = _count(encounters.select("id").distinct()) + 1, _count(marts["encounter_dim"])
+    owners = owners_of(spark, lake, loads, build.plan)
+    staged = read_staging(spark, lake, RECONCILED_MARTS["encounter_dim"], loads, build.plan.rewritten)
+    encounters = patient_scoped(staged, owners, "id")
+    expected = _count(encounters.select("id").distinct()) + 1 + kept_rows("encounter_dim")
+    actual = _count(written["encounter_dim"]) + kept_rows("encounter_dim")
     checks.append(
         MartCheck(
             ROWS_RECONCILE,
@@ -891,61 +1364,42 @@ def check_marts(
             {"distinct_current_encounters_and_unknown_member": expected, "rows": actual},
         )
     )
-
-    observations = read_staging(spark, lake, "observations", loads).join(owners, ["patient", "upload_id"], "left_semi")
-    encounter_dates = marts["encounter_dim"].select("encounter_key", F.col("start_date").alias("encounter_date"))
-    oddities = (
-        (
-            STOPS_BEFORE_START,
-            "medication_dim",
-            "medications_stopping_before_start",
-            marts["medication_dim"].where(F.col("stop_ts") < F.col("start_ts")),
-            {},
-        ),
-        (
-            OBSERVATIONS_WITHOUT_ENCOUNTER,
-            "encounter_dim",
-            "observations_without_encounter",
-            observations.where(F.col("encounter").isNull()),
-            {},
-        ),
+    for check, mart_name, measure, notes in (
+        (STOPS_BEFORE_START, "medication_dim", "medications_stopping_before_start", {}),
+        (OBSERVATIONS_WITHOUT_ENCOUNTER, "encounter_dim", "observations_without_encounter", {}),
         (
             DATED_LIKE_ENCOUNTER,
             "condition_dim",
             "conditions_dated_off_their_encounter",
-            marts["condition_dim"]
-            .join(encounter_dates, "encounter_key")
-            .where(F.col("start_date") != F.col("encounter_date")),
             {"why": "condition dates are local, encounter dates UTC"},
         ),
-    )
-    for check, mart_name, measure, rows, notes in oddities:
-        by_upload = _per_upload(rows)
+    ):
+        by_upload = {u: m[measure] for u, m in sorted(measures.items()) if m.get(measure)}
         total = sum(by_upload.values())
         checks.append(MartCheck(check, mart_name, total == 0, {measure: total, "by_upload": by_upload, **notes}))
     return checks
 
 
-def _per_upload(rows: DataFrame) -> dict[str, int]:
-    """Row counts by upload (`unknown` for rows of no upload), for warnings that name the uploads they concern."""
-    counts = rows.groupBy("upload_id").count().collect()
-    return {
-        str(row["upload_id"] or UNKNOWN_KEY): int(row["count"])
-        for row in sorted(counts, key=lambda r: str(r["upload_id"]))
-    }
-
-
-def references_known(marts: dict[str, DataFrame]) -> list[MartCheck]:
+def references_known(written: dict[str, DataFrame], measures: dict[str, dict]) -> list[MartCheck]:
     """Warnings: per mart, how many rows of each upload point to an unknown member (their reference is absent
     from the lake, e.g. encounters missing from a partial export); the unknown members' own references are not
-    counted."""
+    counted. The partitioned marts' counts are their parts' measures, the shared marts' are counted."""
     checks = []
     for name, references in FOREIGN_KEYS.items():
-        unknown = [F.sum((F.col(c) == UNKNOWN_KEY).cast("int")).alias(c) for c in references]
-        members = marts[name].where(~F.col(IS_UNKNOWN.name)) if IS_UNKNOWN.name in marts[name].columns else marts[name]
-        rows = members.groupBy("upload_id").agg(*unknown).collect()
-        by_upload = {row["upload_id"]: {c: int(row[c]) for c in references if row[c]} for row in rows}
-        by_upload = {upload: counts for upload, counts in sorted(by_upload.items(), key=lambda i: str(i[0])) if counts}
+        if name in PARTITIONED_MARTS:
+            counted = {u: m.get("references_unknown", {}).get(name, {}) for u, m in measures.items()}
+        else:
+            unknown = [F.sum((F.col(c) == UNKNOWN_KEY).cast("int")).alias(c) for c in references]
+            members = written[name].where(~F.col(IS_UNKNOWN.name))
+            counted = {
+                row["upload_id"]: {c: int(row[c] or 0) for c in references}
+                for row in members.groupBy("upload_id").agg(*unknown).collect()
+            }
+        by_upload = {
+            upload: {c: n for c, n in counts.items() if n}
+            for upload, counts in sorted(counted.items(), key=lambda i: str(i[0]))
+            if any(counts.values())
+        }
         total = sum(sum(counts.values()) for counts in by_upload.values())
         checks.append(
             MartCheck(REFERENCES_KNOWN, name, total == 0, {"rows_pointing_to_unknown": total, "by_upload": by_upload})
