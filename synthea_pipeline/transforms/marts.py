@@ -789,14 +789,16 @@ def _write_build(
     providers = latest_per_key(read("providers"), "id")
     organizations = latest_per_key(read("organizations"), "id")
     payers = latest_per_key(read("payers"), "id")
-    provider_ids, organization_ids, payer_ids = (t.select("id") for t in (providers, organizations, payers))
+    provider_ids, organization_ids, payer_ids = (read(t).select("id") for t in ("providers", "organizations", "payers"))
+    patient_ids = read("patients").select("id")
 
     def current(table: str, key: str = "row_key") -> DataFrame:
         return patient_scoped(read_rewritten(table), owners, key)
 
     encounters = current("encounters", "id")
     scoped = {t: current(t) for t in ("conditions", "procedures", "medications", "immunizations")}
-    orphans = [orphan_patients(read_rewritten(t), owners) for t in ("encounters", *scoped)]
+    staged = {t: read_rewritten(t) for t in REFERENCE_COLUMNS}
+    known = {"patient": patient_ids, "provider": provider_ids, "organization": organization_ids, "payer": payer_ids}
     if kept:
         tie = _tie_to_kept(
             spark,
@@ -805,21 +807,14 @@ def _write_build(
             read("patients"),
             encounters,
             (providers, organizations, payers),
-            reduce(lambda a, b: a.unionByName(b), orphans),
+            unresolved_references(staged, known).where(F.col("reference") == "patient"),
         )
         if tie:
             return {}, tie
     kept_encounters = referenced_kept_encounters(spark, lake, plan, encounters, read_rewritten)
     encounter_ids = encounters.select("id").unionByName(kept_encounters.select(F.col("encounter_key").alias("id")))
-    references = [
-        *(
-            unresolved(encounters, c, ids)
-            for c, ids in (("provider", provider_ids), ("organization", organization_ids), ("payer", payer_ids))
-        ),
-        *(unresolved(scoped[t], "encounter", encounter_ids) for t in ("conditions", "procedures", "medications")),
-        unresolved(scoped["medications"], "payer", payer_ids),
-        *orphans,
-    ]
+    # from the staged rows: a few more values than the marts point to the unknown member, never fewer
+    references = unresolved_references(staged, {**known, "encounter": encounter_ids})
     encounters = known_or_unknown(encounters, "provider", provider_ids)
     encounters = known_or_unknown(encounters, "organization", organization_ids)
     encounters = known_or_unknown(encounters, "payer", payer_ids)
@@ -919,20 +914,42 @@ def referenced_kept_encounters(
     return rows.join(wanted_keys, "encounter_key", "left_semi").select("encounter_key", "start_date")
 
 
-def unresolved(frame: DataFrame, column: str, keys: DataFrame) -> DataFrame:
-    """The values of `column` that `keys` (one column) lacks, i.e. the references `known_or_unknown` points to the
-    unknown member, as (upload_id, reference, value)."""
-    known = keys.select(F.col(keys.columns[0]).alias(column))
-    return (
-        frame.where(F.col(column).isNotNull())
-        .join(known, column, "left_anti")
-        .select("upload_id", F.lit(column).alias("reference"), F.col(column).alias("value"))
+REFERENCE_COLUMNS = {
+    "encounters": ("patient", "provider", "organization", "payer"),
+    "conditions": ("patient", "encounter"),
+    "procedures": ("patient", "encounter"),
+    "medications": ("patient", "encounter", "payer"),
+    "immunizations": ("patient",),
+}
+"""The columns of the patient-scoped staging tables that name a row of another table, by the table named."""
+
+
+def unresolved_references(staged: dict[str, DataFrame], known: dict[str, DataFrame]) -> DataFrame:
+    """(upload_id, reference, value): the values of `REFERENCE_COLUMNS` in `staged` rows that no row of `known`
+    (reference: one-column frame of ids) holds, i.e. what the marts point to the unknown member."""
+    named = reduce(
+        lambda a, b: a.unionByName(b),
+        [
+            staged[table]
+            .select(
+                "upload_id",
+                F.explode(
+                    F.array(*[F.struct(F.lit(c).alias("reference"), F.col(c).alias("value")) for c in columns])
+                ).alias("named"),
+            )
+            .select("upload_id", "named.reference", "named.value")
+            for table, columns in REFERENCE_COLUMNS.items()
+            if table in staged
+        ],
     )
-
-
-def orphan_patients(frame: DataFrame, owners: DataFrame) -> DataFrame:
-    """The patients that rows of a patient-scoped table name but no upload holds, as unresolved references."""
-    return unresolved(frame, "patient", owners.select("patient"))
+    ids = reduce(
+        lambda a, b: a.unionByName(b),
+        [
+            frame.select(F.lit(kind).alias("reference"), F.col(frame.columns[0]).alias("value"))
+            for kind, frame in known.items()
+        ],
+    )
+    return named.where(F.col("value").isNotNull()).join(ids, ["reference", "value"], "left_anti")
 
 
 def _tie_to_kept(
@@ -1052,28 +1069,35 @@ def part_measures(
     """What the checks count in each rewritten upload's rows of the partitioned marts, as (upload_id, measures: JSON),
     so a later build that keeps the upload reports its counts without reading its rows again: rows per mart, rows
     pointing to an unknown member per mart and foreign key, and the Synthea oddities."""
-    measures: dict[str, dict] = {}
 
-    def add(frame: DataFrame, path: tuple[str, ...], *aggregates: Column) -> None:
-        for row in frame.where(F.col("upload_id").isNotNull()).groupBy("upload_id").agg(*aggregates).collect():
-            values = row.asDict()
-            upload = values.pop("upload_id")
-            target = measures.setdefault(upload, {})
-            for key in path:
-                target = target.setdefault(key, {})
-            target.update({k: int(v or 0) for k, v in values.items()})
+    def counted(frame: DataFrame, path: str, value: Column) -> DataFrame:
+        return frame.select("upload_id", F.lit(path).alias("measure"), value.cast("long").alias("value"))
 
+    parts = []
     for name in PARTITIONED_MARTS:
-        add(rows[name], ("rows",), F.count(F.lit(1)).alias(name))
-        if name in FOREIGN_KEYS:
-            members = rows[name].where(~F.col(IS_UNKNOWN.name)) if IS_UNKNOWN.name in rows[name].columns else rows[name]
-            add(
-                members,
-                ("references_unknown", name),
-                *[F.sum((F.col(c) == UNKNOWN_KEY).cast("int")).alias(c) for c in FOREIGN_KEYS[name]],
-            )
-    for measure, frame in oddity_rows(rows, observations, kept_encounters).items():
-        add(frame, (), F.count(F.lit(1)).alias(measure))
+        parts.append(counted(rows[name], f"rows/{name}", F.lit(1)))
+        members = rows[name].where(~F.col(IS_UNKNOWN.name)) if IS_UNKNOWN.name in rows[name].columns else rows[name]
+        parts += [
+            counted(members, f"references_unknown/{name}/{column}", F.col(column) == UNKNOWN_KEY)
+            for column in FOREIGN_KEYS.get(name, ())
+        ]
+    parts += [
+        counted(frame, measure, F.lit(1)) for measure, frame in oddity_rows(rows, observations, kept_encounters).items()
+    ]
+    totals = (
+        reduce(lambda a, b: a.unionByName(b), parts)
+        .where(F.col("upload_id").isNotNull())
+        .groupBy("upload_id", "measure")
+        .agg(F.sum("value").alias("value"))
+        .collect()
+    )
+    measures: dict[str, dict] = {}
+    for row in totals:
+        *path, leaf = row["measure"].split("/")
+        target = measures.setdefault(row["upload_id"], {})
+        for key in path:
+            target = target.setdefault(key, {})
+        target[leaf] = int(row["value"] or 0)
     return spark.createDataFrame(
         [(upload, json.dumps(values, sort_keys=True)) for upload, values in sorted(measures.items())],
         "upload_id string, measures string",
@@ -1108,7 +1132,7 @@ def write_parts(
     build_id: str,
     rows: dict[str, DataFrame],
     partials: DataFrame,
-    references: list[DataFrame],
+    references: DataFrame,
     observations: DataFrame,
     kept_encounters: DataFrame,
 ) -> str:
@@ -1126,8 +1150,7 @@ def write_parts(
         "upload_id", *[F.col(c).alias(f"unknown_{c}") for _, c, *_ in PATIENT_AGGREGATES]
     )
     waiting = (
-        reduce(lambda a, b: a.unionByName(b), references)
-        .select("upload_id", F.concat_ws("\t", "reference", "value").alias("reference"))
+        references.select("upload_id", F.concat_ws("\t", "reference", "value").alias("reference"))
         .groupBy("upload_id")
         .agg(F.concat_ws("\n", F.sort_array(F.collect_set("reference"))).alias("unresolved"))
     )
