@@ -673,6 +673,11 @@ class BuildPlan:
     def full(cls, reason: str) -> BuildPlan:
         return cls(f"full rebuild: {reason}")
 
+    @property
+    def previous(self) -> Build:
+        """The committed build this one continues (whose part map names the kept uploads' rows)."""
+        return Build(self.previous_build or "", self)
+
 
 @dataclass(frozen=True)
 class Build:
@@ -775,7 +780,7 @@ def _write_build(
     must be rewritten too. The dimensions are written first; the patient fact, the part map and the date dimension
     are then computed from the written dimensions, so no dimension's lineage is computed twice."""
     kept = list(plan.kept)
-    previous = Build(plan.previous_build or "", plan)
+    previous = plan.previous
 
     def read(table: str) -> DataFrame:
         return read_staging(spark, lake, table, loads)
@@ -909,7 +914,7 @@ def referenced_kept_encounters(
     wanted = [(row["id"],) for row in foreign.collect()]
     if not wanted:
         return empty
-    rows = Build(plan.previous_build or "", plan).rows(spark, lake, "encounter_dim", list(plan.kept))
+    rows = plan.previous.rows(spark, lake, "encounter_dim", list(plan.kept))
     wanted_keys = spark.createDataFrame(wanted, "encounter_key string")
     return rows.join(wanted_keys, "encounter_key", "left_semi").select("encounter_key", "start_date")
 
@@ -973,7 +978,7 @@ def _tie_to_kept(
     in_kept = F.col("upload_id").isin(kept)
     if any_row(patients.where(in_kept).select("id").join(patients.where(~in_kept).select("id"), "id")):
         return "a patient id is in an upload the build rewrites and in one it keeps"
-    previous = Build(plan.previous_build or "", plan)
+    previous = plan.previous
     kept_encounters = previous.rows(spark, lake, "encounter_dim", kept).select(F.col("encounter_key").alias("id"))
     if any_row(encounters.select("id").join(kept_encounters, "id")):
         return "an encounter id is in an upload the build rewrites and in one it keeps"
@@ -1177,7 +1182,7 @@ def write_parts(
     columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new.schema)
     table = lake.ensure(spark, MARTS_LAYER, PARTS, columns, BUILD_PARTITIONING)
     if kept:
-        carried = Build(plan.previous_build or "", plan).parts(spark, lake).where(F.col("upload_id").isin(kept))
+        carried = plan.previous.parts(spark, lake).where(F.col("upload_id").isin(kept))
         new = new.unionByName(carried.withColumn("build_id", F.lit(build_id)).select(*new.columns))
     lake.append(new, table)
     return table
