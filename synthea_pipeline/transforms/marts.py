@@ -531,7 +531,7 @@ def owners_of(spark: SparkSession, lake: IcebergTables, loads: DataFrame, plan: 
         lambda a, b: a.unionByName(b),
         [read_staging(spark, lake, t, loads, plan.rewritten).select("patient") for t in PATIENT_SCOPED],
     )
-    kept = read_staging(spark, lake, "patients", loads, list(plan.kept)).select(F.col("id").alias("patient"))
+    kept = read_staging(spark, lake, "patients", loads, plan.kept).select(F.col("id").alias("patient"))
     taken = [(row["patient"], None) for row in named.distinct().join(kept, "patient", "left_semi").collect()]
     return owners.unionByName(spark.createDataFrame(taken, "patient string, upload_id string"))
 
@@ -660,11 +660,11 @@ CONTRACT = contract(MARTS)
 @dataclass(frozen=True)
 class BuildPlan:
     """Which uploads a build writes: every one (`rewritten` None), or only those whose committed load changed since
-    the previous build (`rewritten`), the others keeping the rows of the build named in `kept`."""
+    the previous build (`rewritten`), the `kept` ones showing the rows the previous build's part map names."""
 
     reason: str
     previous_build: str | None = None
-    kept: dict[str, str] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
     replaced: tuple[str, ...] = ()
     unresolved_in_kept: frozenset[tuple[str, str]] = frozenset()
     rewritten: list[str] | None = None
@@ -695,7 +695,8 @@ class Build:
         return spark.table(table).where(F.col("build_id") == self.build_id)
 
     def rows(self, spark: SparkSession, lake: IcebergTables, name: str, uploads: list[str] | None = None) -> DataFrame:
-        """The build's rows of one mart, without the build column; only those of `uploads` when given."""
+        """The build's rows of one mart, without the build column: a shared mart's all, a partitioned mart's rows of
+        `uploads` (of every upload of the part map when None; its unknown members are not an upload's)."""
         table = spark.table(
             self.tables.get(name) or lake.open(spark, MARTS_LAYER, name) or lake.identifier(MARTS_LAYER, name)
         )
@@ -704,10 +705,7 @@ class Build:
         parts = self.parts(spark, lake).select("upload_id", F.col("part_build").alias("build_id"))
         if uploads is not None:
             parts = parts.where(F.col("upload_id").isin(uploads))
-        rows = table.join(F.broadcast(parts), ["upload_id", "build_id"], "left_semi")
-        if uploads is None:
-            rows = rows.unionByName(table.where((F.col("build_id") == self.build_id) & F.col("upload_id").isNull()))
-        return rows.drop("build_id")
+        return table.join(F.broadcast(parts), ["upload_id", "build_id"], "left_semi").drop("build_id")
 
 
 def plan_build(
@@ -733,7 +731,7 @@ def plan_build(
         return BuildPlan.full("the marts' declarations changed since the committed build")
     if removed := sorted(set(previous) - set(loads)):
         return BuildPlan.full(f"uploads left the lake: {', '.join(removed)}")
-    kept = {u: row["part_build"] for u, row in previous.items() if loads[u] == row["load_id"]}
+    kept = sorted(u for u, row in previous.items() if loads[u] == row["load_id"])
     waiting = {
         tuple(line.split("\t", 1)) for upload in kept for line in (previous[upload]["unresolved"] or "").splitlines()
     }
@@ -779,7 +777,7 @@ def _write_build(
     """One attempt at `write_marts`: the written tables, or (having written nothing) why the plan's kept uploads
     must be rewritten too. The dimensions are written first; the patient fact, the part map and the date dimension
     are then computed from the written dimensions, so no dimension's lineage is computed twice."""
-    kept = list(plan.kept)
+    kept = plan.kept
     previous = plan.previous
 
     def read(table: str) -> DataFrame:
@@ -914,7 +912,7 @@ def referenced_kept_encounters(
     wanted = [(row["id"],) for row in foreign.collect()]
     if not wanted:
         return empty
-    rows = plan.previous.rows(spark, lake, "encounter_dim", list(plan.kept))
+    rows = plan.previous.rows(spark, lake, "encounter_dim", plan.kept)
     wanted_keys = spark.createDataFrame(wanted, "encounter_key string")
     return rows.join(wanted_keys, "encounter_key", "left_semi").select("encounter_key", "start_date")
 
@@ -974,7 +972,7 @@ def _tie_to_kept(
     def any_row(frame: DataFrame) -> bool:
         return not frame.limit(1).isEmpty()
 
-    kept = list(plan.kept)
+    kept = plan.kept
     in_kept = F.col("upload_id").isin(kept)
     if any_row(patients.where(in_kept).select("id").join(patients.where(~in_kept).select("id"), "id")):
         return "a patient id is in an upload the build rewrites and in one it keeps"
@@ -1144,7 +1142,7 @@ def write_parts(
     """Append the build's part map: a new part for each rewritten upload (its date bounds, the unknown patient's
     counts from its rows, the references it could not resolve, its `measures`), the previous build's part for each
     kept one."""
-    kept = list(plan.kept)
+    kept = plan.kept
     measured = part_measures(spark, rows, observations, kept_encounters)
     dates = reduce(
         lambda a, b: a.unionByName(b),
@@ -1351,9 +1349,7 @@ def check_marts(spark: SparkSession, lake: IcebergTables, build: Build, loads: D
                 values = [r[column] for r in dangling.select(column).distinct().collect()]
                 if values:
                     if target not in kept_keys:
-                        kept_keys[target] = build.rows(spark, lake, target, list(build.plan.kept)).select(
-                            MARTS[target].key
-                        )
+                        kept_keys[target] = build.rows(spark, lake, target, build.plan.kept).select(MARTS[target].key)
                     found = kept_keys[target].join(
                         spark.createDataFrame([(v,) for v in values], f"{MARTS[target].key} string"),
                         MARTS[target].key,
