@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
+from synthea_pipeline.assets.batch import batch_uploads
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.run_tags import AUTOMATION_TAG
 from synthea_pipeline.transforms.lake import Lake
@@ -79,8 +80,9 @@ def settled(instance: DagsterInstance, uploads: list[str]):
     """The run records once every upload's run has finished, no run is queued or going, and a tick of the marts
     automation that began after the last run ended has requested nothing."""
     records = instance.get_run_records()
-    staged = [r for r in records if r.dagster_run.job_name == "stage_upload"]
-    if len(staged) < len(uploads) or not all(r.dagster_run.is_finished for r in records):
+    staged = [r.dagster_run for r in records if r.dagster_run.job_name == "stage_upload"]
+    covered = {u for run in staged for u in batch_uploads(run.tags) or [run.tags.get("dagster/partition")]}
+    if not covered >= set(uploads) or not all(r.dagster_run.is_finished for r in records):
         return None
     last_end = max(r.end_time for r in records)
     quiet = [t for t in ticks(instance, "marts_automation", last_end) if t.is_completed and not t.run_ids]
@@ -95,10 +97,15 @@ def measure(instance: DagsterInstance, lake: Path, records: list, dropped: float
         ).fetchone()[0]
     return {
         "runs": len(records),
+        "stage_upload runs": sum(r.dagster_run.job_name == "stage_upload" for r in records),
         "runs by marts_automation": len(builds),
         "failed runs": sum(r.dagster_run.status != DagsterRunStatus.SUCCESS for r in records),
         "marts builds": len(instance.fetch_materializations(AssetKey(["marts", "patient_fact"]), limit=1000).records),
         "patients in the marts": in_marts,
+        "stage_upload run seconds": sorted(
+            round(r.end_time - r.start_time, 1) for r in records if r.dagster_run.job_name == "stage_upload"
+        ),
+        "marts build seconds": sorted(round(r.end_time - r.start_time, 1) for r in builds),
         "drop to first run start s": round(min(r.start_time for r in records if r.start_time) - dropped, 1),
         "drop to fresh marts s": round(max(r.end_time for r in builds) - dropped, 1),
     }

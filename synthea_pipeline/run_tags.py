@@ -18,6 +18,8 @@ PROCESS_TAG = "synthea/process"
 """`<pid>:<epoch seconds>` of the `synthea-pipeline` process that executes a run in-process, so a run killed before
 it started (no RUN_START event names its process) is found too."""
 CHECKSUM_TAG = "synthea/upload_checksum"
+BATCH_CHECKSUMS_TAG = "synthea/batch_checksums"
+"""A batch run's uploads with the content checksum each was started for (JSON)."""
 AUTOMATION_TAG = "dagster/from_automation_condition"
 """Dagster's tag on the runs declarative automation launches."""
 DAGSTER_ORIGINS = (

@@ -30,6 +30,13 @@ UPLOAD_SENSOR_BUDGET_SECONDS = Setting(
     "(Dagster cuts a sensor evaluation off at about 15 s on ECS).",
     integer=True,
 )
+UPLOAD_BATCH_SIZE = Setting(
+    "SYNTHEA_UPLOAD_BATCH_SIZE",
+    "25",
+    "Most uploads one run of the upload sensor carries when several are ready at once; each is still its own "
+    "partition, load and commit (1: a run per upload).",
+    integer=True,
+)
 HISTORY_SHRINK_LIMIT = Setting(
     "SYNTHEA_HISTORY_SHRINK_LIMIT_PERCENT",
     str(SHRINK_LIMIT_PERCENT),
@@ -65,6 +72,7 @@ SETTINGS = (
     LAKE_ROOT,
     UPLOAD_QUIET_SECONDS,
     UPLOAD_SENSOR_BUDGET_SECONDS,
+    UPLOAD_BATCH_SIZE,
     HISTORY_SHRINK_LIMIT,
     SPARK_ENGINE,
     *dict.fromkeys(ENGINE_FIELDS.values()),
@@ -79,6 +87,7 @@ LAKE_FIELDS = {
     "root": LAKE_ROOT,
     "upload_quiet_seconds": UPLOAD_QUIET_SECONDS,
     "upload_sensor_budget_seconds": UPLOAD_SENSOR_BUDGET_SECONDS,
+    "upload_batch_size": UPLOAD_BATCH_SIZE,
     "history_shrink_limit_percent": HISTORY_SHRINK_LIMIT,
 }
 SPARK_FIELDS = {"engine": SPARK_ENGINE, **ENGINE_FIELDS}

@@ -16,6 +16,7 @@ import pytest
 from dagster import instance_for_test
 
 from synthea_pipeline.resources.catalog import CatalogResource
+from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.runs import SAMPLE_DIR
 from synthea_pipeline.transforms.catalog import iceberg_sources
 from synthea_pipeline.transforms.lake import Lake
@@ -214,6 +215,14 @@ def fresh_instance():
     memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(dir=memory) as home, instance_for_test(temp_dir=home) as instance:
         yield instance
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One Sail server for the module's runs (and for reading their tables back); torn down at the end."""
+    resource = SparkResource(engine="sail")
+    yield resource
+    resource.teardown_after_execution(None)
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,6 @@ from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows
 
 
 @pytest.fixture(scope="module")
-def spark():
-    """One Sail server for the module's run and for reading its tables back; torn down at the end."""
-    resource = SparkResource(engine="sail")
-    yield resource
-    resource.teardown_after_execution(None)
-
-
-@pytest.fixture(scope="module")
 def lake(instance, spark, tmp_path_factory):
     lake = Lake(str(tmp_path_factory.mktemp("contract") / "lake"))
     report = run_upload(str(SAMPLES["2.7"]), lake.root, "contract", instance=instance, spark=spark)

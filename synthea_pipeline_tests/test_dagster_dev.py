@@ -1,9 +1,9 @@
 """The project under a real `dagster dev` (webserver, daemon, sensors, declarative automation, run queue, run
 monitoring), with the instance configured by the repository's `dagster.yaml`, over a lake where an upload was
-removed with another Dagster instance: ten uploads landing at once become ten successful runs to staging, each
-tagged as the sensor's, then one automation run that builds all of them into the marts, and the removed upload is
-neither run nor registered; uploaded again, it runs, and when its worker is killed the `dead_runs` sensor marks the
-run failed instead of leaving it STARTED."""
+removed with another Dagster instance: ten uploads landing at once become successful batch runs to staging, each
+upload materialized against its own partition, the runs tagged as the sensor's, then one automation run that
+builds all of them into the marts, and the removed upload is neither run nor registered; uploaded again, it runs,
+and when its worker is killed the `dead_runs` sensor marks the run failed instead of leaving it STARTED."""
 
 import os
 import signal
@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 
+from synthea_pipeline.assets.batch import batch_uploads
 from synthea_pipeline.dead_runs import run_worker, worker_gone
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.run_tags import AUTOMATION_TAG, ORIGIN_TAG
@@ -77,11 +78,17 @@ def test_ten_uploads_at_once_then_a_killed_run(dagster_dev):
 
     def finished_runs():
         runs = instance.get_runs(RunsFilter(job_name="stage_upload"))
-        return runs if len(runs) == len(UPLOADS) and all(r.status in FINISHED for r in runs) else None
+        covered = sorted(u for r in runs for u in batch_uploads(r.tags) or [r.tags["dagster/partition"]])
+        return runs if covered == sorted(UPLOADS) and all(r.status in FINISHED for r in runs) else None
 
-    runs = wait_for(finished_runs, "ten finished runs", [process])
-    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(UPLOADS)  # not the removed upload
-    assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(UPLOADS)
+    runs = wait_for(finished_runs, "runs covering the ten uploads", [process])  # not the removed upload
+    assert len(runs) < len(UPLOADS)  # batched
+    assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(runs)
+    for upload_id in UPLOADS:
+        [record] = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(["staging", "patients"]), asset_partitions=[upload_id]), limit=2
+        ).records
+        assert record.run_id in {r.run_id for r in runs}
     assert {r.tags.get(ORIGIN_TAG) for r in runs} == {"sensor"}
 
     def built_marts():

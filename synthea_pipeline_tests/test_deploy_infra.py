@@ -46,6 +46,7 @@ DELIBERATELY_UNSET = {
     "SYNTHEA_EMR_SPARK_SUBMIT_PARAMETERS": "no extra spark-submit parameters; the application's defaults apply",
     "SYNTHEA_ATHENA_OUTPUT": "the orchestrator's workgroup enforces its own result location",
     "SYNTHEA_UPLOAD_SENSOR_BUDGET_SECONDS": "the default is sized for a sensor evaluated on ECS",
+    "SYNTHEA_UPLOAD_BATCH_SIZE": "a batch only groups runs; every upload in it still loads and commits on its own",
 }
 """Pipeline settings a deployment on AWS leaves at their defaults, and why."""
 

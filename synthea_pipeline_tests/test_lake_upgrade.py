@@ -29,13 +29,6 @@ MART_WIDENED = ("provider_dim", "lat")
 PATIENTS_QUERY = "SELECT count(*) FROM patient_fact"
 
 
-@pytest.fixture(scope="module")
-def spark():
-    resource = SparkResource(engine="sail")
-    yield resource
-    resource.teardown_after_execution(None)
-
-
 def older_contract(
     monkeypatch: pytest.MonkeyPatch, removed=(ADDED,), narrowed=((tables.TABLES, WIDENED), (MARTS, MART_WIDENED))
 ) -> None:

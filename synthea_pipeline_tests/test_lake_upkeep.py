@@ -13,7 +13,6 @@ from dagster import DagsterRunStatus, RunsFilter, build_run_status_sensor_contex
 
 from synthea_pipeline.definitions import defs
 from synthea_pipeline.resources.catalog import CatalogResource
-from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.runs import maintain, remove, run_upload
 from synthea_pipeline.sensors import rebuild_marts_after_removal
 from synthea_pipeline.tables import TABLES
@@ -21,14 +20,6 @@ from synthea_pipeline.transforms.iceberg import LoadRecord, UploadLog, now
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.upkeep import expire
 from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, fresh_instance, mart, staged
-
-
-@pytest.fixture(scope="module")
-def spark():
-    """One Sail server for the module's runs; torn down at the end."""
-    resource = SparkResource(engine="sail")
-    yield resource
-    resource.teardown_after_execution(None)
 
 
 def all_rows(lake: Lake, table: str, upload_id: str) -> int:

@@ -11,15 +11,18 @@ import boto3
 import pytest
 from dagster import DagsterEventType, Definitions
 
+from synthea_pipeline.assets.batch import batch_run_tags
 from synthea_pipeline.definitions import defs
 from synthea_pipeline.deploy import code_update, deploy, glue_job_definition
 from synthea_pipeline.engines.sail import start_sail
-from synthea_pipeline.jobs import ingest_upload_job
+from synthea_pipeline.jobs import ingest_upload_job, stage_upload_job
 from synthea_pipeline.remote_jobs import EMR_ICEBERG_JAR, PACKAGE_ZIP, glue_conf_argument, iceberg_confs
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline.transforms import raw as raw_pass
+from synthea_pipeline.transforms.storage import storage_for
+from synthea_pipeline.transforms.uploads import upload_export
 from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, LocalJobRunner
 from synthea_pipeline_tests.conftest import fresh_instance
 
@@ -312,3 +315,30 @@ def test_cancelling_the_run_stops_the_job_run(deployed, runner, monkeypatch):
         [stopped] = glue.stopped
         assert runner.runs[stopped].process.returncode < 0
         assert runner.state(stopped)[0] == "STOPPED"
+
+
+@pytest.mark.slow
+def test_a_batch_run_runs_one_glue_job_per_upload_and_records_each_partition(deployed, runner, monkeypatch):
+    monkeypatch.setitem(AWS_CLIENTS, "glue", glue := LocalGlue(runner))
+    lake = own_lake(monkeypatch, "batch")
+    uploads = ["u1", "u2"]
+    for upload in uploads:
+        upload_export(str(SAMPLE_DIR), storage_for(f"{lake}/source"), upload)
+    with fresh_instance() as instance:
+        instance.add_dynamic_partitions("uploads", uploads)
+        job = Definitions(
+            assets=defs.assets,
+            jobs=defs.jobs,
+            resources={**defs.resources, "lake": LakeResource(root=lake), "spark": LocalAwsSpark(engine="glue")},
+        ).resolve_job_def(stage_upload_job.name)
+        result = job.execute_in_process(instance=instance, tags=batch_run_tags(uploads, {}), raise_on_error=False)
+        assert result.success
+        assert sorted(glue.jobs.values()) == ["synthea-pipeline-staging"] * len(uploads)
+        staged = {
+            event.dagster_event.partition: event.asset_materialization.metadata
+            for event in instance.all_logs(result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+            if event.dagster_event.asset_key.path == ["staging", "patients"]
+        }
+        assert sorted(staged) == uploads
+        assert all(m["AWS Glue Job Name"].value == "synthea-pipeline-staging" for m in staged.values())
+        assert staged["u1"]["rows_out"].value == staged["u2"]["rows_out"].value > 0

@@ -14,7 +14,6 @@ from synthea_pipeline.cli import main
 from synthea_pipeline.jobs import stage_upload_job
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.runs import _run_job, backfill, list_uploads, run_upload
 from synthea_pipeline.sensors import upload_sensor
 from synthea_pipeline.transforms.lake import Lake
@@ -25,13 +24,6 @@ from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows, fresh_instanc
 pytestmark = pytest.mark.slow  # a dozen pipeline runs on one Sail server
 
 SAMPLE = SAMPLES["2.7"]
-
-
-@pytest.fixture(scope="module")
-def spark():
-    resource = SparkResource(engine="sail")
-    yield resource
-    resource.teardown_after_execution(None)
 
 
 def sensor_tick(lake: Lake, instance):

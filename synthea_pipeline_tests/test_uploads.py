@@ -18,13 +18,16 @@ import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterResourceFunctionError, build_sensor_context
 from pydantic import ValidationError
 
+from synthea_pipeline.assets.batch import batch_run_tags, batch_uploads
 from synthea_pipeline.cli import main
+from synthea_pipeline.definitions import defs as definitions
+from synthea_pipeline.jobs import stage_upload_job
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
-from synthea_pipeline.sensors import build_upload_sensor, upload_sensor
-from synthea_pipeline.settings import UPLOAD_SENSOR_BUDGET_SECONDS
+from synthea_pipeline.sensors import build_upload_sensor, upload_run_requests, upload_sensor
+from synthea_pipeline.settings import UPLOAD_BATCH_SIZE, UPLOAD_SENSOR_BUDGET_SECONDS
 from synthea_pipeline.transforms.storage import S3Storage, UploadVerificationError, digest_file, storage_for
-from synthea_pipeline.transforms.uploads import UploadWatcher, upload_export
+from synthea_pipeline.transforms.uploads import ReadyUpload, UploadWatcher, upload_export
 from synthea_pipeline_tests.conftest import SAMPLES, fresh_instance, zipped
 
 SMALL_TABLES = ("patients.csv", "organizations.csv", "providers.csv", "payers.csv")
@@ -50,6 +53,11 @@ def tick(instance, lake_root, cursor=None, quiet_seconds=300):
 
 def reason(result) -> str:
     return result.skip_reason.skip_message if result.skip_reason else ""
+
+
+def requested_uploads(request) -> list[str]:
+    """The uploads a run request is for: a batch run's, or the one partition of a run of its own."""
+    return batch_uploads(request.tags) or [request.partition_key]
 
 
 def partitions_added(result) -> list[str]:
@@ -259,7 +267,7 @@ def test_a_change_restarts_the_quiet_period(instance, bucket):
 
 
 @pytest.mark.slow
-def test_fifty_uploads_landing_together_give_fifty_runs(instance, bucket, small_export):
+def test_fifty_uploads_landing_together_are_each_handed_out_once_in_batches(instance, bucket, small_export):
     lake = f"s3://{bucket}/lake"
     storage = storage_for(f"{lake}/source")
     ids = [f"upload-{n:02d}" for n in range(50)]
@@ -277,14 +285,16 @@ def test_fifty_uploads_landing_together_give_fifty_runs(instance, bucket, small_
         done = finished.is_set()
         result = tick(instance, lake, cursor)
         for request in result.run_requests:
-            assert storage.read_bytes(f"{request.partition_key}.manifest.json")
+            assert len(requested_uploads(request)) <= int(UPLOAD_BATCH_SIZE.default)
+            for upload in requested_uploads(request):
+                assert storage.read_bytes(f"{upload}.manifest.json")
         requests += result.run_requests
         cursor = result.cursor
         if done:
             break
     uploader.join()
-    assert sorted(r.partition_key for r in requests) == ids
-    assert len({r.run_key for r in requests}) == 50
+    assert sorted(u for r in requests for u in requested_uploads(r)) == ids
+    assert len({r.run_key for r in requests}) == len(requests) < 50
     assert tick(instance, lake, cursor).run_requests == []
 
 
@@ -392,7 +402,7 @@ def test_the_sensor_splits_its_budget_between_inspecting_and_handing_out(instanc
                 instance=instance, cursor=cursor, resources={"lake": lake, "catalog": CatalogResource()}
             )
         )
-        requested.append([r.partition_key for r in result.run_requests])
+        requested.append([u for r in result.run_requests for u in requested_uploads(r)])
         cursor = result.cursor
     # Of 5 s, the watcher inspects until 2.5 s (three uploads), the sensor hands out two and holds one back.
     assert requested == [ids[:2], ids[2:], []]
@@ -425,6 +435,25 @@ def test_sensor_watches_a_local_lake_too(instance, tmp_path, small_export):
     assert rerun.partition_key == "local-1" and rerun.run_key != first.run_requests[0].run_key
 
 
+def test_an_upload_a_batch_run_holds_waits_for_that_run(tmp_path, small_export):
+    lake = str(tmp_path / "lake")
+    storage = storage_for(f"{lake}/source")
+    with fresh_instance() as instance:
+        instance.add_dynamic_partitions("uploads", ["b1", "b2"])
+        batch = instance.create_run_for_job(
+            job_def=definitions.resolve_job_def(stage_upload_job.name), tags=batch_run_tags(["b1", "b2"], {})
+        )
+        for upload in ("b1", "b3"):
+            upload_export(str(small_export), storage, upload)
+        held = tick(instance, lake)
+        assert held.run_requests == []
+        assert f"b1: left for a later tick (waits for batch run {batch.run_id}, which holds it)" in reason(held)
+        assert "b3: left for a later tick" in reason(held)  # it comes after b1 in the sensor's order
+        instance.report_run_failed(batch)
+        released = tick(instance, lake, held.cursor)
+        assert sorted(u for r in released.run_requests for u in requested_uploads(r)) == ["b1", "b3"]
+
+
 @pytest.mark.unit
 def test_a_zip_of_an_export_uploads_like_its_folder(tmp_path, capsys):
     archive = zipped(SAMPLES["2.7"], tmp_path / "synthea_sample_data_csv_apr2020.zip")
@@ -447,3 +476,15 @@ def test_a_single_csv_or_a_zip_of_two_exports_is_refused_saying_what_to_pass(tmp
         capsys.readouterr().err
     )
     assert not (tmp_path / "source").exists()
+
+
+@pytest.mark.unit
+def test_runs_cover_neighbouring_partitions_split_evenly_and_a_held_upload_runs_alone():
+    ready = [ReadyUpload(f"u{n}", f"sum{n}") for n in range(7)]
+    order = ["u0", "u1", "u2", "old", "u3", "u4", "u5", "u6"]
+    requests = upload_run_requests(ready, order, batch_size=2, alone={"u5"})
+    assert [requested_uploads(r) for r in requests] == [["u0"], ["u1", "u2"], ["u3", "u4"], ["u5"], ["u6"]]
+    assert [r.partition_key for r in requests if not batch_uploads(r.tags)] == ["u0", "u5", "u6"]
+    assert len({r.run_key for r in requests}) == len(requests)
+    spread = upload_run_requests(ready[:4], order, batch_size=25, alone=set(), parallel=2)
+    assert [requested_uploads(r) for r in spread] == [["u0"], ["u1", "u2"], ["u3"]]  # u2 and u3 are not neighbours

@@ -13,6 +13,7 @@ from dagster import (
     multi_asset,
 )
 
+from synthea_pipeline.assets.batch import UploadBatch
 from synthea_pipeline.assets.specs import check_specs, layer_spec_fields
 from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.partitions import uploads_partitions
@@ -34,6 +35,8 @@ from synthea_pipeline.transforms.uploads import (
     removal_notice,
 )
 
+UPLOAD_MARKER_ASSET = AssetKey(["source", "patients"])
+"""Every upload has patients: its materialization carries the content checksum an upload was taken in with."""
 INGEST_CHECKS = (RAW_QUARANTINE, *STAGING_CHECKS, STAGING_QUARANTINE, *UPLOAD_CHECKS)
 
 
@@ -52,6 +55,50 @@ def _selected_tables(context: AssetExecutionContext) -> list[Table]:
     return [TABLES[key.path[-1]] for key in sorted(context.selected_asset_keys, key=lambda k: k.path)]
 
 
+def _take_stock(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    batch: UploadBatch,
+    upload: str,
+    state: dict | None,
+    tables: list[Table],
+) -> Iterator[MaterializeResult]:
+    upload_uri = lake.layout().source(upload)
+    storage = lake.source_storage()
+    if any(o.key == f"{upload}{UPLOADING_SUFFIX}" for o in storage.list_children("")[0]):
+        raise Failure(
+            f"upload {upload} is being uploaded ({upload}{UPLOADING_SUFFIX} present): run it once "
+            "the upload has finished"
+        )
+    manifest = read_manifest(storage, upload)
+    if origin_of(context.run.tags) != CLI_RUN and removal_holds(state, manifest):
+        context.log.warning(f"upload {upload} skipped: {removal_notice(upload, state)}")
+        return
+    if manifest is not None:
+        problems = missing_or_different(manifest, list(storage.list_objects(upload)))
+        if problems:
+            raise Failure(f"upload {upload} is incomplete or changed since its manifest: {'; '.join(problems)}")
+    files, other = find_source_files(upload_uri)
+    if "patients" not in files:
+        raise Failure(f"upload {upload}: no patients.csv under {upload_uri}")
+    if other:
+        context.log.warning(f"files that are not Synthea tables, ignored: {', '.join(other)}")
+    release = upload_release(upload_uri)
+    checksum = manifest["checksum"] if manifest else batch.checksum(upload, CHECKSUM_TAG)
+    for table in tables:
+        yield MaterializeResult(
+            asset_key=AssetKey(["source", table.name]),
+            metadata={
+                "files": files.get(table.name, []),
+                "present": table.name in files,
+                "synthea_release": release,
+                "upload_checksum": checksum,
+                "has_manifest": manifest is not None,
+                "location": MetadataValue.path(upload_uri),
+            },
+        )
+
+
 def build_source_assets():
     @multi_asset(
         name="source_upload",
@@ -65,46 +112,16 @@ def build_source_assets():
     def source_upload(
         context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource
     ) -> Iterator[MaterializeResult]:
-        """Takes stock of an upload: which tables have files, their headers and the Synthea release; an upload
+        """Takes stock of each upload: which tables have files, their headers and the Synthea release; an upload
         whose manifest lists files that are absent or of another size fails here, before anything is read. An
         upload the lake removed is skipped with every later step (a backfill of an instance that still lists it),
         unless it was uploaded again since or `synthea-pipeline run` asks for it."""
-        upload = context.partition_key
-        upload_uri = lake.layout().source(upload)
-        storage = lake.source_storage()
-        if any(o.key == f"{upload}{UPLOADING_SUFFIX}" for o in storage.list_children("")[0]):
-            raise Failure(
-                f"upload {upload} is being uploaded ({upload}{UPLOADING_SUFFIX} present): run it once "
-                "the upload has finished"
-            )
-        manifest = read_manifest(storage, upload)
-        state = catalog.upload_states(lake.layout()).get(upload)
-        if origin_of(context.run.tags) != CLI_RUN and removal_holds(state, manifest):
-            context.log.warning(f"upload {upload} skipped: {removal_notice(upload, state)}")
-            return
-        if manifest is not None:
-            problems = missing_or_different(manifest, list(storage.list_objects(upload)))
-            if problems:
-                raise Failure(f"upload {upload} is incomplete or changed since its manifest: {'; '.join(problems)}")
-        files, other = find_source_files(upload_uri)
-        if "patients" not in files:
-            raise Failure(f"upload {upload}: no patients.csv under {upload_uri}")
-        if other:
-            context.log.warning(f"files that are not Synthea tables, ignored: {', '.join(other)}")
-        release = upload_release(upload_uri)
-        checksum = manifest["checksum"] if manifest else context.run.tags.get(CHECKSUM_TAG)
-        for table in _selected_tables(context):
-            yield MaterializeResult(
-                asset_key=AssetKey(["source", table.name]),
-                metadata={
-                    "files": files.get(table.name, []),
-                    "present": table.name in files,
-                    "synthea_release": release,
-                    "upload_checksum": checksum,
-                    "has_manifest": manifest is not None,
-                    "location": MetadataValue.path(upload_uri),
-                },
-            )
+        batch = UploadBatch(context)
+        tables = _selected_tables(context)
+        states = catalog.upload_states(lake.layout())
+        for upload in batch.uploads:
+            yield from batch.each(upload, _take_stock(context, lake, batch, upload, states.get(upload), tables))
+        yield from batch.finish()
 
     return source_upload
 
@@ -150,21 +167,22 @@ def build_staging_assets():
         cannot be read at all (a required column missing) fails the step before any data is read, naming table,
         file, line and reason."""
         databases = catalog.databases()
-        manifest = read_manifest(lake.source_storage(), context.partition_key) or {}
-        yield from spark.run_layer(
-            context,
-            "staging",
-            {
+        batch = UploadBatch(context)
+        batch.plan(k for k in context.selected_asset_keys if k.path[0] == "staging")
+        for upload in batch.accepted_by(UPLOAD_MARKER_ASSET):
+            manifest = read_manifest(lake.source_storage(), upload) or {}
+            params = {
                 "lake_root": lake.layout().root,
-                "upload_id": context.partition_key,
+                "upload_id": upload,
                 "load_id": context.run_id,
-                "upload_checksum": manifest.get("checksum") or context.run.tags.get(CHECKSUM_TAG),
+                "upload_checksum": manifest.get("checksum") or batch.checksum(upload, CHECKSUM_TAG),
                 "upload_token": manifest.get("upload_token"),
                 "replace_history": bool(manifest.get(REPLACE_FIELD)),
                 "history_shrink_limit_percent": lake.history_shrink_limit_percent,
                 "staging_database": databases.staging,
                 "marts_database": databases.marts,
-            },
-        )
+            }
+            yield from batch.each(upload, spark.run_layer(context, "staging", params))
+        yield from batch.finish()
 
     return raw_and_staging_tables

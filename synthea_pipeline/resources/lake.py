@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from synthea_pipeline.run_tags import LAKE_TAG, ORIGIN_TAG, origin_of, tag_run
 from synthea_pipeline.settings import (
     HISTORY_SHRINK_LIMIT,
     LAKE_ROOT,
+    UPLOAD_BATCH_SIZE,
     UPLOAD_QUIET_SECONDS,
     UPLOAD_SENSOR_BUDGET_SECONDS,
 )
@@ -26,17 +27,18 @@ class LakeResource(ConfigurableResource):
     upload_sensor_budget_seconds: int = Field(
         default=int(UPLOAD_SENSOR_BUDGET_SECONDS.default), description=UPLOAD_SENSOR_BUDGET_SECONDS.description
     )
+    upload_batch_size: int = Field(default=int(UPLOAD_BATCH_SIZE.default), description=UPLOAD_BATCH_SIZE.description)
     history_shrink_limit_percent: int = Field(
         default=int(HISTORY_SHRINK_LIMIT.default), ge=0, le=100, description=HISTORY_SHRINK_LIMIT.description
     )
 
-    @field_validator("upload_sensor_budget_seconds", mode="before")
+    @field_validator("upload_sensor_budget_seconds", "upload_batch_size", mode="before")
     @classmethod
-    def budget_is_positive(cls, value: object) -> object:
+    def is_positive(cls, value: object, info: ValidationInfo) -> object:
         """Checked on the raw value: an `EnvVar.int` (an int subclass) stands for the setting until Dagster
         resolves it and builds the resource again with the plain int, which is checked then."""
         if type(value) is int and value <= 0:
-            raise ValueError(f"upload_sensor_budget_seconds must be positive, not {value}")
+            raise ValueError(f"{info.field_name} must be positive, not {value}")
         return value
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
