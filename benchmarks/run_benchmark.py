@@ -33,6 +33,15 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024 / 1024
 
 
+def target(patients: int, floor_s: float, duck_s: float, duck_rss: float) -> tuple[float, float | None]:
+    """The pipeline's target for this size: seconds, and peak RSS (GB) where one is set."""
+    if patients <= 1000:
+        return floor_s + 3 * duck_s, None
+    if patients <= 10000:
+        return 1.5 * duck_s, None
+    return 1.2 * duck_s, duck_rss / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--patients", type=int, nargs="+", default=[1000, 10000])
@@ -48,6 +57,8 @@ def main() -> None:
     from scale_sample import scale
 
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    args.data.mkdir(parents=True, exist_ok=True)
+    floor_s, _ = measure([sys.executable, str(HERE / "dagster_floor.py"), "--home", str(args.data)], env)
     rows = []
     for patients in args.patients:
         source = args.data / f"p{patients}"
@@ -79,15 +90,19 @@ def main() -> None:
             )
             shutil.rmtree(work, ignore_errors=True)
         rows.append((patients, size, duckdb_reference, reference, pipeline))
+    print(f"Dagster floor (the same steps without data work, imports included): {floor_s:.1f} s")
     print(
         f"{'patients':>9}{'CSV GB':>8}{'DuckDB s':>10}{'Sail s':>8}{'pipeline s':>12}{'/DuckDB':>9}{'/Sail':>7}"
-        f"{'RSS GB DuckDB / Sail / pipeline':>33}"
+        f"{'RSS GB DuckDB / Sail / pipeline':>33}  {'target':<24}"
     )
     for patients, size, (duck_s, duck_rss), sail, (pipe_s, pipe_rss) in rows:
         sail_s, sail_rss = sail or (float("nan"), float("nan"))
+        goal_s, goal_rss = target(patients, floor_s, duck_s, duck_rss)
+        met = pipe_s <= goal_s and (goal_rss is None or pipe_rss <= goal_rss)
+        goal = f"{goal_s:.1f} s" + (f", {goal_rss:.1f} GB" if goal_rss else "") + (" met" if met else " missed")
         print(
             f"{patients:>9}{size:>8.2f}{duck_s:>10.1f}{sail_s:>8.1f}{pipe_s:>12.1f}{pipe_s / duck_s:>9.2f}"
-            f"{pipe_s / sail_s:>7.2f}{f'{duck_rss:.2f} / {sail_rss:.2f} / {pipe_rss:.2f}':>33}"
+            f"{pipe_s / sail_s:>7.2f}{f'{duck_rss:.2f} / {sail_rss:.2f} / {pipe_rss:.2f}':>33}  {goal}"
         )
 
 

@@ -104,6 +104,31 @@ def test_unnamed_index_and_blank_trailing_columns_are_dropped(upload):
 
 
 @pytest.mark.unit
+def test_blank_lines_and_repeated_headers_in_a_file_whose_first_column_is_dropped(upload):
+    """A clean-looking block is searched for blank lines and headers only when its first kept column holds an
+    empty value or its header name: here that column is the second field, and the file has no CR to give it away."""
+    header, *rows = (SAMPLE / "payers.csv").read_text().splitlines()
+    indexed = [f"{i},{row}" for i, row in enumerate(rows)]
+    original_header, original_rows = read_rows(SAMPLE / "payers.csv")
+    repeated = [
+        f"Unnamed: 0,{header}",
+        *indexed[:3],
+        f"Unnamed: 0,{header}",
+        *indexed[3:],
+        f"\ufeffUnnamed: 0,{header}",
+    ]
+    blank = [f"Unnamed: 0,{header}", *indexed[:3], "", *indexed[3:]]
+    outcomes = []
+    for lines in (repeated, blank):
+        (upload / "payers.csv").write_text("\n".join(lines) + "\n")
+        result, lake = clean(upload, "payers")
+        assert values(raw_rows(lake, "payers"), original_header) == original_rows
+        outcomes.append((result.rows_out, result.quarantined, result.blank_lines, rejected(lake, "payers")))
+    assert [o[:3] for o in outcomes] == [(len(rows), 2, 0), (len(rows), 0, 1)]
+    assert {r["_line"]: r["_reason"] for r in outcomes[0][3]} == {5: REPEATED_HEADER, len(rows) + 3: REPEATED_HEADER}
+
+
+@pytest.mark.unit
 def test_unknown_column_is_kept_and_reported(upload):
     header, *rows = (SAMPLE / "organizations.csv").read_text().splitlines()
     (upload / "organizations.csv").write_text("\n".join([f"{header},NPI2"] + [f"{r},x" for r in rows]) + "\n")

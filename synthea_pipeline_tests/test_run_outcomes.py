@@ -44,15 +44,29 @@ def test_quarantined_row_is_accounted_and_checks_pass(instance, export, tmp_path
 
 @pytest.mark.slow
 def test_unparseable_values_become_null_and_are_counted(instance, export, tmp_path):
+    """Only values that are there and do not parse count: `NaN` and blanks in a numeric column are nulls. The
+    count is exact whether or not other rows of the table are quarantined."""
     header, *rows = (export / "supplies.csv").read_text().splitlines()
-    rows[0] = rows[0].rsplit(",", 1)[0] + ",12x"
+    for i, quantity in enumerate(["12x", "NaN", "  "]):
+        rows[i] = rows[i].rsplit(",", 1)[0] + f",{quantity}"
     (export / "supplies.csv").write_text("\n".join([header, *rows]) + "\n")
+    header, *rows = (export / "encounters.csv").read_text().splitlines()
+    cost = header.split(",").index("BASE_ENCOUNTER_COST")
+    rows[0] = ",".join(v if i != cost else "1.2.3" for i, v in enumerate(rows[0].split(",")))
+    rows[1] = ",".join(v if i != 0 else "" for i, v in enumerate(rows[1].split(",")))
+    (export / "encounters.csv").write_text("\n".join([header, *rows]) + "\n")
     report = run_upload(str(export), str(tmp_path / "lake"), "bad-value", instance=instance)
     assert report.success
     supplies = staged(Lake(str(tmp_path / "lake")), "bad-value", "supplies")
-    assert supplies.column("quantity").null_count == 1
-    event = instance.get_latest_materialization_event(__import__("dagster").AssetKey(["staging", "supplies"]))
-    assert event.asset_materialization.metadata["unparseable_values"].value == {"quantity": 1}
+    assert supplies.column("quantity").null_count == 3
+    unparseable = {
+        table: instance.get_latest_materialization_event(__import__("dagster").AssetKey(["staging", table]))
+        .asset_materialization.metadata["unparseable_values"]
+        .value
+        for table in ("supplies", "encounters", "conditions")
+    }
+    assert unparseable == {"supplies": {"quantity": 1}, "encounters": {"base_encounter_cost": 1}, "conditions": {}}
+    assert {t.table: t.quarantined for t in report.tables}["encounters"] == 1
 
 
 @pytest.mark.slow
