@@ -702,10 +702,26 @@ class Build:
         )
         if name not in PARTITIONED_MARTS:
             return table.where(F.col("build_id") == self.build_id).drop("build_id")
-        parts = self.parts(spark, lake).select("upload_id", F.col("part_build").alias("build_id"))
+        parts = self.parts(spark, lake).select("upload_id", "part_build")
         if uploads is not None:
             parts = parts.where(F.col("upload_id").isin(uploads))
-        return table.join(F.broadcast(parts), ["upload_id", "build_id"], "left_semi").drop("build_id")
+        by_build: dict[str, list[str]] = {}
+        for row in parts.collect():
+            by_build.setdefault(row["part_build"], []).append(row["upload_id"])
+        return table.where(_in_parts(by_build)).drop("build_id")
+
+
+def _in_parts(uploads_by_build: dict[str, list[str]]) -> Column:
+    """Rows of the named uploads in the named builds, as a filter on the partition columns: Sail prunes the other
+    partitions (a semi join with the part map read every row of the mart, 0.3-1 s for 2.2M encounters)."""
+    return reduce(
+        lambda a, b: a | b,
+        [
+            (F.col("build_id") == build) & F.col("upload_id").isin(sorted(uploads))
+            for build, uploads in sorted(uploads_by_build.items())
+        ],
+        F.lit(False),
+    )
 
 
 def plan_build(
