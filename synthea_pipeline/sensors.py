@@ -23,6 +23,7 @@ from dagster import (
     run_status_sensor,
     sensor,
 )
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from synthea_pipeline.assets.batch import batch_run_tags, batch_uploads
@@ -40,13 +41,6 @@ from synthea_pipeline.transforms.uploads import (
     removal_notice,
 )
 
-UNFINISHED_STATUSES = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 INSPECTION_SHARE = 0.5
 """The part of a tick's time budget the watcher may spend reading manifests and listing uploads; the rest is for
 the instance look-ups of the uploads it found ready (up to three queries each)."""
@@ -71,7 +65,9 @@ def unfinished_runs(context: SensorEvaluationContext) -> tuple[dict[str, str], s
     """The uploads held by a batch run that has not finished, with its run id, and those a run of their own holds.
     Two loads of an upload must never overlap: a new run of the first kind waits for the batch, one of the second
     kind runs alone, where the partition tag limit queues it."""
-    records = context.instance.get_run_records(RunsFilter(job_name=stage_upload_job.name, statuses=UNFINISHED_STATUSES))
+    records = context.instance.get_run_records(
+        RunsFilter(job_name=stage_upload_job.name, statuses=NOT_FINISHED_STATUSES)
+    )
     batched = {upload: r.dagster_run.run_id for r in records for upload in batch_uploads(r.dagster_run.tags)}
     alone = {r.dagster_run.tags[PARTITION_NAME_TAG] for r in records if PARTITION_NAME_TAG in r.dagster_run.tags}
     return batched, alone

@@ -30,7 +30,7 @@ from dagster._core.storage.tags import (
     EXTERNALLY_MANAGED_ASSETS_TAG,
 )
 
-from synthea_pipeline.run_tags import BATCH_CHECKSUMS_TAG
+from synthea_pipeline.run_tags import BATCH_CHECKSUMS_TAG, CHECKSUM_TAG
 
 LAYERS = ("source", "raw", "staging")
 
@@ -49,9 +49,14 @@ def batch_run_tags(uploads: Sequence[str], checksums: dict[str, str]) -> dict[st
     }
 
 
+def batch_checksums(tags: dict[str, str]) -> dict[str, str]:
+    """A batch run's uploads with the checksum each was started for (empty for any other run)."""
+    return json.loads(tags.get(BATCH_CHECKSUMS_TAG, "{}"))
+
+
 def batch_uploads(tags: dict[str, str]) -> list[str]:
     """The uploads a batch run was started for (none for any other run)."""
-    return sorted(json.loads(tags.get(BATCH_CHECKSUMS_TAG, "{}")))
+    return sorted(batch_checksums(tags))
 
 
 class UploadBatch:
@@ -71,7 +76,7 @@ class UploadBatch:
                 "uploads one at a time"
             )
         self.uploads: list[str] = list(context.partition_keys) if self.batched else [context.partition_key]
-        self.checksums: dict[str, str] = json.loads(tags.get(BATCH_CHECKSUMS_TAG, "{}"))
+        self.checksums = batch_checksums(tags)
         self.failures: dict[str, str] = {}
         self._targets: dict[tuple[AssetKey, str], AssetCheckEvaluationTargetMaterializationData | None] = {}
 
@@ -97,9 +102,9 @@ class UploadBatch:
                 event = DagsterEvent.build_asset_materialization_planned_event(self.context.job_name, step, planned)
                 instance.report_dagster_event(event, run_id=self.context.run_id)
 
-    def checksum(self, upload: str, fallback_tag: str) -> str | None:
+    def checksum(self, upload: str) -> str | None:
         """The content checksum the run was started for, if the sensor computed one (uploads without manifest)."""
-        return self.checksums.get(upload) or self.context.run.tags.get(fallback_tag)
+        return self.checksums.get(upload) or self.context.run.tags.get(CHECKSUM_TAG)
 
     def each(self, upload: str, results: Iterable[Result]) -> Iterator[Result]:
         """`results` of one upload that the run selected: yielded in a run of one upload (where a failure fails

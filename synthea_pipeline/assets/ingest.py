@@ -20,7 +20,7 @@ from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
-from synthea_pipeline.run_tags import CHECKSUM_TAG, CLI_RUN, origin_of
+from synthea_pipeline.run_tags import CLI_RUN, origin_of
 from synthea_pipeline.tables import TABLES, Table
 from synthea_pipeline.transforms.checks import RAW_QUARANTINE, STAGING_QUARANTINE, UPLOAD_CHECKS
 from synthea_pipeline.transforms.layers import SCHEMA_KEY, table_schema
@@ -84,7 +84,7 @@ def _take_stock(
     if other:
         context.log.warning(f"files that are not Synthea tables, ignored: {', '.join(other)}")
     release = upload_release(upload_uri)
-    checksum = manifest["checksum"] if manifest else batch.checksum(upload, CHECKSUM_TAG)
+    checksum = manifest["checksum"] if manifest else batch.checksum(upload)
     for table in tables:
         yield MaterializeResult(
             asset_key=AssetKey(["source", table.name]),
@@ -175,7 +175,7 @@ def build_staging_assets():
                 "lake_root": lake.layout().root,
                 "upload_id": upload,
                 "load_id": context.run_id,
-                "upload_checksum": manifest.get("checksum") or batch.checksum(upload, CHECKSUM_TAG),
+                "upload_checksum": manifest.get("checksum") or batch.checksum(upload),
                 "upload_token": manifest.get("upload_token"),
                 "replace_history": bool(manifest.get(REPLACE_FIELD)),
                 "history_shrink_limit_percent": lake.history_shrink_limit_percent,
