@@ -5,7 +5,7 @@ one run once no staged upload is in progress, so a batch of uploads landing toge
 
 from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, DefaultSensorStatus
 
-DOWNSTREAM_OF_STAGING = AssetSelection.groups("marts", "bi", "reports")
+DOWNSTREAM_OF_STAGING = AssetSelection.groups("marts", "omop", "bi", "reports")
 
 
 def ready_to_build() -> AutomationCondition:

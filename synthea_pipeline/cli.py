@@ -11,6 +11,7 @@ import traceback
 
 from synthea_pipeline.engines import ENGINES
 from synthea_pipeline.settings import LAKE_ROOT, SPARK_ENGINE
+from synthea_pipeline.transforms.iceberg import OMOP_LAYER
 from synthea_pipeline.transforms.lake import InvalidUploadId, Lake, upload_id_for_folder, validate_upload_id
 
 LAKE_HELP = f"lake root (default: ${LAKE_ROOT.env_var}, else ./{LAKE_ROOT.default})"
@@ -308,6 +309,8 @@ def _warnings_of(report, upload_ids: set[str]) -> list[str]:
     them (`by_upload`), every warning of their own staging and raw checks."""
     lines = []
     for name, metadata in report.warnings.items():
+        if name.startswith(f"{OMOP_LAYER}/"):
+            continue
         if "by_upload" in metadata:
             for upload in sorted(upload_ids & set(metadata["by_upload"])):
                 lines.append(f"warning: upload {upload}: {name}: {_described(metadata['by_upload'][upload])}")
@@ -329,6 +332,16 @@ def _print_report(report, lake_root: str, verbose: bool) -> bool:
     if report.marts:
         print("marts (all uploads): " + ", ".join(f"{name} {rows}" for name, rows in report.marts.items()))
         print(f"marts (Iceberg): {lake_root}/marts/<table>/")
+    if report.omop:
+        from synthea_pipeline.transforms.omop import CLINICAL_TABLES
+
+        built = [table for table in CLINICAL_TABLES if table in report.omop]
+        print("omop (all uploads): " + ", ".join(f"{table} {report.omop[table]}" for table in built))
+        failed = {name: metadata for name, metadata in report.warnings.items() if name.startswith(f"{OMOP_LAYER}/")}
+        print(
+            f"omop DQD: {sum(m['failed'] for m in failed.values())} checks over their threshold (warnings) on "
+            f"{len(failed)} tables; results for OHDSI's DQD viewer: {lake_root}/reports/omop_dqd_results.json"
+        )
     for line in _warnings_of(report, {report.upload_id} if report.tables else set()):
         print(line)
     if report.dashboard:

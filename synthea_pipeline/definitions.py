@@ -22,6 +22,7 @@ from synthea_pipeline import settings
 from synthea_pipeline.assets.bi import build_bi_assets
 from synthea_pipeline.assets.ingest import build_source_assets, build_staging_assets
 from synthea_pipeline.assets.marts import build_mart_assets
+from synthea_pipeline.assets.omop import build_omop_assets
 from synthea_pipeline.automation import marts_automation
 from synthea_pipeline.dead_runs import dead_runs
 from synthea_pipeline.jobs import (
@@ -69,6 +70,7 @@ with warnings.catch_warnings():
             build_source_assets(),
             build_staging_assets(),
             build_mart_assets(),
+            build_omop_assets(),
             build_bi_assets(),
         ]
     )

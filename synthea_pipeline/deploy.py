@@ -31,7 +31,7 @@ from synthea_pipeline.transforms.lake import aws_client
 
 GLUE_VERSION = "5.0"
 EMR_RELEASE = "emr-7.5.0"
-PACKAGED = ("__init__.py", "tables.py", "transforms/*.py", "entrypoints/*.py")
+PACKAGED = ("__init__.py", "tables.py", "transforms/*.py", "transforms/*.csv", "entrypoints/*.py")
 CODE_ARGUMENTS = ("--extra-py-files", "--datalake-formats", "--conf")
 """The Glue job arguments the code needs, which `code_update` sets on an existing job too."""
 

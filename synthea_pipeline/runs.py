@@ -20,7 +20,7 @@ from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
 from synthea_pipeline.run_tags import CLI_RUN, HOST_TAG, ORIGIN_TAG, PROCESS_TAG
-from synthea_pipeline.settings import CATALOG_FIELDS, SPARK_ENGINE, SPARK_FIELDS, current_values
+from synthea_pipeline.settings import CATALOG_FIELDS, LAKE_FIELDS, SPARK_ENGINE, SPARK_FIELDS, current_values
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.uploads import (
     MANIFEST_SUFFIX,
@@ -60,6 +60,7 @@ class RunReport:
     tables: list[TableAccount] = field(default_factory=list)
     supersedes: list[str] = field(default_factory=list)
     marts: dict[str, int] = field(default_factory=dict)
+    omop: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     warnings: dict[str, dict] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -92,6 +93,11 @@ def catalog_from_environment() -> CatalogResource:
     return CatalogResource(**current_values(CATALOG_FIELDS))
 
 
+def lake_from_environment(lake_root: str) -> LakeResource:
+    """The lake resource of a command-line run on `lake_root`, every other setting from the environment."""
+    return LakeResource(**{**current_values(LAKE_FIELDS), "root": lake_root})
+
+
 def run_upload(
     source_dir: str,
     lake_root: str,
@@ -105,7 +111,7 @@ def run_upload(
 ) -> RunReport:
     """Register `upload_id` as a partition, materialize every asset for it in this process, then the marts over
     all uploads. `replace_history` confirms (in the upload's manifest) that it may remove history it supersedes."""
-    lake_resource = LakeResource(root=lake_root)
+    lake_resource = lake_from_environment(lake_root)
     spark = spark or spark_from_environment(engine)
     check_engine(spark, lake_root)
     storage = lake_resource.source_storage()
@@ -202,7 +208,7 @@ def backfill(
         )
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, selected)
-    lake_resource = LakeResource(root=lake_root)
+    lake_resource = lake_from_environment(lake_root)
     spark = spark_from_environment(engine)
     check_engine(spark, lake_root)
     reports = []
@@ -240,7 +246,7 @@ def remove(
         known = ", ".join(u for u, s in states.items() if s["state"] == "committed") or "none"
         raise KeyError(f"upload {upload_id} is not in the lake (in the lake: {known})")
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
-    lake_resource = LakeResource(root=lake_root)
+    lake_resource = lake_from_environment(lake_root)
     spark = spark or spark_from_environment(engine)
     removal = _run_job(
         remove_upload_job,
@@ -348,6 +354,8 @@ def _report(result: ExecuteInProcessResult, upload_id: str) -> RunReport:
             report.release_note = metadata.get("synthea_release_note", "")
         elif layer == "marts":
             report.marts[table] = metadata["dagster/row_count"]
+        elif layer == "omop":
+            report.omop[table] = metadata["dagster/row_count"]
         elif layer == "reports":
             report.dashboard = metadata["path"]
     report.tables = [accounts[t] for t in sorted(accounts)]

@@ -14,7 +14,8 @@ from dagster import EnvVar
 from synthea_pipeline.engines import ENGINES
 from synthea_pipeline.setting import Setting
 from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT
-from synthea_pipeline.transforms.iceberg import MARTS_DATABASE, STAGING_DATABASE
+from synthea_pipeline.transforms.iceberg import MARTS_DATABASE, OMOP_DATABASE, STAGING_DATABASE
+from synthea_pipeline.transforms.vocabulary import SAMPLE_VOCABULARY
 
 LAKE_ROOT = Setting("SYNTHEA_LAKE_ROOT", "lake", "The lake root: a local folder or s3://bucket/prefix.")
 UPLOAD_QUIET_SECONDS = Setting(
@@ -63,6 +64,18 @@ MARTS_DATABASE_NAME = Setting(
     MARTS_DATABASE,
     "Catalog database of the mart and BI views (Iceberg tables: <name>_iceberg).",
 )
+OMOP_DATABASE_NAME = Setting(
+    "SYNTHEA_OMOP_DATABASE",
+    OMOP_DATABASE,
+    "Catalog database of the OMOP CDM 5.4 views (Iceberg tables: <name>_iceberg).",
+)
+OMOP_VOCABULARY = Setting(
+    "SYNTHEA_OMOP_VOCABULARY",
+    SAMPLE_VOCABULARY,
+    "The OMOP vocabulary the OMOP tables map codes with: a folder or s3:// prefix of an OHDSI Athena download "
+    "(CONCEPT.csv, CONCEPT_RELATIONSHIP.csv, ...); `sample` for the small subset shipped for the sample exports; "
+    "`none` to skip the OMOP tables.",
+)
 ATHENA_WORKGROUP = Setting("SYNTHEA_ATHENA_WORKGROUP", "synthea-pipeline", "Athena workgroup queries run in.")
 ATHENA_OUTPUT = Setting(
     "SYNTHEA_ATHENA_OUTPUT", "", "s3:// location of Athena query results when the workgroup sets none."
@@ -78,6 +91,8 @@ SETTINGS = (
     *dict.fromkeys(ENGINE_FIELDS.values()),
     STAGING_DATABASE_NAME,
     MARTS_DATABASE_NAME,
+    OMOP_DATABASE_NAME,
+    OMOP_VOCABULARY,
     ATHENA_WORKGROUP,
     ATHENA_OUTPUT,
 )
@@ -89,11 +104,13 @@ LAKE_FIELDS = {
     "upload_sensor_budget_seconds": UPLOAD_SENSOR_BUDGET_SECONDS,
     "upload_batch_size": UPLOAD_BATCH_SIZE,
     "history_shrink_limit_percent": HISTORY_SHRINK_LIMIT,
+    "omop_vocabulary": OMOP_VOCABULARY,
 }
 SPARK_FIELDS = {"engine": SPARK_ENGINE, **ENGINE_FIELDS}
 CATALOG_FIELDS = {
     "staging_database": STAGING_DATABASE_NAME,
     "marts_database": MARTS_DATABASE_NAME,
+    "omop_database": OMOP_DATABASE_NAME,
     "athena_workgroup": ATHENA_WORKGROUP,
     "athena_output": ATHENA_OUTPUT,
 }

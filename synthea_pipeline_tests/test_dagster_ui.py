@@ -237,7 +237,7 @@ def test_every_asset_declares_kinds_owner_code_version_and_code_references():
         ), key
         assert any("/transforms/" in r.file_path for r in references), key
         has_policy = node.freshness_policy is not None
-        assert has_policy == (key.path[0] in ("marts", "bi", "reports")), key
+        assert has_policy == (key.path[0] in ("marts", "omop", "bi", "reports")), key
 
 
 @pytest.mark.unit

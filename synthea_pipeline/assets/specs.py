@@ -8,7 +8,21 @@ from datetime import timedelta
 
 from dagster import AssetCheckSpec, AssetKey, CodeReferencesMetadataValue, FreshnessPolicy, LocalFileCodeReference
 
-from synthea_pipeline.transforms import bi, catalog, dashboard, iceberg, layers, marts, raw, staging, uploads
+from synthea_pipeline.transforms import (
+    bi,
+    catalog,
+    cdm,
+    dashboard,
+    dqd,
+    iceberg,
+    layers,
+    marts,
+    omop,
+    raw,
+    staging,
+    uploads,
+    vocabulary,
+)
 from synthea_pipeline.transforms.checks import Check
 
 OWNERS = ["team:data-engineering"]
@@ -17,6 +31,7 @@ LAYER_KINDS = {
     "raw": {"parquet", "pyarrow"},
     "staging": {"spark", "iceberg"},
     "marts": {"spark", "iceberg"},
+    "omop": {"spark", "iceberg"},
     "bi": {"duckdb", "athena"},
     "reports": {"html"},
 }
@@ -25,6 +40,7 @@ LAYER_CODE = {
     "raw": (raw,),
     "staging": (staging, layers, iceberg),
     "marts": (marts, layers, iceberg),
+    "omop": (omop, vocabulary, cdm, dqd, layers, iceberg),
     "bi": (bi, catalog),
     "reports": (dashboard, bi),
 }

@@ -11,7 +11,13 @@ import duckdb
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from synthea_pipeline.settings import ATHENA_OUTPUT, ATHENA_WORKGROUP, MARTS_DATABASE_NAME, STAGING_DATABASE_NAME
+from synthea_pipeline.settings import (
+    ATHENA_OUTPUT,
+    ATHENA_WORKGROUP,
+    MARTS_DATABASE_NAME,
+    OMOP_DATABASE_NAME,
+    STAGING_DATABASE_NAME,
+)
 from synthea_pipeline.transforms.bi import BI_VIEWS
 from synthea_pipeline.transforms.catalog import (
     LAKE_TABLES,
@@ -40,6 +46,7 @@ class CatalogResource(ConfigurableResource):
 
     staging_database: str = Field(default=STAGING_DATABASE_NAME.default, description=STAGING_DATABASE_NAME.description)
     marts_database: str = Field(default=MARTS_DATABASE_NAME.default, description=MARTS_DATABASE_NAME.description)
+    omop_database: str = Field(default=OMOP_DATABASE_NAME.default, description=OMOP_DATABASE_NAME.description)
     athena_workgroup: str = Field(default=ATHENA_WORKGROUP.default, description=ATHENA_WORKGROUP.description)
     athena_output: str = Field(default=ATHENA_OUTPUT.default, description=ATHENA_OUTPUT.description)
     athena_timeout_seconds: int = Field(
@@ -47,7 +54,7 @@ class CatalogResource(ConfigurableResource):
     )
 
     def databases(self) -> Databases:
-        return Databases(staging=self.staging_database, marts=self.marts_database)
+        return Databases(staging=self.staging_database, marts=self.marts_database, omop=self.omop_database)
 
     def open(
         self, lake: Lake, as_of: dt.datetime | None = None, tables: tuple[tuple[str, str], ...] = LAKE_TABLES

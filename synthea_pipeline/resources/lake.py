@@ -9,6 +9,7 @@ from synthea_pipeline.run_tags import LAKE_TAG, ORIGIN_TAG, origin_of, tag_run
 from synthea_pipeline.settings import (
     HISTORY_SHRINK_LIMIT,
     LAKE_ROOT,
+    OMOP_VOCABULARY,
     UPLOAD_BATCH_SIZE,
     UPLOAD_QUIET_SECONDS,
     UPLOAD_SENSOR_BUDGET_SECONDS,
@@ -31,6 +32,7 @@ class LakeResource(ConfigurableResource):
     history_shrink_limit_percent: int = Field(
         default=int(HISTORY_SHRINK_LIMIT.default), ge=0, le=100, description=HISTORY_SHRINK_LIMIT.description
     )
+    omop_vocabulary: str = Field(default=OMOP_VOCABULARY.default, description=OMOP_VOCABULARY.description)
 
     @field_validator("upload_sensor_budget_seconds", "upload_batch_size", mode="before")
     @classmethod

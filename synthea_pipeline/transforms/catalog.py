@@ -5,7 +5,9 @@ as before or entirely as after a run:
 - `<staging>.uploads`: the uploads in the lake, each with its committed load and when it entered the lake;
 - `<staging>.<table>` and `<staging>.quarantine`: the rows of those loads;
 - `<marts>.current_build` and `<marts>.<mart>`: the committed build of the marts (direct identifiers shown only
-  when that build includes them), and the BI views over them.
+  when that build includes them), and the BI views over them;
+- `<omop>.current_build` and `<omop>.<table>`: the committed OMOP CDM 5.4 build, every table with exactly the CDM's
+  columns, the vocabulary tables as the vocabulary load that build maps with.
 
 On AWS the Iceberg tables are in the Glue Data Catalog (databases `<staging>_iceberg`, `<marts>_iceberg`, written
 by the Spark engines) and the views are Athena views in `<staging>` and `<marts>`. Locally the same views live in
@@ -26,11 +28,14 @@ from sqlglot import exp
 
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, SOURCE_DIALECT, local_sql, view_sql
+from synthea_pipeline.transforms.cdm import cdm_table
 from synthea_pipeline.transforms.iceberg import (
     BUILDS,
     ICEBERG_DATABASE_SUFFIX,
     MARTS_DATABASE,
     MARTS_LAYER,
+    OMOP_DATABASE,
+    OMOP_LAYER,
     QUARANTINE,
     QUARANTINE_COLUMNS,
     STAGING_DATABASE,
@@ -40,8 +45,10 @@ from synthea_pipeline.transforms.iceberg import (
 )
 from synthea_pipeline.transforms.lake import aws_endpoint, aws_region
 from synthea_pipeline.transforms.marts import MART_IDENTIFIERS, MARTS, PARTITIONED_MARTS, PARTS
+from synthea_pipeline.transforms.omop import BUILD_VOCABULARY, CLINICAL_TABLES, VOCABULARY_LOADS
 from synthea_pipeline.transforms.sql import identifier, literal
 from synthea_pipeline.transforms.staging import staging_columns
+from synthea_pipeline.transforms.vocabulary import LOAD_COLUMN, VOCABULARY_TABLES
 
 UPLOAD_STATES = "upload_states"
 """The catalog view of every upload the uploads log knows, with its state (`loading`, `committed`, `failed`,
@@ -70,6 +77,7 @@ EXTENSIONS = ("avro", "iceberg")
 class Databases:
     staging: str = STAGING_DATABASE
     marts: str = MARTS_DATABASE
+    omop: str = OMOP_DATABASE
 
     @property
     def staging_iceberg(self) -> str:
@@ -79,8 +87,21 @@ class Databases:
     def marts_iceberg(self) -> str:
         return self.marts + ICEBERG_DATABASE_SUFFIX
 
+    @property
+    def omop_iceberg(self) -> str:
+        return self.omop + ICEBERG_DATABASE_SUFFIX
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The databases of the catalog views."""
+        return (self.staging, self.marts, self.omop)
+
+    def iceberg_of(self, layer: str) -> str:
+        """The database of a layer's Iceberg tables."""
+        return {STAGING_LAYER: self.staging_iceberg, OMOP_LAYER: self.omop_iceberg}.get(layer, self.marts_iceberg)
+
     def iceberg_tables(self, root: str, table_catalog: str) -> IcebergTables:
-        return IcebergTables(root, table_catalog, self.staging, self.marts)
+        return IcebergTables(root, table_catalog, self.staging, self.marts, self.omop)
 
 
 QUARANTINE_NAMES = [column.split()[0] for column in QUARANTINE_COLUMNS.split(", ")]
@@ -190,7 +211,39 @@ FROM {databases.marts_iceberg}.{mart} AS m
 WHERE m.build_id = (SELECT build_id FROM {marts}.current_build)"""
     for view in BI_VIEWS:
         views[(marts, view)] = view_sql(view, marts)
+    views.update(omop_views(databases))
     return {key: sql.strip() for key, sql in views.items()}
+
+
+def omop_views(databases: Databases) -> dict[tuple[str, str], str]:
+    """The committed OMOP build's tables with exactly the CDM's columns, and the vocabulary tables of the load
+    that build maps with."""
+    omop, iceberg = databases.omop, databases.omop_iceberg
+    views = {
+        (omop, "current_build"): f"""
+SELECT build_id, logged_at AS committed_at
+FROM {iceberg}.{BUILDS}
+WHERE action = 'committed'
+ORDER BY logged_at DESC, build_id DESC
+LIMIT 1""",
+        (omop, "current_vocabulary"): f"""
+SELECT {LOAD_COLUMN}, vocabulary_source
+FROM {iceberg}.{BUILD_VOCABULARY}
+WHERE build_id = (SELECT build_id FROM {omop}.current_build)""",
+    }
+    for table in CLINICAL_TABLES:
+        columns = ", ".join(f"t.{identifier(f.name)}" for f in cdm_table(table).fields)
+        views[(omop, table)] = f"""
+SELECT {columns}
+FROM {iceberg}.{table} AS t
+WHERE t.build_id = (SELECT build_id FROM {omop}.current_build)"""
+    for table in VOCABULARY_TABLES:
+        columns = ", ".join(f"t.{identifier(f.name)}" for f in cdm_table(table).fields)
+        views[(omop, table)] = f"""
+SELECT {columns}
+FROM {iceberg}.{table} AS t
+WHERE t.{LOAD_COLUMN} = (SELECT {LOAD_COLUMN} FROM {omop}.current_vocabulary)"""
+    return views
 
 
 def extension_folder() -> Path:
@@ -243,7 +296,9 @@ def s3_secret() -> str:
 
 
 LAKE_TABLES = tuple(
-    [(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)] + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS, PARTS)]
+    [(STAGING_LAYER, t) for t in (*TABLES, QUARANTINE, UPLOADS)]
+    + [(MARTS_LAYER, m) for m in (*MARTS, BUILDS, PARTS)]
+    + [(OMOP_LAYER, t) for t in (*CLINICAL_TABLES, *VOCABULARY_TABLES, BUILDS, BUILD_VOCABULARY, VOCABULARY_LOADS)]
 )
 """Every Iceberg table of a lake, as (layer, table)."""
 UPLOAD_STATE_TABLES = ((STAGING_LAYER, UPLOADS),)
@@ -301,7 +356,9 @@ def open_catalog(
     """An embedded DuckDB catalog of the lake: the Iceberg tables (at `as_of`, when given) and every catalog
     view over them."""
     connection = connect(path, s3=lake.layout.on_s3)
-    for schema in (databases.staging, databases.marts, databases.staging_iceberg, databases.marts_iceberg):
+    for layer in (STAGING_LAYER, MARTS_LAYER, OMOP_LAYER):
+        connection.execute(f"CREATE SCHEMA IF NOT EXISTS {databases.iceberg_of(layer)}")
+    for schema in databases.views:
         connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     if as_of and (MARTS_LAYER, BUILDS) in sources:
         first = _first_snapshot(connection, sources[(MARTS_LAYER, BUILDS)])
@@ -312,7 +369,7 @@ def open_catalog(
                 "`synthea-pipeline maintain`)"
             )
     for (layer, table), source in sources.items():
-        schema = databases.staging_iceberg if layer == STAGING_LAYER else databases.marts_iceberg
+        schema = databases.iceberg_of(layer)
         connection.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS {_scan(connection, source, as_of)}")
     mart_columns = {
         mart: [row[0] for row in connection.execute(f"DESCRIBE {databases.marts_iceberg}.{mart}").fetchall()]
@@ -326,8 +383,7 @@ def open_catalog(
             "WHERE action = 'committed' ORDER BY logged_at DESC, build_id DESC LIMIT 1"
         ).fetchall()
     views = catalog_views(databases, mart_columns, bool(build and build[0][0]), (MARTS_LAYER, PARTS) in sources)
-    layers = {databases.staging_iceberg: STAGING_LAYER, databases.marts_iceberg: MARTS_LAYER}
-    available = {(database, table) for (layer, table) in sources for database in layers if layers[database] == layer}
+    available = {(databases.iceberg_of(layer), table) for (layer, table) in sources}
     for (database, name), sql in views.items():
         needs = {(t.db, t.name) for t in sqlglot.parse_one(sql, read=SOURCE_DIALECT).find_all(exp.Table) if t.db}
         if needs <= available:
@@ -339,7 +395,7 @@ def open_catalog(
 def defined_views(connection: duckdb.DuckDBPyConnection, databases: Databases) -> list[tuple[str, str]]:
     """The (database, view) pairs of the catalog views an embedded catalog holds."""
     rows = connection.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall()
-    return [(schema, view) for schema, view in rows if schema in (databases.staging, databases.marts)]
+    return [(schema, view) for schema, view in rows if schema in databases.views]
 
 
 def duckdb_to_hive(duckdb_type: str) -> str:
@@ -425,6 +481,7 @@ def register_glue(glue, connection: duckdb.DuckDBPyConnection, databases: Databa
     Iceberg tables themselves are registered by the engines that write them); returns what happened to each."""
     _ensure_database(glue, databases.staging, "synthea-pipeline: committed staging rows (views)")
     _ensure_database(glue, databases.marts, "synthea-pipeline: the committed marts build and BI views (views)")
+    _ensure_database(glue, databases.omop, "synthea-pipeline: the committed OMOP CDM 5.4 build (views)")
     sql = {(d, v): s for (d, v), s in _view_sql(connection, databases).items()}
     return {
         f"{database}.{view}": _put_table(

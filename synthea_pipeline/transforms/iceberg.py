@@ -51,10 +51,10 @@ CATALOGS = ("path", "hadoop", "glue")
 GLUE_CATALOG = "glue"
 HADOOP_CATALOG = "lake"
 ICEBERG_DATABASE_SUFFIX = "_iceberg"
-STAGING_DATABASE, MARTS_DATABASE = "synthea_staging", "synthea_marts"
+STAGING_DATABASE, MARTS_DATABASE, OMOP_DATABASE = "synthea_staging", "synthea_marts", "synthea_omop"
 """The catalog databases readers query unless configured otherwise (settings `SYNTHEA_STAGING_DATABASE`,
-`SYNTHEA_MARTS_DATABASE`)."""
-STAGING_LAYER, MARTS_LAYER = "staging", "marts"
+`SYNTHEA_MARTS_DATABASE`, `SYNTHEA_OMOP_DATABASE`)."""
+STAGING_LAYER, MARTS_LAYER, OMOP_LAYER = "staging", "marts", "omop"
 QUARANTINE, UPLOADS, BUILDS = "quarantine", "uploads", "builds"
 UPLOADS_COLUMNS = (
     "upload_id string, load_id string, action string, logged_at timestamp, registered_at timestamp, "
@@ -63,8 +63,9 @@ UPLOADS_COLUMNS = (
 """`upload_token` names the manifest a load was made from, or the one a removal took out; `note` says why a load
 was discarded or an upload removed; `patients` is a committed load's count of staged patients."""
 BUILDS_COLUMNS = "build_id string, action string, logged_at timestamp, includes_identifiers boolean"
-MARTS_SUBJECT = "marts"
-"""Builds are kept in the same shape as loads: one subject, the marts, whose versions are builds."""
+MARTS_SUBJECT = MARTS_LAYER
+"""Builds are kept in the same shape as loads: one subject per built layer (the marts, the OMOP tables), whose
+versions are builds; each layer has its own builds log, `<layer>/builds`."""
 QUARANTINE_COLUMNS = (
     "table_name string, upload_id string, load_id string, file string, line_number bigint, reason string, text string"
 )
@@ -99,6 +100,7 @@ class IcebergTables:
     table_catalog: str = "path"
     staging_database: str = STAGING_DATABASE
     marts_database: str = MARTS_DATABASE
+    omop_database: str = OMOP_DATABASE
 
     def __post_init__(self):
         if self.table_catalog not in CATALOGS:
@@ -113,7 +115,8 @@ class IcebergTables:
 
     def database(self, layer: str) -> str:
         """The Glue database that holds a layer's Iceberg tables."""
-        return (self.staging_database if layer == STAGING_LAYER else self.marts_database) + ICEBERG_DATABASE_SUFFIX
+        names = {STAGING_LAYER: self.staging_database, OMOP_LAYER: self.omop_database}
+        return names.get(layer, self.marts_database) + ICEBERG_DATABASE_SUFFIX
 
     def identifier(self, layer: str, table: str) -> str:
         if self.table_catalog == "glue":
@@ -383,8 +386,8 @@ class CommitLog:
     def uploads_table(self) -> str:
         return self.tables.ensure(self.spark, STAGING_LAYER, UPLOADS, UPLOADS_COLUMNS)
 
-    def builds_table(self) -> str:
-        return self.tables.ensure(self.spark, MARTS_LAYER, BUILDS, BUILDS_COLUMNS)
+    def builds_table(self, subject: str = MARTS_SUBJECT) -> str:
+        return self.tables.ensure(self.spark, subject, BUILDS, BUILDS_COLUMNS)
 
     def uploads(self) -> UploadLog:
         rows = self.spark.table(self.uploads_table()).collect()
@@ -401,14 +404,11 @@ class CommitLog:
         frame = self.spark.createDataFrame([record.__dict__], UPLOADS_COLUMNS)
         self.tables.append(frame, self.uploads_table())
 
-    def builds(self) -> UploadLog:
-        """The builds log in the shape of the uploads log: one subject (`marts`) whose loads are builds."""
-        rows = self.spark.table(self.builds_table()).collect()
+    def builds(self, subject: str = MARTS_SUBJECT) -> UploadLog:
+        """A layer's builds log in the shape of the uploads log: one subject (the layer) whose loads are builds."""
+        rows = self.spark.table(self.builds_table(subject)).collect()
         return UploadLog(
-            [
-                LoadRecord(MARTS_SUBJECT, r["build_id"], r["action"], utc(r["logged_at"]), utc(r["logged_at"]))
-                for r in rows
-            ]
+            [LoadRecord(subject, r["build_id"], r["action"], utc(r["logged_at"]), utc(r["logged_at"])) for r in rows]
         )
 
     def identifiers_included(self) -> bool:
@@ -422,7 +422,9 @@ class CommitLog:
         )
         return bool(rows and rows[0]["includes_identifiers"])
 
-    def record_build(self, build_id: str, action: str, includes_identifiers: bool) -> None:
+    def record_build(
+        self, build_id: str, action: str, includes_identifiers: bool, subject: str = MARTS_SUBJECT
+    ) -> None:
         frame = self.spark.createDataFrame(
             [
                 {
@@ -434,4 +436,4 @@ class CommitLog:
             ],
             BUILDS_COLUMNS,
         )
-        self.tables.append(frame, self.builds_table())
+        self.tables.append(frame, self.builds_table(subject))

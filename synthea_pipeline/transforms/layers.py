@@ -19,6 +19,7 @@ from synthea_pipeline.tables import (
     may_omit_empty_files,
     release_note,
 )
+from synthea_pipeline.transforms.cdm import cdm_schema
 from synthea_pipeline.transforms.checks import (
     EXPORT_COMPLETE,
     HISTORY_PRESERVED,
@@ -26,11 +27,14 @@ from synthea_pipeline.transforms.checks import (
     STAGING_QUARANTINE,
     UPLOAD_CHECK_TABLE,
 )
+from synthea_pipeline.transforms.dqd import DqdResult, results_json
 from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT, TRUNCATED_LINE, HistoryChange, compare
 from synthea_pipeline.transforms.iceberg import (
     ABANDONED_AFTER,
     LOAD_PARTITIONING,
     MARTS_DATABASE,
+    OMOP_DATABASE,
+    OMOP_LAYER,
     QUARANTINE,
     QUARANTINE_COLUMNS,
     STAGING_DATABASE,
@@ -40,7 +44,7 @@ from synthea_pipeline.transforms.iceberg import (
     LoadRecord,
     now,
 )
-from synthea_pipeline.transforms.lake import Lake, sizes_in
+from synthea_pipeline.transforms.lake import Lake, delete_folder, sizes_in, write_text
 from synthea_pipeline.transforms.marts import (
     MARTS,
     Mart,
@@ -50,6 +54,24 @@ from synthea_pipeline.transforms.marts import (
     discard_stale_builds,
     plan_build,
     write_marts,
+)
+from synthea_pipeline.transforms.omop import (
+    DOMAIN_TABLES,
+    OMOP_CHECKS,
+    OMOP_DQD,
+    OMOP_FOREIGN_KEYS,
+    OMOP_PRIMARY_KEY,
+    build_omop,
+    cdm_source_row,
+    discard_omop_build,
+    discard_stale_omop_builds,
+    ensure_vocabulary,
+    mapping_report,
+    omop_checks,
+    record_vocabulary,
+    scratch_folder,
+    vocabulary_for,
+    write_omop,
 )
 from synthea_pipeline.transforms.raw import (
     RawPlan,
@@ -66,6 +88,7 @@ from synthea_pipeline.transforms.staging import (
     staging_checks,
     staging_columns,
 )
+from synthea_pipeline.transforms.vocabulary import VOCABULARY_TABLES, VocabularyError, find_vocabulary
 
 PARALLEL_TABLES = 2
 PATH_KEYS = {"location"}
@@ -542,4 +565,134 @@ def run_marts(
     ] + reports
 
 
-LAYERS = {"staging": run_staging, "marts": run_marts}
+def omop_check_reports(results: list[DqdResult]) -> list[CheckReport]:
+    """The DQD results as the OMOP assets' checks: per table, its primary key, its references to the build's own
+    tables (both blocking) and every other DQD check (warning), each failed one named with its numbers."""
+    kinds = {
+        OMOP_PRIMARY_KEY.name: lambda r: r.check_name == "isPrimaryKey",
+        OMOP_FOREIGN_KEYS.name: lambda r: r.check_name == "isForeignKey" and r.blocking,
+        OMOP_DQD.name: lambda r: not r.blocking,
+    }
+    reports = []
+    for check in OMOP_CHECKS:
+        for table in check.tables:
+            own = [r for r in results if r.table == table and kinds[check.name](r)]
+            failed = [r for r in own if r.failed]
+            metadata = {
+                "checks": len(own),
+                "failed": len(failed),
+                "failed_checks": [
+                    {
+                        "check": r.check_name,
+                        "field": r.field,
+                        "violated_rows": r.violated,
+                        "percent": round(100 * r.percent, 2),
+                        "threshold": r.threshold,
+                    }
+                    for r in failed
+                ],
+            }
+            reports.append(
+                CheckReport(check.on(table), check.name, not failed, check.severity, external_metadata(metadata))
+            )
+    return reports
+
+
+def run_omop(
+    spark: SparkSession,
+    log: Log,
+    lake_root: str,
+    build_id: str,
+    vocabulary: str,
+    table_catalog: str = "path",
+    staging_database: str = STAGING_DATABASE,
+    marts_database: str = MARTS_DATABASE,
+    omop_database: str = OMOP_DATABASE,
+) -> list[Report]:
+    """Builds the OMOP CDM tables from the committed loads of every upload under a new build, mapping codes with
+    the vocabulary download at `vocabulary` (loaded into the lake the first time a build uses it), runs the DQD
+    checks, writes their results file, and commits the build (one record in the OMOP builds log) only when no
+    primary key is broken and every reference between the build's tables resolves."""
+    started = now()
+    layout = Lake(lake_root)
+    lake = IcebergTables(lake_root, table_catalog, staging_database, marts_database, omop_database)
+    commits = CommitLog(spark, lake)
+    try:
+        files = find_vocabulary(vocabulary)
+    except VocabularyError as error:
+        raise LayerFailed(f"OMOP not built: {error}") from None
+    uploads = commits.uploads()
+    loads = current_loads(spark, uploads)
+    commits.record_build(build_id, "begun", False, OMOP_LAYER)
+    try:
+        vocabulary_counts, loaded_now = ensure_vocabulary(spark, lake, files)
+        log.info(
+            f"vocabulary {files.load_id} from {files.location}: "
+            + ("loaded" if loaded_now else "already in the lake")
+            + f" ({vocabulary_counts['concept']['rows']} concepts)"
+        )
+        dictionary = vocabulary_for(spark, lake, files.load_id)
+        source = cdm_source_row(dictionary, uploads, files)
+        build = build_omop(spark, lake, loads, dictionary, source, scratch_folder(lake, build_id))
+        written = write_omop(spark, lake, build.tables, build_id)
+        record_vocabulary(spark, lake, files, build_id)
+        mapping = mapping_report(build.mapped)
+        results = omop_checks(spark, written, build_id, dictionary)
+        document = results_json(results, source, started, now())
+        write_text(layout.uri("reports", "omop_dqd_results.json"), document)
+        reports = omop_check_reports(results)
+        broken = [f"{r.table}.{r.field} {r.check_name}: {r.violated} rows" for r in results if r.blocking and r.failed]
+        if broken:
+            raise LayerFailed("OMOP build not committed, keys broken (a pipeline bug): " + "; ".join(broken), reports)
+    except BaseException:
+        discard_omop_build(spark, lake, build_id)
+        commits.record_build(build_id, "discarded", False, OMOP_LAYER)
+        raise
+    finally:
+        delete_folder(scratch_folder(lake, build_id))
+    commits.record_build(build_id, "committed", False, OMOP_LAYER)
+    discard_stale_omop_builds(spark, lake, commits, now() - ABANDONED_AFTER)
+    rows = {r.table: r.denominator for r in results}
+    log.info(f"committed OMOP build {build_id} over {len(uploads.order())} uploads")
+    return [
+        *[
+            AssetReport(
+                f"omop/{name}",
+                external_metadata(
+                    {
+                        "dagster/row_count": int(rows.get(name, 0)),
+                        SCHEMA_KEY: cdm_schema(name),
+                        "build_id": build_id,
+                        "table": identifier,
+                        "location": lake.location(OMOP_LAYER, name),
+                        **(
+                            {"mapping": [m for m in mapping if m["domain_table"] == name]}
+                            if name in DOMAIN_TABLES.values()
+                            else {}
+                        ),
+                    }
+                ),
+            )
+            for name, identifier in written.items()
+        ],
+        *[
+            AssetReport(
+                f"omop/{name}",
+                external_metadata(
+                    {
+                        "dagster/row_count": vocabulary_counts[name]["rows"] - vocabulary_counts[name]["left_out"],
+                        SCHEMA_KEY: cdm_schema(name),
+                        "vocabulary_load": files.load_id,
+                        "vocabulary_source": files.location,
+                        "rows_left_out": vocabulary_counts[name]["left_out"],
+                        "loaded_by_this_build": loaded_now,
+                    }
+                ),
+            )
+            for name in VOCABULARY_TABLES
+        ],
+        *reports,
+    ]
+
+
+LAYERS = {"staging": run_staging, "marts": run_marts, "omop": run_omop}
