@@ -18,7 +18,7 @@ from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, view_sql
-from synthea_pipeline.transforms.catalog import Databases, catalog_views
+from synthea_pipeline.transforms.catalog import Databases, catalog_views, omop_views
 from synthea_pipeline.transforms.iceberg import LOCKS_FOLDER
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
@@ -159,7 +159,7 @@ def test_every_view_is_valid_athena_sql_over_the_tables_it_reads(lake):
     databases = Databases()
     with CatalogResource().open(lake) as engine:
         schema = {}
-        for database in (databases.staging_iceberg, databases.marts_iceberg, databases.staging, databases.marts):
+        for database in (*map(databases.iceberg_of, ("staging", "marts", "omop")), *databases.views):
             for (name,) in engine.execute(
                 "SELECT view_name FROM duckdb_views() WHERE schema_name = ?", [database]
             ).fetchall():
@@ -169,7 +169,7 @@ def test_every_view_is_valid_athena_sql_over_the_tables_it_reads(lake):
         mart_columns = {m: list(schema[databases.marts_iceberg][m]) for m in MARTS}
     views = catalog_views(databases, mart_columns, includes_identifiers=False)
     single_views = ("uploads", "quarantine", "upload_states", "current_build", "current_parts")
-    assert len(views) == len(single_views) + len(TABLES) + len(MARTS) + len(BI_VIEWS)
+    assert len(views) == len(single_views) + len(TABLES) + len(MARTS) + len(BI_VIEWS) + len(omop_views(databases))
     for sql in views.values():
         qualify(sqlglot.parse_one(sql, read="trino"), schema=schema, dialect="trino", validate_qualify_columns=True)
     with pytest.raises(sqlglot.errors.OptimizeError, match="Unknown column: sex"):

@@ -287,6 +287,65 @@ def test_without_a_vocabulary_the_omop_assets_are_skipped_with_a_hint(lake, spar
     assert any("skipped" in m and "athena.ohdsi.org" in m for m in messages)
 
 
+def athena_download(folder: Path, extra_concepts: list[dict], extra_maps: list[tuple[str, str]]) -> Path:
+    """The shipped subset rewritten as Athena writes a download (upper-case names, tab-separated, no quoting,
+    `YYYYMMDD` dates), with some concepts and `Maps to` rows added."""
+    folder.mkdir()
+    for table in ("concept", "concept_relationship", "vocabulary", "concept_ancestor"):
+        rows = vocabulary_rows(table)
+        if table == "concept":
+            rows += extra_concepts
+        if table == "concept_relationship":
+            rows += [
+                {
+                    "concept_id_1": a,
+                    "concept_id_2": b,
+                    "relationship_id": "Maps to",
+                    "valid_start_date": "1970-01-01",
+                    "valid_end_date": "2099-12-31",
+                    "invalid_reason": "",
+                }
+                for a, b in extra_maps
+            ]
+        header = list(rows[0])
+        lines = ["\t".join(header)]
+        for row in rows:
+            lines.append("\t".join(row[h].replace("-", "") if h.startswith("valid_") else row[h] for h in header))
+        (folder / f"{table.upper()}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_new_athena_download_replaces_the_vocabulary(lake, spark, tmp_path):
+    """Athena's own file format is read, and a new download is loaded and used by the next build: the influenza
+    vaccine's CVX code (absent from the subset, so at concept 0 before) maps once the download has it."""
+    flu = {
+        "concept_id": "40213154",
+        "concept_name": "influenza, seasonal, injectable, preservative free",
+        "domain_id": "Drug",
+        "vocabulary_id": "CVX",
+        "concept_class_id": "CVX",
+        "standard_concept": "S",
+        "concept_code": "140",
+        "valid_start_date": "2008-12-01",
+        "valid_end_date": "2099-12-31",
+        "invalid_reason": "",
+    }
+    download = athena_download(tmp_path / "athena", [flu], [("40213154", "40213154")])
+    session = spark.get_session(lake.root)
+    layers.run_omop(session, logging.getLogger(__name__), lake.root, "athena-build", str(download))
+    shots = rows_of(SAMPLES["3.0"] / "immunizations.csv")
+    mapped = catalog_rows(
+        lake,
+        "SELECT drug_concept_id, drug_source_concept_id FROM synthea_omop.drug_exposure "
+        "WHERE drug_source_value = '140'",
+    ).to_pylist()
+    assert len(mapped) == sum(1 for s in shots if s["CODE"] == "140") > 0
+    assert {(r["drug_concept_id"], r["drug_source_concept_id"]) for r in mapped} == {(40213154, 40213154)}
+    assert count(lake, "concept") == len(vocabulary_rows("concept")) + 1
+    used = catalog_rows(lake, "SELECT vocabulary_source FROM synthea_omop.current_vocabulary").to_pylist()
+    assert used == [{"vocabulary_source": str(download)}]
+
+
 def test_every_release_builds_and_a_removed_upload_leaves_the_omop_tables(lake, instance, spark):
     """Every shipped release builds OMOP into one lake; removing one takes its people out, and the tables as they
     were before the removal are still there to read."""

@@ -79,6 +79,7 @@ def own_lake(monkeypatch, name: str) -> str:
     lake's tables by their Glue names: two lakes under the same databases would write the same tables."""
     monkeypatch.setenv("SYNTHEA_STAGING_DATABASE", f"{name}_staging")
     monkeypatch.setenv("SYNTHEA_MARTS_DATABASE", f"{name}_marts")
+    monkeypatch.setenv("SYNTHEA_OMOP_DATABASE", f"{name}_omop")
     return f"s3://synthea-jobs/{name}-lake"
 
 
@@ -87,11 +88,13 @@ def accounts(report):
 
 
 def assert_reports_match(remote, local) -> None:
-    """What the job scripts reported equals what the in-process run reported: row accounts, marts, checks."""
+    """What the job scripts reported equals what the in-process run reported: row accounts, marts, checks. The
+    OMOP layer has no remote job yet: a remote run skips it."""
     assert remote.success and not remote.errors, remote.errors
     assert accounts(remote) == accounts(local)
     assert remote.marts == local.marts
-    assert remote.checks == local.checks
+    assert remote.checks == {name: passed for name, passed in local.checks.items() if not name.startswith("omop/")}
+    assert local.omop and not remote.omop
 
 
 def materializations(instance, run_id, layer):

@@ -13,9 +13,10 @@ from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.runs import SAMPLE_DIR, catalog_from_environment, maintain, remove, run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS
-from synthea_pipeline.transforms.catalog import iceberg_sources
+from synthea_pipeline.transforms.catalog import iceberg_sources, omop_views
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS, PARTS
+from synthea_pipeline.transforms.omop import CLINICAL_TABLES
 from synthea_pipeline_tests.conftest import fresh_instance
 
 pytestmark = pytest.mark.slow  # S3 lakes on moto, JVM Spark
@@ -105,7 +106,9 @@ def test_the_catalog_views_are_athena_views_and_registering_again_changes_nothin
     assert {"Name": "total_claim_cost", "Type": "decimal(18,2)"} in fact and "ssn" not in {c["Name"] for c in fact}
 
     def snapshot():
-        return [glue.get_tables(DatabaseName=d)["TableList"] for d in ("synthea_staging", "synthea_marts")]
+        return [
+            glue.get_tables(DatabaseName=d)["TableList"] for d in ("synthea_staging", "synthea_marts", "synthea_omop")
+        ]
 
     before = snapshot()
     catalog = CatalogResource()
@@ -113,7 +116,8 @@ def test_the_catalog_views_are_athena_views_and_registering_again_changes_nothin
         pass
     staging_views = (*TABLES, "quarantine", "uploads", "upload_states")
     marts_views = (*MARTS, "current_build", "current_parts", *BI_VIEWS)
-    assert set(again.values()) == {"unchanged"} and len(again) == len(staging_views) + len(marts_views)
+    omop = omop_views(catalog.databases())
+    assert set(again.values()) == {"unchanged"} and len(again) == len(staging_views) + len(marts_views) + len(omop)
     assert snapshot() == before
 
 
@@ -125,6 +129,7 @@ def test_jvm_spark_stands_in_for_glue_5_with_identical_tables(lakes, monkeypatch
     _, on_s3, _ = lakes
     monkeypatch.setenv("SYNTHEA_STAGING_DATABASE", "jvm_staging")
     monkeypatch.setenv("SYNTHEA_MARTS_DATABASE", "jvm_marts")
+    monkeypatch.setenv("SYNTHEA_OMOP_DATABASE", "jvm_omop")
     jvm = Lake("s3://s3-lake/jvm-lake")
     with fresh_instance() as instance:
         report = run_upload(str(SAMPLE_DIR), jvm.root, "u1", engine="local-jvm", instance=instance)
@@ -138,12 +143,17 @@ def test_jvm_spark_stands_in_for_glue_5_with_identical_tables(lakes, monkeypatch
         jvm_rows[table] = committed(jvm, f"SELECT * EXCLUDE (load_id) FROM jvm_staging.{table}")
     for mart in MARTS:
         jvm_rows[mart] = committed(jvm, f"SELECT * FROM jvm_marts.{mart}")
-    monkeypatch.delenv("SYNTHEA_STAGING_DATABASE")
-    monkeypatch.delenv("SYNTHEA_MARTS_DATABASE")
+    compared = [t for t in CLINICAL_TABLES if t != "cdm_source"]  # its release dates are the runs'
+    for table in compared:
+        jvm_rows[f"omop.{table}"] = committed(jvm, f"SELECT * FROM jvm_omop.{table}")
+    for name in ("SYNTHEA_STAGING_DATABASE", "SYNTHEA_MARTS_DATABASE", "SYNTHEA_OMOP_DATABASE"):
+        monkeypatch.delenv(name)
     for table in TABLES:
         assert jvm_rows[table] == committed(on_s3, f"SELECT * EXCLUDE (load_id) FROM synthea_staging.{table}"), table
     for mart in MARTS:
         assert jvm_rows[mart] == committed(on_s3, f"SELECT * FROM synthea_marts.{mart}"), mart
+    for table in compared:
+        assert jvm_rows[f"omop.{table}"] == committed(on_s3, f"SELECT * FROM synthea_omop.{table}"), table
 
 
 def test_maintain_and_remove_commit_through_glue(bucket, monkeypatch):
@@ -151,6 +161,7 @@ def test_maintain_and_remove_commit_through_glue(bucket, monkeypatch):
     does not refuse a stale one, so the compare-and-swap of a concurrent commit is not exercised here."""
     monkeypatch.setenv("SYNTHEA_STAGING_DATABASE", "upkeep_staging")
     monkeypatch.setenv("SYNTHEA_MARTS_DATABASE", "upkeep_marts")
+    monkeypatch.setenv("SYNTHEA_OMOP_DATABASE", "upkeep_omop")
     lake = Lake(f"s3://{bucket}/lake")
     glue = boto3.client("glue")
     with fresh_instance() as instance:

@@ -21,6 +21,8 @@ from synthea_pipeline.transforms.cdm import CdmField, cdm_table
 
 UNKNOWN_CONCEPT = 0
 CHECK_DESCRIPTIONS_FILE = "DQD_OMOP_CDMv5.4_Check_Descriptions.csv"
+CONCEPT_LEVEL_FILE = "DQD_OMOP_CDMv5.4_Concept_Level.csv"
+GENDERS = {"Male": 8507, "Female": 8532}
 DQD_VERSION = "2.8.4"
 """The DQD release whose specification (`cdm.DQD_FIELD_LEVEL_FILE`) and check descriptions are shipped."""
 
@@ -29,8 +31,7 @@ DQD_VERSION = "2.8.4"
 def check_descriptions() -> dict[str, dict[str, str]]:
     """DQD's description of each check type by name: level, description template, Kahn context, category and
     subcategory, SQL file."""
-    text = pkgutil.get_data(__name__.rsplit(".", 1)[0], CHECK_DESCRIPTIONS_FILE).decode("utf-8-sig")
-    return {row["checkName"]: row for row in csv.DictReader(io.StringIO(text))}
+    return {row["checkName"]: row for row in _csv_rows(CHECK_DESCRIPTIONS_FILE)}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class DqdResult:
     threshold: float
     blocking: bool = False
     details: dict = field(default_factory=dict)
+    concept_id: int | None = None
 
     @property
     def percent(self) -> float:
@@ -57,7 +59,8 @@ class DqdResult:
     @property
     def check_id(self) -> str:
         """DQD's check id: level, check, table and field, in lower case."""
-        return "_".join((self.description["checkLevel"], self.check_name, self.table, self.field)).lower()
+        parts = (self.description["checkLevel"], self.check_name, self.table, self.field, self.concept_id)
+        return "_".join(str(part) for part in parts if part is not None).lower()
 
     @property
     def description(self) -> dict[str, str]:
@@ -67,7 +70,12 @@ class DqdResult:
         """The result as a DQD results file holds it: the description rendered as DQD renders it (parameters in
         upper case), the check id as DQD forms it, pass or fail against the threshold."""
         described = self.description
-        parameters = {"cdmTableName": self.table, "cdmFieldName": self.field, **self.details}
+        parameters = {
+            "cdmTableName": self.table,
+            "cdmFieldName": self.field.upper(),
+            "conceptId": self.concept_id,
+            **self.details,
+        }
         text = described["checkDescription"].strip()
         for name, value in sorted(parameters.items(), key=lambda item: -len(item[0])):
             text = text.replace(f"@{name}", str(value).upper())
@@ -81,8 +89,8 @@ class DqdResult:
             "checkLevel": described["checkLevel"],
             "checkDescription": text,
             "cdmTableName": self.table.upper(),
-            "cdmFieldName": self.field,
-            "conceptId": None,
+            "cdmFieldName": self.field.upper(),
+            "conceptId": self.concept_id,
             "unitConceptId": None,
             "sqlFile": described["sqlFile"],
             "category": described["kahnCategory"],
@@ -99,6 +107,17 @@ class DqdResult:
             "thresholdValue": self.threshold,
             "notesValue": None,
         }
+
+
+def _csv_rows(file: str) -> list[dict[str, str]]:
+    text = pkgutil.get_data(__name__.rsplit(".", 1)[0], file).decode("utf-8-sig")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@cache
+def concept_level() -> list[dict[str, str]]:
+    """DQD's concept-level specification: per table, field and concept, its plausible gender and units."""
+    return _csv_rows(CONCEPT_LEVEL_FILE)
 
 
 def _bound(text: str) -> Column:
@@ -125,6 +144,8 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
     and before death; `persons` is (person_id, _birth, _death) for the last two."""
     spec = cdm_table(table)
     counts: dict[str, object] = {"_rows": F.count(F.lit(1))}
+    distinct: dict[str, tuple[Column, Column]] = {}
+    """Checks over distinct values: (violated, denominator) expressions."""
     checked: list[tuple[str, CdmField, str]] = []
 
     def counted(name: str, check: str, spec_field: CdmField, condition) -> None:
@@ -146,6 +167,10 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
             counted(f"low_{column.name}", "plausibleValueLow", column, comparable < _bound(low))
         if high := column.check("plausibleValueHigh"):
             counted(f"high_{column.name}", "plausibleValueHigh", column, comparable > _bound(high))
+        if column.check("sourceValueCompleteness") and (standard := column.check("standardConceptFieldName")):
+            unmapped = F.when(F.col(standard.lower()) == UNKNOWN_CONCEPT, value)
+            distinct[f"svc_{column.name}"] = (F.countDistinct(unmapped), F.countDistinct(value))
+            checked.append((f"svc_{column.name}", column, "sourceValueCompleteness"))
         if (end := column.check("plausibleStartBeforeEndFieldName")) and end.lower() in rows.columns:
             counted(f"sbe_{column.name}", "plausibleStartBeforeEnd", column, value > F.col(end.lower()))
     if spec.primary_key:
@@ -157,9 +182,12 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
         for column in temporal:
             if column.check("plausibleAfterBirth"):
                 counted(f"pab_{column.name}", "plausibleAfterBirth", column, F.to_date(column.name) < F.col("_birth"))
-            if column.check("plausibleBeforeDeath"):
-                late = F.to_date(column.name) > F.date_add(F.col("_death"), 60)
-                counted(f"pbd_{column.name}", "plausibleBeforeDeath", column, late)
+            late = F.to_date(column.name) > F.date_add(F.col("_death"), 60)
+            for check in ("plausibleBeforeDeath", "plausibleDuringLife"):
+                if column.check(check):
+                    counted(f"{check}_{column.name}", check, column, late)
+    for name, (violated, denominator) in distinct.items():
+        counts[name], counts[f"{name}_of"] = violated, denominator
     totals = frame.agg(*[expression.alias(name) for name, expression in counts.items()]).first()
     total = int(totals["_rows"])
     results = []
@@ -174,7 +202,7 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
                 table,
                 spec_field.name,
                 int(totals[name] or 0),
-                total,
+                int(totals[f"{name}_of"]) if name in distinct else total,
                 _threshold(spec_field, check),
                 details=details,
             )
@@ -188,10 +216,11 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
     return results
 
 
-def foreign_key_checks(rows: dict[str, DataFrame], totals: dict[str, int], concept_ids: DataFrame) -> list[DqdResult]:
-    """DQD's isForeignKey for every field of `rows`' tables that references one of those tables (blocking) or a
-    concept (concept 0, "no matching concept", is in every vocabulary download, so it counts as found), in one
-    query: every reference as (table, field, target, value), anti-joined with every key."""
+def reference_checks(rows: dict[str, DataFrame], totals: dict[str, int], concept: DataFrame) -> list[DqdResult]:
+    """DQD's checks of every reference of `rows`' tables, in one query (every reference as table, field, target and
+    value, joined with every key): `isForeignKey` to another of those tables (blocking) or to a concept (concept 0,
+    "no matching concept", is in every vocabulary download, so it counts as found); for concept fields DQD flags,
+    `isStandardValidConcept` (a valid standard concept) and `fkDomain` (of the field's domain)."""
     references = [
         (table, column)
         for table in rows
@@ -213,44 +242,118 @@ def foreign_key_checks(rows: dict[str, DataFrame], totals: dict[str, int], conce
                 F.lit(column.name).alias("_field"),
                 F.lit(column.foreign_table).alias("_target"),
                 F.col(column.name).cast("bigint").alias("_value"),
+                F.lit(column.check("fkDomain")).cast("string").alias("_domain"),
             )
             for table, column in references
         ],
-    ).where(F.col("_value").isNotNull())
+    ).where(F.col("_value").isNotNull() & ~((F.col("_target") == "concept") & (F.col("_value") == UNKNOWN_CONCEPT)))
     targets = sorted({column.foreign_table for _, column in references} - {"concept"})
     known = reduce(
         lambda a, b: a.unionByName(b),
         [
-            concept_ids.select(F.lit("concept").alias("_target"), F.col("concept_id").cast("bigint").alias("_value")),
+            concept.select(
+                F.lit("concept").alias("_target"),
+                F.col("concept_id").cast("bigint").alias("_value"),
+                ((F.col("standard_concept") == "S") & F.col("invalid_reason").isNull()).alias("_standard"),
+                F.col("domain_id").alias("_domain_of"),
+            ),
             *[
                 rows[target].select(
-                    F.lit(target).alias("_target"), F.col(cdm_table(target).primary_key).cast("bigint").alias("_value")
+                    F.lit(target).alias("_target"),
+                    F.col(cdm_table(target).primary_key).cast("bigint").alias("_value"),
+                    F.lit(True).alias("_standard"),
+                    F.lit(None).cast("string").alias("_domain_of"),
                 )
                 for target in targets
             ],
         ],
-    )
-    missing = (
-        values.where(~((F.col("_target") == "concept") & (F.col("_value") == UNKNOWN_CONCEPT)))
-        .join(known.distinct(), ["_target", "_value"], "left_anti")
+    ).dropDuplicates(["_target", "_value"])
+    found = F.col("_domain_of").isNotNull() | F.col("_standard").isNotNull()
+    counted = (
+        values.join(known, ["_target", "_value"], "left")
         .groupBy("_table", "_field")
-        .count()
+        .agg(
+            F.sum(F.when(~found, 1).otherwise(0)).alias("isForeignKey"),
+            F.sum(F.when(found & ~F.col("_standard"), 1).otherwise(0)).alias("isStandardValidConcept"),
+            F.sum(F.when(found & (F.col("_domain_of") != F.col("_domain")), 1).otherwise(0)).alias("fkDomain"),
+        )
         .collect()
     )
-    violated = {(row["_table"], row["_field"]): row["count"] for row in missing}
-    return [
-        DqdResult(
-            "isForeignKey",
-            table,
-            column.name,
-            violated.get((table, column.name), 0),
-            totals[table],
-            _threshold(column, "isForeignKey"),
-            column.foreign_table != "concept",
-            {"fkTableName": column.foreign_table.upper()},
-        )
-        for table, column in references
-    ]
+    violated = {(row["_table"], row["_field"]): row for row in counted}
+    results = []
+    for table, column in references:
+        counts = violated.get((table, column.name))
+        internal = column.foreign_table != "concept"
+        checks = [("isForeignKey", {"fkTableName": column.foreign_table.upper()})]
+        if not internal and column.check("isStandardValidConcept"):
+            checks.append(("isStandardValidConcept", {}))
+        if not internal and column.check("fkDomain"):
+            checks.append(("fkDomain", {"fkDomain": column.check("fkDomain")}))
+        for check, details in checks:
+            results.append(
+                DqdResult(
+                    check,
+                    table,
+                    column.name,
+                    int(counts[check] or 0) if counts else 0,
+                    totals[table],
+                    _threshold(column, check),
+                    internal,
+                    details,
+                )
+            )
+    return results
+
+
+def concept_checks(rows: dict[str, DataFrame], people: DataFrame) -> list[DqdResult]:
+    """DQD's concept-level checks with its thresholds, for the concepts the build holds: `plausibleGender` (a
+    record of a sex-specific concept on a person of the other gender) and `plausibleUnitConceptIds` (a
+    measurement of a concept in a unit DQD does not expect; 0 and no unit are left to the completeness checks).
+    `people` is (person_id, _gender)."""
+    results = []
+    for check in ("plausibleGender", "plausibleUnitConceptIds"):
+        specs = [s for s in concept_level() if s[check] and s["cdmTableName"].lower() in rows]
+        for table in sorted({s["cdmTableName"].lower() for s in specs}):
+            own = [s for s in specs if s["cdmTableName"].lower() == table]
+            field_name = own[0]["cdmFieldName"].lower()
+            by_concept = {int(s["conceptId"]): s for s in own}
+            session = rows[table].sparkSession
+            expected = session.createDataFrame(
+                [(c, s[check]) for c, s in by_concept.items()], f"{field_name} int, _expected string"
+            )
+            frame = rows[table].join(expected, field_name)
+            if check == "plausibleGender":
+                genders = session.createDataFrame(list(GENDERS.items()), "_expected string, _expected_gender int")
+                frame = frame.join(people, "person_id", "left").join(genders, "_expected", "left")
+                violated = F.col("_gender") != F.col("_expected_gender")
+            else:
+                unit = F.col("unit_concept_id")
+                listed = F.array_contains(F.split("_expected", ","), unit.cast("string"))
+                violated = unit.isNotNull() & (unit != UNKNOWN_CONCEPT) & ((F.trim("_expected") == "-1") | ~listed)
+            counted = frame.groupBy(field_name).agg(
+                F.count(F.lit(1)).alias("_rows"), F.sum(F.when(violated, 1).otherwise(0)).alias("_violated")
+            )
+            for row in counted.collect():
+                spec = by_concept[row[field_name]]
+                threshold = spec[f"{check}Threshold"]
+                results.append(
+                    DqdResult(
+                        check,
+                        table,
+                        field_name,
+                        int(row["_violated"]),
+                        int(row["_rows"]),
+                        float(threshold) if threshold else 0.0,
+                        details={"conceptName": spec["conceptName"], check: spec[check]},
+                        concept_id=row[field_name],
+                    )
+                )
+    return results
+
+
+def table_rows(results: list[DqdResult]) -> dict[str, int]:
+    """Each checked table's rows: the denominator of its required-field checks (every CDM table has one)."""
+    return {r.table: r.denominator for r in results if r.check_name == "isRequired"}
 
 
 def results_json(results: list[DqdResult], cdm_source: dict, started: dt.datetime, ended: dt.datetime) -> str:

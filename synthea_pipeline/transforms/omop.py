@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from synthea_pipeline.transforms.cdm import CDM_VERSION, cdm_table
 from synthea_pipeline.transforms.checks import Check
-from synthea_pipeline.transforms.dqd import DqdResult, field_checks, foreign_key_checks
+from synthea_pipeline.transforms.dqd import DqdResult, concept_checks, field_checks, reference_checks, table_rows
 from synthea_pipeline.transforms.iceberg import (
     BUILD_PARTITIONING,
     OMOP_LAYER,
@@ -334,18 +334,17 @@ def build_omop(
                 F.col("state"),
                 F.col("zip"),
                 (F.col("county") if "county" in frame.columns else F.lit(None)).cast("string").alias("county"),
-                F.col("lat").alias("latitude"),
-                F.col("lon").alias("longitude"),
             )
             for frame in (patients, providers, organizations)
         ],
     )
     place_key = F.concat_ws("|", *[F.coalesce(F.col(c).cast("string"), F.lit("")) for c in ("city", "state", "zip")])
-    locations = _ids(
-        places.withColumn("location_source_value", place_key).dropDuplicates(["location_source_value"]),
-        "location_id",
-        "location_source_value",
-    )
+    distinct_places = (
+        places.withColumn("location_source_value", place_key)
+        .groupBy("location_source_value")
+        .agg(*[F.max(c).alias(c) for c in ("city", "state", "zip", "county")])
+    )  # a place is a city, state and postcode; its county is the patients' (providers' rows have none)
+    locations = _ids(distinct_places, "location_id", "location_source_value")
     location_ids = locations.select("location_source_value", "location_id")
 
     def located(frame: DataFrame) -> DataFrame:
@@ -392,7 +391,7 @@ def build_omop(
         .withColumn("end_date", F.to_date("end_datetime"))
     )
     mapped.write.mode("overwrite").parquet(f"{scratch}/events")
-    mapped = spark.read.parquet(f"{scratch}/events")
+    mapped = spark.read.schema(mapped.schema).parquet(f"{scratch}/events")  # no files when there are no events
     placed_events = mapped.where(F.col("person_id").isNotNull())
 
     def routed(domain: str) -> DataFrame:
@@ -413,8 +412,6 @@ def build_omop(
                 "zip": "zip",
                 "county": "county",
                 "location_source_value": "location_source_value",
-                "latitude": "latitude",
-                "longitude": "longitude",
             },
         ),
         "care_site": cdm_select(
@@ -926,8 +923,8 @@ def omop_checks(spark: SparkSession, written: dict[str, str], build_id: str, voc
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         per_table = list(pool.map(lambda item: field_checks(item[0], item[1], persons), rows.items()))
     results = [result for table_results in per_table for result in table_results]
-    totals = {result.table: result.denominator for result in results}
-    return results + foreign_key_checks(rows, totals, vocabulary.concept.select("concept_id"))
+    genders = rows["person"].select("person_id", F.col("gender_concept_id").alias("_gender"))
+    return results + reference_checks(rows, table_rows(results), vocabulary.concept) + concept_checks(rows, genders)
 
 
 OMOP_PRIMARY_KEY = Check(
