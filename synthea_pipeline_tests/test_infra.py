@@ -27,8 +27,9 @@ from synthea_pipeline_tests.cloudformation import (
 pytestmark = pytest.mark.unit  # the template as data
 
 TEMPLATE = INFRA / "synthea-pipeline.yaml"
-STAGING, MARTS_DB = "${StagingDatabase}", "${MartsDatabase}"
+STAGING, MARTS_DB, OMOP_DB = "${StagingDatabase}", "${MartsDatabase}", "${OmopDatabase}"
 STAGING_ICEBERG, MARTS_ICEBERG = STAGING + ICEBERG_DATABASE_SUFFIX, MARTS_DB + ICEBERG_DATABASE_SUFFIX
+OMOP_ICEBERG = OMOP_DB + ICEBERG_DATABASE_SUFFIX
 ICEBERG_READS = ("glue:GetDatabase", "glue:GetTable", "glue:GetTables")
 ICEBERG_WRITES = ("glue:CreateDatabase", "glue:CreateTable", "glue:UpdateTable")
 """What Iceberg's GlueCatalog calls to read a table, and to create and commit one."""
@@ -81,6 +82,8 @@ ORCHESTRATED = {
     "raw/*",
     "staging/*",
     "marts/*",
+    "omop/*",
+    "vocabulary/*",
     "reports/*",
     "_pipes/*",
     "athena-results/orchestrator/*",
@@ -135,8 +138,8 @@ def test_each_role_reaches_only_its_own_prefixes(resources, role, reads, writes,
         ("EmrJobRole", {STAGING_ICEBERG, MARTS_ICEBERG}, {STAGING_ICEBERG, MARTS_ICEBERG}),
         (
             "OrchestratorPolicy",
-            {STAGING, MARTS_DB, STAGING_ICEBERG, MARTS_ICEBERG},
-            {STAGING, MARTS_DB, STAGING_ICEBERG, MARTS_ICEBERG},
+            {STAGING, MARTS_DB, OMOP_DB, STAGING_ICEBERG, MARTS_ICEBERG, OMOP_ICEBERG},
+            {STAGING, MARTS_DB, OMOP_DB, STAGING_ICEBERG, MARTS_ICEBERG, OMOP_ICEBERG},
         ),
         ("BiReaderPolicy", {MARTS_DB, MARTS_ICEBERG}, set()),
         ("UploaderPolicy", set(), set()),

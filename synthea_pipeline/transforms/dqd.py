@@ -144,12 +144,17 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
     and before death; `persons` is (person_id, _birth, _death) for the last two."""
     spec = cdm_table(table)
     counts: dict[str, object] = {"_rows": F.count(F.lit(1))}
-    distinct: dict[str, tuple[Column, Column]] = {}
-    """Checks over distinct values: (violated, denominator) expressions."""
+    ratios: dict[str, tuple[Column, Column]] = {}
+    """Checks whose denominator is not every row: (violated, denominator) expressions."""
     checked: list[tuple[str, CdmField, str]] = []
 
-    def counted(name: str, check: str, spec_field: CdmField, condition) -> None:
-        counts[name] = F.sum(F.when(condition, 1).otherwise(0))
+    def counted(name: str, check: str, spec_field: CdmField, condition, among: Column | None = None) -> None:
+        """A check counting the rows that meet `condition` among all rows, or among those that meet `among`
+        (DQD's denominator: the rows the check applies to)."""
+        if among is None:
+            counts[name] = F.sum(F.when(condition, 1).otherwise(0))
+        else:
+            ratios[name] = (F.sum(F.when(among & condition, 1).otherwise(0)), F.sum(F.when(among, 1).otherwise(0)))
         checked.append((name, spec_field, check))
 
     for column in spec.fields:
@@ -164,15 +169,16 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
             counted(f"src_{column.name}", "sourceConceptRecordCompleteness", column, value == UNKNOWN_CONCEPT)
         comparable = F.to_date(value) if column.spark_type in ("date", "timestamp") else value
         if low := column.check("plausibleValueLow"):
-            counted(f"low_{column.name}", "plausibleValueLow", column, comparable < _bound(low))
+            counted(f"low_{column.name}", "plausibleValueLow", column, comparable < _bound(low), value.isNotNull())
         if high := column.check("plausibleValueHigh"):
-            counted(f"high_{column.name}", "plausibleValueHigh", column, comparable > _bound(high))
+            counted(f"high_{column.name}", "plausibleValueHigh", column, comparable > _bound(high), value.isNotNull())
         if column.check("sourceValueCompleteness") and (standard := column.check("standardConceptFieldName")):
             unmapped = F.when(F.col(standard.lower()) == UNKNOWN_CONCEPT, value)
-            distinct[f"svc_{column.name}"] = (F.countDistinct(unmapped), F.countDistinct(value))
+            ratios[f"svc_{column.name}"] = (F.countDistinct(unmapped), F.countDistinct(value))
             checked.append((f"svc_{column.name}", column, "sourceValueCompleteness"))
         if (end := column.check("plausibleStartBeforeEndFieldName")) and end.lower() in rows.columns:
-            counted(f"sbe_{column.name}", "plausibleStartBeforeEnd", column, value > F.col(end.lower()))
+            later = F.to_date(value) > F.to_date(F.col(end.lower()))
+            counted(f"sbe_{column.name}", "plausibleStartBeforeEnd", column, later, value.isNotNull())
     if spec.primary_key:
         counts["_distinct_key"] = F.countDistinct(spec.primary_key)
     temporal = [c for c in spec.fields if c.spark_type in ("date", "timestamp")]
@@ -180,13 +186,14 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
     if persons is not None and "person_id" in rows.columns and table != "person":
         frame = rows.join(persons, "person_id", "left")
         for column in temporal:
+            value = F.col(column.name)
             if column.check("plausibleAfterBirth"):
-                counted(f"pab_{column.name}", "plausibleAfterBirth", column, F.to_date(column.name) < F.col("_birth"))
-            late = F.to_date(column.name) > F.date_add(F.col("_death"), 60)
-            for check in ("plausibleBeforeDeath", "plausibleDuringLife"):
-                if column.check(check):
-                    counted(f"{check}_{column.name}", check, column, late)
-    for name, (violated, denominator) in distinct.items():
+                early = F.to_date(value) < F.col("_birth")
+                counted(f"pab_{column.name}", "plausibleAfterBirth", column, early, value.isNotNull())
+            if column.check("plausibleBeforeDeath"):  # DQD 2.x's; plausibleDuringLife, its predecessor, is left out
+                late = F.to_date(value) > F.date_add(F.col("_death"), 60)
+                counted(f"pbd_{column.name}", "plausibleBeforeDeath", column, late, F.col("_death").isNotNull())
+    for name, (violated, denominator) in ratios.items():
         counts[name], counts[f"{name}_of"] = violated, denominator
     totals = frame.agg(*[expression.alias(name) for name, expression in counts.items()]).first()
     total = int(totals["_rows"])
@@ -202,7 +209,7 @@ def field_checks(table: str, rows: DataFrame, persons: DataFrame | None) -> list
                 table,
                 spec_field.name,
                 int(totals[name] or 0),
-                int(totals[f"{name}_of"]) if name in distinct else total,
+                int(totals[f"{name}_of"] or 0) if name in ratios else total,
                 _threshold(spec_field, check),
                 details=details,
             )

@@ -63,6 +63,7 @@ from synthea_pipeline.transforms.omop import (
     OMOP_PRIMARY_KEY,
     build_omop,
     cdm_source_row,
+    committed_vocabulary_load,
     discard_omop_build,
     discard_stale_omop_builds,
     ensure_vocabulary,
@@ -612,7 +613,8 @@ def run_omop(
     """Builds the OMOP CDM tables from the committed loads of every upload under a new build, mapping codes with
     the vocabulary download at `vocabulary` (loaded into the lake the first time a build uses it), runs the DQD
     checks, writes their results file, and commits the build (one record in the OMOP builds log) only when no
-    primary key is broken and every reference between the build's tables resolves."""
+    primary key is broken and every reference between the build's tables resolves. The vocabulary tables are
+    reported only by a build that changes the vocabulary readers see."""
     started = now()
     layout = Lake(lake_root)
     lake = IcebergTables(lake_root, table_catalog, staging_database, marts_database, omop_database)
@@ -623,6 +625,7 @@ def run_omop(
         raise LayerFailed(f"OMOP not built: {error}") from None
     uploads = commits.uploads()
     loads = current_loads(spark, uploads)
+    previous_vocabulary = committed_vocabulary_load(spark, lake, commits)
     commits.record_build(build_id, "begun", False, OMOP_LAYER)
     try:
         vocabulary_counts, loaded_now = ensure_vocabulary(spark, lake, files)
@@ -638,8 +641,6 @@ def run_omop(
         record_vocabulary(spark, lake, files, build_id)
         mapping = mapping_report(build.mapped)
         results = omop_checks(spark, written, build_id, dictionary)
-        document = results_json(results, source, started, now())
-        write_text(layout.uri("reports", "omop_dqd_results.json"), document)
         reports = omop_check_reports(results)
         broken = [f"{r.table}.{r.field} {r.check_name}: {r.violated} rows" for r in results if r.blocking and r.failed]
         if broken:
@@ -651,6 +652,7 @@ def run_omop(
     finally:
         delete_folder(scratch_folder(lake, build_id))
     commits.record_build(build_id, "committed", False, OMOP_LAYER)
+    write_text(layout.uri("reports", "omop_dqd_results.json"), results_json(results, source, started, now()))
     discard_stale_omop_builds(spark, lake, commits, now() - ABANDONED_AFTER)
     rows = table_rows(results)
     log.info(f"committed OMOP build {build_id} over {len(uploads.order())} uploads")
@@ -690,6 +692,7 @@ def run_omop(
                 ),
             )
             for name in VOCABULARY_TABLES
+            if files.load_id != previous_vocabulary
         ],
         *reports,
     ]

@@ -113,13 +113,16 @@ class EventSource:
     stop: str | None = None
 
 
+ALLERGIES = "allergies"
+"""An allergy is an observation whatever its code maps to: an allergen that maps to a drug is the observation's
+value (`value_as_concept_id`), not an exposure to the drug."""
 EVENT_SOURCES = (
     EventSource("conditions", "SNOMED", "Condition", EHR_ENCOUNTER_RECORD, "start", "stop"),
     EventSource("procedures", "SNOMED", "Procedure", EHR_ENCOUNTER_RECORD, "start", "stop"),
     EventSource("medications", "RxNorm", "Drug", EHR_PRESCRIPTION, "start", "stop"),
     EventSource("immunizations", "CVX", "Drug", EHR_ENCOUNTER_RECORD, "date"),
     EventSource("observations", "LOINC", "Measurement", EHR_ENCOUNTER_RECORD, "date"),
-    EventSource("allergies", "SNOMED", "Observation", EHR_ENCOUNTER_RECORD, "start", "stop"),
+    EventSource(ALLERGIES, "SNOMED", "Observation", EHR_ENCOUNTER_RECORD, "start", "stop"),
     EventSource("devices", "SNOMED", "Device", EHR_ENCOUNTER_RECORD, "start", "stop"),
 )
 OMOP_READS = (
@@ -241,17 +244,19 @@ class Vocabulary:
         return both.where("_n = 1").drop("_n", "_rank")
 
     def ingredients(self) -> DataFrame:
-        """drug concept -> its RxNorm ingredient (the drug itself when it is one), for drug eras."""
-        ingredient = self.concept.where("concept_class_id = 'Ingredient' AND standard_concept = 'S'").select(
-            F.col("concept_id").alias("ingredient_concept_id")
-        )
+        """drug concept -> each of its RxNorm ingredients (the drug itself when it is one), for drug eras: a
+        combination drug has one era per ingredient."""
+        ingredient = self.concept.where(
+            "concept_class_id = 'Ingredient' AND standard_concept = 'S' "
+            "AND vocabulary_id IN ('RxNorm', 'RxNorm Extension')"
+        ).select(F.col("concept_id").alias("ingredient_concept_id"))
         return (
             self.concept_ancestor.select(
                 F.col("descendant_concept_id").alias("drug_concept_id"),
                 F.col("ancestor_concept_id").alias("ingredient_concept_id"),
             )
             .join(ingredient, "ingredient_concept_id")
-            .dropDuplicates(["drug_concept_id"])
+            .dropDuplicates(["drug_concept_id", "ingredient_concept_id"])
         )
 
 
@@ -370,14 +375,26 @@ def build_omop(
     staged = {s.table: patient_scoped(read(s.table), owners, "row_key") for s in EVENT_SOURCES}
     events = reduce(lambda a, b: a.unionByName(b), [_events(s, staged[s.table]) for s in EVENT_SOURCES])
     units = vocabulary.units()
+    routed_domain = (
+        F.when(F.col("source_table") == ALLERGIES, F.col("default_domain"))
+        .when(F.col("mapped_domain").isin(list(DOMAIN_TABLES)), F.col("mapped_domain"))
+        .otherwise(F.col("default_domain"))
+    )
     mapped = (
         events.join(maps, ["_vocabulary", "_code"], "left")
         .withColumn("source_concept_id", F.coalesce("source_concept_id", F.lit(UNKNOWN_CONCEPT)))
-        .withColumn("concept_id", F.coalesce("mapped_concept_id", F.lit(UNKNOWN_CONCEPT)))
+        .withColumn("domain", routed_domain)
         .withColumn(
-            "domain",
-            F.when(F.col("mapped_domain").isin(list(DOMAIN_TABLES)), F.col("mapped_domain")).otherwise(
-                F.col("default_domain")
+            "value_as_concept_id",
+            F.when(
+                (F.col("source_table") == ALLERGIES) & (F.col("mapped_domain") != F.col("domain")),
+                F.col("mapped_concept_id"),
+            ).cast("int"),
+        )
+        .withColumn(
+            "concept_id",
+            F.when(F.col("mapped_domain") == F.col("domain"), F.col("mapped_concept_id")).otherwise(
+                F.lit(UNKNOWN_CONCEPT)
             ),
         )
         .join(person_ids, "patient", "left")
@@ -569,6 +586,7 @@ def build_omop(
             "observation_type_concept_id": "type_concept_id",
             "value_as_number": "value_as_number",
             "value_as_string": F.when(F.col("value_as_number").isNull(), F.col("value_source_value")),
+            "value_as_concept_id": "value_as_concept_id",
             "unit_concept_id": "unit_concept_id",
             "observation_source_value": "_code",
             "observation_source_concept_id": "source_concept_id",
@@ -822,6 +840,16 @@ def record_vocabulary(spark: SparkSession, lake: IcebergTables, files: Vocabular
     lake.append(row, identifier)
 
 
+def committed_vocabulary_load(spark: SparkSession, lake: IcebergTables, commits: CommitLog) -> str | None:
+    """The vocabulary load the committed build maps with, None before the first build."""
+    current = commits.builds(OMOP_LAYER).current().get(OMOP_LAYER)
+    used = lake.open(spark, OMOP_LAYER, BUILD_VOCABULARY)
+    if current is None or used is None:
+        return None
+    rows = spark.table(used).where(F.col("build_id") == current.load_id).select(LOAD_COLUMN).collect()
+    return rows[0][LOAD_COLUMN] if rows else None
+
+
 def loaded_vocabulary(spark: SparkSession, lake: IcebergTables, load_id: str) -> dict | None:
     """The counts of a complete load of the vocabulary, None when it was never completed."""
     identifier = lake.ensure(spark, OMOP_LAYER, VOCABULARY_LOADS, VOCABULARY_LOADS_COLUMNS)
@@ -831,7 +859,13 @@ def loaded_vocabulary(spark: SparkSession, lake: IcebergTables, load_id: str) ->
 
 def ensure_vocabulary(spark: SparkSession, lake: IcebergTables, files: VocabularyFiles) -> tuple[dict, bool]:
     """The download's vocabulary in the lake: loaded now (rows of an interrupted earlier attempt deleted first) or
-    found complete from an earlier build; returns its counts and whether it was loaded now."""
+    found complete from an earlier build; returns its counts and whether it was loaded now. Builds of a local lake
+    load one at a time (a lock), so two never write or delete the same load together."""
+    with lake.commit_lock(f"{OMOP_LAYER}.vocabulary_load"):
+        return _ensure_vocabulary(spark, lake, files)
+
+
+def _ensure_vocabulary(spark: SparkSession, lake: IcebergTables, files: VocabularyFiles) -> tuple[dict, bool]:
     counts = loaded_vocabulary(spark, lake, files.load_id)
     if counts is not None:
         return counts, False
@@ -863,7 +897,8 @@ def discard_stale_omop_builds(
     spark: SparkSession, lake: IcebergTables, commits: CommitLog, abandoned_before: dt.datetime
 ) -> list[str]:
     """Delete the builds that are neither the committed one nor the one before it, or were begun before
-    `abandoned_before` and never committed, and the vocabulary loads neither of those two maps with."""
+    `abandoned_before` and never committed, and the vocabulary loads neither of those two maps with that were
+    completed before `abandoned_before` (a later one may belong to a build still running)."""
     builds = commits.builds(OMOP_LAYER)
     stale = [build for _, build in builds.stale(abandoned_before, OMOP_LAYER)]
     for build in stale:
@@ -875,7 +910,8 @@ def discard_stale_omop_builds(
     loads = lake.open(spark, OMOP_LAYER, VOCABULARY_LOADS)
     if used and loads and shown:
         kept = {r[LOAD_COLUMN] for r in spark.table(used).where(F.col("build_id").isin(shown)).collect()}
-        for row in spark.table(loads).select(LOAD_COLUMN).distinct().collect():
+        settled = spark.table(loads).where(F.col("logged_at") < F.lit(abandoned_before))
+        for row in settled.select(LOAD_COLUMN).distinct().collect():
             if row[LOAD_COLUMN] not in kept:
                 discard_vocabulary(spark, lake, row[LOAD_COLUMN])
     return stale

@@ -123,8 +123,8 @@ def find_vocabulary(location: str) -> VocabularyFiles:
             + HOW_TO_GET_ONE
         )
     digest = hashlib.sha256()
-    for table, info in sorted(found.items()):
-        digest.update(f"{table}\t{info.size}\n".encode())
+    for _, info in sorted(found.items()):
+        digest.update(f"{posixpath.basename(info.path)}\t{info.size}\n".encode())
         with fs.open_input_stream(info.path) as stream:
             digest.update(stream.read(FINGERPRINT_BYTES))
     prefix = location.rstrip("/")
@@ -152,8 +152,8 @@ def read_vocabulary_table(spark: SparkSession, uri: str, table: str) -> DataFram
     non-text field that holds a value parsed (a row that fails is left out and counted)."""
     separator = _separator(uri)
     reader = spark.read.option("header", "true").option("sep", separator)
-    if separator == "\t":
-        reader = reader.option("quote", "\u0000")
+    # Athena's tab-separated files are not quoted (a name may hold a quote); comma-separated ones double quotes
+    reader = reader.option("quote", "\u0000") if separator == "\t" else reader.option("escape", '"')
     text = reader.csv(uri)
     present = {c.strip().lower(): c for c in text.columns}
     spec = cdm_table(table)
