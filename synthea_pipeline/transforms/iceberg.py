@@ -26,7 +26,7 @@ import datetime as dt
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -46,6 +46,7 @@ from pyspark.sql.types import (
 )
 
 from synthea_pipeline.transforms.lake import Lake, aws_client, filesystem_for
+from synthea_pipeline.transforms.sql import literal
 
 CATALOGS = ("path", "hadoop", "glue")
 GLUE_CATALOG = "glue"
@@ -244,6 +245,16 @@ class IcebergTables:
     def delete(self, spark: SparkSession, identifier: str, condition: str) -> None:
         with self.commit_lock(identifier):
             retry(lambda: spark.sql(f"DELETE FROM {identifier} WHERE {condition}"))
+
+    def delete_everywhere(
+        self, spark: SparkSession, layer: str, tables: Iterable[str], column: str, value: str
+    ) -> None:
+        """Delete the rows whose `column` is `value` from each of a layer's `tables` the lake has (a build's or a
+        load's rows)."""
+        for table in tables:
+            identifier = self.open(spark, layer, table)
+            if identifier:
+                self.delete(spark, identifier, f"{column} = {literal(value)}")
 
     @contextmanager
     def commit_lock(self, identifier: str) -> Iterator[None]:

@@ -42,7 +42,6 @@ from synthea_pipeline.transforms.iceberg import (
     IcebergTables,
     UploadLog,
 )
-from synthea_pipeline.transforms.sql import literal
 from synthea_pipeline.transforms.staging import staging_schema
 
 PATIENT_IDENTIFIERS = {
@@ -1220,10 +1219,7 @@ def _write_each(
 
 def discard_build(spark: SparkSession, lake: IcebergTables, build_id: str) -> None:
     """Delete one build's rows from every mart and its part map."""
-    for name in (*MARTS, PARTS):
-        table = lake.open(spark, MARTS_LAYER, name)
-        if table:
-            lake.delete(spark, table, f"build_id = {literal(build_id)}")
+    lake.delete_everywhere(spark, MARTS_LAYER, (*MARTS, PARTS), "build_id", build_id)
 
 
 def discard_stale_builds(

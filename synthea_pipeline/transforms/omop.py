@@ -36,7 +36,6 @@ from synthea_pipeline.transforms.iceberg import (
     now,
 )
 from synthea_pipeline.transforms.marts import BuildPlan, latest_per_key, owners_of, patient_scoped, read_staging
-from synthea_pipeline.transforms.sql import literal
 from synthea_pipeline.transforms.vocabulary import (
     LOAD_COLUMN,
     VOCABULARY_TABLES,
@@ -879,18 +878,12 @@ def _ensure_vocabulary(spark: SparkSession, lake: IcebergTables, files: Vocabula
 
 
 def discard_vocabulary(spark: SparkSession, lake: IcebergTables, load_id: str) -> None:
-    for table in (*VOCABULARY_TABLES, VOCABULARY_LOADS):
-        identifier = lake.open(spark, OMOP_LAYER, table)
-        if identifier:
-            lake.delete(spark, identifier, f"{LOAD_COLUMN} = {literal(load_id)}")
+    lake.delete_everywhere(spark, OMOP_LAYER, (*VOCABULARY_TABLES, VOCABULARY_LOADS), LOAD_COLUMN, load_id)
 
 
 def discard_omop_build(spark: SparkSession, lake: IcebergTables, build_id: str) -> None:
     """Delete one build's rows from every OMOP table."""
-    for name in (*CLINICAL_TABLES, BUILD_VOCABULARY):
-        identifier = lake.open(spark, OMOP_LAYER, name)
-        if identifier:
-            lake.delete(spark, identifier, f"build_id = {literal(build_id)}")
+    lake.delete_everywhere(spark, OMOP_LAYER, (*CLINICAL_TABLES, BUILD_VOCABULARY), "build_id", build_id)
 
 
 def discard_stale_omop_builds(
