@@ -48,7 +48,8 @@ def until(condition, what: str, timeout: float = WAIT_SECONDS):
 
 
 def files_under(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.is_file()]
+    """The files under a folder that processes are still writing and deleting (os.walk skips what vanishes)."""
+    return [Path(root, name) for root, _, names in os.walk(folder) for name in names]
 
 
 def environment(tmp_path: Path, marker: str) -> dict:
@@ -193,9 +194,13 @@ def test_sigterm_of_dagster_dev_and_sigint_of_the_test_run_leave_no_process_and_
 
     def dagster_dev() -> int | None:
         for pid in marked(marker):
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"dagster\0dev" in cmdline.read() and len(group_members(pid)) >= 4:
-                    return pid
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    command = cmdline.read()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a short-lived child (a worker's helper) ended since it was listed
+            if b"dagster\0dev" in command and len(group_members(pid)) >= 4:
+                return pid
         return None
 
     server = until(lambda: dagster_dev() if run.poll() is None else "exited", "dagster dev and its children")
