@@ -11,6 +11,7 @@ import traceback
 
 from synthea_pipeline.engines import ENGINES
 from synthea_pipeline.settings import LAKE_ROOT, SPARK_ENGINE
+from synthea_pipeline.transforms.dqd import DQD_RESULTS_FILE
 from synthea_pipeline.transforms.iceberg import OMOP_LAYER
 from synthea_pipeline.transforms.lake import InvalidUploadId, Lake, upload_id_for_folder, validate_upload_id
 
@@ -340,7 +341,7 @@ def _print_report(report, lake_root: str, verbose: bool) -> bool:
         failed = {name: metadata for name, metadata in report.warnings.items() if name.startswith(f"{OMOP_LAYER}/")}
         print(
             f"omop DQD: {sum(m['failed'] for m in failed.values())} checks over their threshold (warnings) on "
-            f"{len(failed)} tables; results for OHDSI's DQD viewer: {lake_root}/reports/omop_dqd_results.json"
+            f"{len(failed)} tables; results for OHDSI's DQD viewer: {lake_root}/reports/{DQD_RESULTS_FILE}"
         )
     for line in _warnings_of(report, {report.upload_id} if report.tables else set()):
         print(line)

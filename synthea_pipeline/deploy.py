@@ -60,7 +60,7 @@ def glue_job_definition(name: str, layer: str, code_uri: str, bucket: str, role_
         "WorkerType": "G.1X",
         "NumberOfWorkers": workers,
         "Timeout": 120,
-        "ExecutionProperty": {"MaxConcurrentRuns": 1 if layer == "marts" else 10},
+        "ExecutionProperty": {"MaxConcurrentRuns": 10 if layer == "staging" else 1},  # a build at a time
         "Command": {"Name": "glueetl", "ScriptLocation": f"{code_uri}/{entry_script(layer)}", "PythonVersion": "3"},
         "DefaultArguments": {
             "--extra-py-files": f"{code_uri}/{PACKAGE_ZIP}",

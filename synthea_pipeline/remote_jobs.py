@@ -1,12 +1,12 @@
-"""What a remote (Glue, EMR Serverless) job run of a Spark layer is made of: the entry script, the code package and
-the Spark settings for the lake's Iceberg tables. Shared by `deploy`, which creates the jobs, and the Spark
-resource, which runs them."""
+"""What a remote (Glue, EMR Serverless) job run of a Spark layer (staging, marts, omop) is made of: the entry
+script, the code package and the Spark settings for the lake's Iceberg tables. Shared by `deploy`, which creates
+the jobs, and the Spark resource, which runs them."""
 
 from __future__ import annotations
 
 from synthea_pipeline.transforms.iceberg import GLUE_CATALOG
 
-SPARK_LAYERS = ("staging", "marts")
+SPARK_LAYERS = ("staging", "marts", "omop")
 PACKAGE_ZIP = "synthea_pipeline.zip"
 EMR_ICEBERG_JAR = "/usr/share/aws/iceberg/lib/iceberg-spark3-runtime.jar"
 """Where EMR 7 ships Iceberg; EMR Serverless leaves it off the classpath unless `spark.jars` names it."""

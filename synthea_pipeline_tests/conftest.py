@@ -51,6 +51,28 @@ def pytest_configure(config):
         signal.signal(signum, _interrupt)
 
 
+OMOP_OFF = "none"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def omop_only_where_tested(request):
+    """Pipeline runs build the OMOP tables only in modules and tests marked `omop`; the others, about the other
+    layers, run with SYNTHEA_OMOP_VOCABULARY=none (the OMOP assets skipped, as a user without a vocabulary has
+    them). The OMOP step doubled the suite's time while asserting nothing there. Module scope, so the modules'
+    own module-scoped pipeline runs see it; subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.node.get_closest_marker("omop") is None:
+            patch.setenv("SYNTHEA_OMOP_VOCABULARY", OMOP_OFF)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def omop_for_marked_tests(request, monkeypatch):
+    """A test marked `omop` in a module that is not builds them with the default vocabulary."""
+    if request.node.get_closest_marker("omop") is not None and os.environ.get("SYNTHEA_OMOP_VOCABULARY") == OMOP_OFF:
+        monkeypatch.delenv("SYNTHEA_OMOP_VOCABULARY")
+
+
 def pytest_sessionfinish(session, exitstatus):
     """An interrupted run deletes its `tmp_path` folders too (a finished one keeps only the failed tests', see
     `tmp_path_retention_policy`): with the lakes on the memory filesystem they would hold memory until reboot."""

@@ -2,6 +2,8 @@
 same Athena SQL on a second engine (Spark SQL on Sail), every catalog view validated as Athena SQL, the `query`
 command, and the dashboard in a real headless Chromium without network. The Glue side is in test_s3_lake."""
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -19,12 +21,13 @@ from synthea_pipeline.runs import SAMPLE_DIR, run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, view_sql
 from synthea_pipeline.transforms.catalog import Databases, catalog_views, omop_views
+from synthea_pipeline.transforms.dqd import DQD_RESULTS_FILE
 from synthea_pipeline.transforms.iceberg import LOCKS_FOLDER
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import MARTS
 from synthea_pipeline_tests.conftest import catalog_rows, read_rows
 
-pytestmark = pytest.mark.slow  # a pipeline run before the first test
+pytestmark = [pytest.mark.slow, pytest.mark.omop]  # a pipeline run before the first test (the dashboard has DQD)
 
 
 def csv_rows(name: str) -> list[dict]:
@@ -181,7 +184,31 @@ def test_every_view_is_valid_athena_sql_over_the_tables_it_reads(lake):
         )
 
 
-def test_dashboard_renders_four_charts_offline_in_chromium(lake, tmp_path):
+def test_dashboard_summarises_the_dqd_results_of_this_runs_omop_build(instance, lake):
+    """The OMOP step runs before the BI step (step priorities, not a dependency), so the dashboard shows the DQD
+    results of the build this run committed: the same numbers as the results file."""
+    omop = instance.get_latest_materialization_event(AssetKey(["omop", "person"]))
+    dashboard = instance.get_latest_materialization_event(AssetKey(["reports", "dashboard"]))
+    assert omop.run_id == dashboard.run_id and omop.timestamp < dashboard.timestamp
+    results = json.loads(Path(lake.uri("reports", DQD_RESULTS_FILE)).read_text())
+    overview = results["Overview"]
+    page = html.unescape(Path(lake.uri("reports", "dashboard.html")).read_text(encoding="utf-8"))
+    assert f"build of {results['endTimestamp']}: {overview['countPassed']} of {overview['countTotal']} passed" in page
+    assert f"<b>{overview['percentPassed']}%</b><span>OMOP DQD checks passed</span>" in page
+    for category in ("Plausibility", "Conformance", "Completeness"):
+        passed, failed = overview[f"countPassed{category}"], overview[f"countFailed{category}"]
+        assert f"{category}: {passed} passed" in page and f"{category}: {failed} failed" in page
+    failed = [r for r in results["CheckResults"] if r["failed"] == 1]
+    worst = max(r["pctViolatedRows"] for r in failed)
+    first_row = re.search(r"<th class=num>threshold</th></tr><tr><td>(\w+)</td><td>(\w+)\.(\w+)</td>", page)
+    assert (first_row.group(1), first_row.group(2).upper(), first_row.group(3).upper()) in {
+        (r["checkName"], r["cdmTableName"], r["cdmFieldName"]) for r in failed if r["pctViolatedRows"] == worst
+    }
+    preview = dashboard.asset_materialization.metadata["preview"].value
+    assert f"| Conformance | {overview['countPassedConformance']} | {overview['countFailedConformance']} |" in preview
+
+
+def test_dashboard_renders_five_charts_offline_in_chromium(lake, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is installed by .ci/run (apt-get install chromium)"
     page = lake.uri("reports", "dashboard.html")
@@ -202,7 +229,7 @@ def test_dashboard_renders_four_charts_offline_in_chromium(lake, tmp_path):
         [*flags, "--dump-dom", f"file://{page}"], check=False, capture_output=True, text=True, timeout=120
     )
     body = re.search(r"<body([^>]*)>", result.stdout).group(1)
-    assert 'data-charts="4"' in body and 'data-charts-with-data="4"' in body, body
+    assert 'data-charts="5"' in body and 'data-charts-with-data="5"' in body, body  # four views and the DQD
     assert 'data-errors=""' in body
     assert not [line for line in result.stderr.splitlines() if "CONSOLE" in line and "rror" in line]
     shot = tmp_path / "dashboard.png"

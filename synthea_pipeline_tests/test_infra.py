@@ -33,11 +33,14 @@ OMOP_ICEBERG = OMOP_DB + ICEBERG_DATABASE_SUFFIX
 ICEBERG_READS = ("glue:GetDatabase", "glue:GetTable", "glue:GetTables")
 ICEBERG_WRITES = ("glue:CreateDatabase", "glue:CreateTable", "glue:UpdateTable")
 """What Iceberg's GlueCatalog calls to read a table, and to create and commit one."""
+DQD_RESULTS = "reports/omop_dqd_results.json"
+"""The one file under reports/ a job writes: the OMOP layer's DQD results, written after its commit."""
 COMPUTE_LOGS = "dagster/compute-logs/*"
 """Where Dagster's S3ComputeLogManager keeps step logs (DAGSTER_COMPUTE_LOG_PREFIX in infra/dagster-ecs.yaml)."""
 IDENTITIES = (
     "GlueStagingRole",
     "GlueMartsRole",
+    "GlueOmopRole",
     "EmrJobRole",
     "OrchestratorPolicy",
     "BiReaderPolicy",
@@ -108,10 +111,16 @@ BI_RESULTS = "athena-results/bi/*"
             {"marts/*", "_pipes/*"},
         ),
         (
+            "GlueOmopRole",
+            {"code/*", "staging/*", "vocabulary/*", "omop/*", "_pipes/*"},
+            {"omop/*", DQD_RESULTS, "_pipes/*"},
+            {"omop/*", DQD_RESULTS, "_pipes/*"},
+        ),
+        (
             "EmrJobRole",
-            {"code/*", "source/*", "raw/*", "staging/*", "marts/*", "_pipes/*"},
-            {"raw/*", "staging/*", "marts/*", "_pipes/*"},
-            {"raw/*", "staging/*", "marts/*", "_pipes/*"},
+            {"code/*", "source/*", "raw/*", "staging/*", "marts/*", "vocabulary/*", "omop/*", "_pipes/*"},
+            {"raw/*", "staging/*", "marts/*", "omop/*", DQD_RESULTS, "_pipes/*"},
+            {"raw/*", "staging/*", "marts/*", "omop/*", DQD_RESULTS, "_pipes/*"},
         ),
         ("UploaderPolicy", {"source/*"}, {"source/*"}, {"source/*"}),
         ("BiReaderPolicy", {"marts/*", BI_RESULTS}, {BI_RESULTS}, set()),
@@ -135,7 +144,12 @@ def test_each_role_reaches_only_its_own_prefixes(resources, role, reads, writes,
     [
         ("GlueStagingRole", {STAGING_ICEBERG}, {STAGING_ICEBERG}),
         ("GlueMartsRole", {STAGING_ICEBERG, MARTS_ICEBERG}, {MARTS_ICEBERG}),
-        ("EmrJobRole", {STAGING_ICEBERG, MARTS_ICEBERG}, {STAGING_ICEBERG, MARTS_ICEBERG}),
+        ("GlueOmopRole", {STAGING_ICEBERG, OMOP_ICEBERG}, {OMOP_ICEBERG}),
+        (
+            "EmrJobRole",
+            {STAGING_ICEBERG, MARTS_ICEBERG, OMOP_ICEBERG},
+            {STAGING_ICEBERG, MARTS_ICEBERG, OMOP_ICEBERG},
+        ),
         (
             "OrchestratorPolicy",
             {STAGING, MARTS_DB, OMOP_DB, STAGING_ICEBERG, MARTS_ICEBERG, OMOP_ICEBERG},
@@ -222,7 +236,14 @@ def test_each_identity_has_its_own_athena_results(resources):
             assert "athena-results/*" not in object_prefixes(resources[identity], {action}), identity
 
 
-UNCONDITIONAL_LISTING = {"GlueStagingRole", "GlueMartsRole", "EmrJobRole", "OrchestratorPolicy", "UploaderPolicy"}
+UNCONDITIONAL_LISTING = {
+    "GlueStagingRole",
+    "GlueMartsRole",
+    "GlueOmopRole",
+    "EmrJobRole",
+    "OrchestratorPolicy",
+    "UploaderPolicy",
+}
 """Identities whose code takes a 404 for a missing key as "absent" (Spark's probes, the upload manifest): S3 answers
 403 instead unless the caller may list the bucket, so their ListBucket stays unconditional, as the template says."""
 
@@ -272,7 +293,7 @@ def test_incomplete_multipart_uploads_are_aborted(resources):
 def test_the_data_outlives_the_stack(resources):
     """Deleting the stack, or a change that replaces the resource, leaves the lake bucket and the Glue databases."""
     kept = ["LakeBucket", *resources_of_type(resources, "AWS::Glue::Database")]
-    assert len(kept) == 5
+    assert len(kept) == 7  # the bucket, and a view and an Iceberg database per layer (staging, marts, omop)
     for name in kept:
         assert resources[name].get("DeletionPolicy") == "Retain", name
         assert resources[name].get("UpdateReplacePolicy") == "Retain", name
@@ -285,14 +306,17 @@ def test_iceberg_tables_and_athena_views_have_their_own_databases(resources):
     for resource in resources_of_type(resources, "AWS::Glue::Database").values():
         database = resource["Properties"]["DatabaseInput"]
         databases[database["Name"].get("Sub") or "${" + database["Name"]["Ref"] + "}"] = database
-    assert set(databases) == {STAGING, MARTS_DB, STAGING_ICEBERG, MARTS_ICEBERG}
+    assert set(databases) == {STAGING, MARTS_DB, OMOP_DB, STAGING_ICEBERG, MARTS_ICEBERG, OMOP_ICEBERG}
     assert databases[STAGING_ICEBERG]["LocationUri"] == {"Sub": "s3://${LakeBucket}/staging/"}
     assert databases[MARTS_ICEBERG]["LocationUri"] == {"Sub": "s3://${LakeBucket}/marts/"}
+    assert databases[OMOP_ICEBERG]["LocationUri"] == {"Sub": "s3://${LakeBucket}/omop/"}
     assert "Iceberg tables" in databases[STAGING_ICEBERG]["Description"]["Sub"]
     assert "Athena views" in databases[MARTS_DB]["Description"]["Sub"]
 
 
-@pytest.mark.parametrize("job, layer", [("GlueStagingJob", "staging"), ("GlueMartsJob", "marts")])
+@pytest.mark.parametrize(
+    "job, layer", [("GlueStagingJob", "staging"), ("GlueMartsJob", "marts"), ("GlueOmopJob", "omop")]
+)
 def test_glue_jobs_run_the_deployed_scripts(resources, job, layer):
     properties = resources[job]["Properties"]
     assert properties["GlueVersion"] == GLUE_VERSION
@@ -301,7 +325,7 @@ def test_glue_jobs_run_the_deployed_scripts(resources, job, layer):
     assert properties["Role"] == {"GetAtt": f"Glue{layer.capitalize()}Role.Arn"}
 
 
-@pytest.mark.parametrize("job", ["GlueStagingJob", "GlueMartsJob"])
+@pytest.mark.parametrize("job", ["GlueStagingJob", "GlueMartsJob", "GlueOmopJob"])
 def test_glue_jobs_open_the_iceberg_catalog_deploy_configures(resources, job):
     """The stack's jobs get the same Iceberg settings as the jobs `deploy` creates, warehouse in the lake bucket."""
     arguments = resources[job]["Properties"]["DefaultArguments"]

@@ -25,7 +25,7 @@ from synthea_pipeline.transforms.omop import CLINICAL_TABLES, scratch_folder
 from synthea_pipeline.transforms.vocabulary import sample_vocabulary
 from synthea_pipeline_tests.conftest import SAMPLES, catalog_rows
 
-pytestmark = pytest.mark.slow  # four pipeline runs
+pytestmark = [pytest.mark.slow, pytest.mark.omop]  # four pipeline runs
 
 VOCABULARY = Path(sample_vocabulary())
 EVENT_TABLES = {

@@ -3,6 +3,7 @@ aws_jobs.py): deployed by `deploy` to a moto S3, fetched from there, executed wi
 clients sent, reporting back through S3. The tests assert on what the scripts reported."""
 
 import io
+import json
 import subprocess
 import sys
 import zipfile
@@ -26,6 +27,7 @@ from synthea_pipeline.transforms.uploads import upload_export
 from synthea_pipeline_tests.aws_jobs import LocalEMRServerless, LocalGlue, LocalJobRunner
 from synthea_pipeline_tests.conftest import fresh_instance
 
+pytestmark = pytest.mark.omop  # the jobs build the OMOP tables too, compared with the in-process run
 GLUE_ROLE = "arn:aws:iam::123456789012:role/synthea-glue-job"
 EMR_ROLE = "arn:aws:iam::123456789012:role/synthea-emr-job"
 AWS_CLIENTS: dict = {}
@@ -88,13 +90,13 @@ def accounts(report):
 
 
 def assert_reports_match(remote, local) -> None:
-    """What the job scripts reported equals what the in-process run reported: row accounts, marts, checks. The
-    OMOP layer has no remote job yet: a remote run skips it."""
+    """What the job scripts reported equals what the in-process run reported: row accounts, marts, OMOP tables,
+    checks."""
     assert remote.success and not remote.errors, remote.errors
     assert accounts(remote) == accounts(local)
     assert remote.marts == local.marts
-    assert remote.checks == {name: passed for name, passed in local.checks.items() if not name.startswith("omop/")}
-    assert local.omop and not remote.omop
+    assert remote.omop == local.omop and local.omop["person"] > 0
+    assert remote.checks == local.checks
 
 
 def materializations(instance, run_id, layer):
@@ -115,13 +117,18 @@ def test_deploy_uploads_a_package_without_dagster_and_creates_then_updates_jobs(
     names = zipfile.ZipFile(io.BytesIO(package)).namelist()
     assert "synthea_pipeline/transforms/layers.py" in names and "dagster_pipes/__init__.py" in names
     assert "synthea_pipeline/entrypoints/staging_job.py" in names
+    assert "synthea_pipeline/transforms/OMOP_CDMv5.4_Field_Level.csv" in names  # the OMOP job reads the CDM
     assert not [n for n in names if n.startswith(("synthea_pipeline/assets", "synthea_pipeline/resources"))]
     job = glue.get_job(JobName="synthea-pipeline-staging")["Job"]
     assert job["Command"]["ScriptLocation"] == "s3://synthea-jobs/code/staging_job.py"
     assert job["DefaultArguments"]["--extra-py-files"] == f"s3://synthea-jobs/code/{PACKAGE_ZIP}"
     assert job["DefaultArguments"]["--datalake-formats"] == "iceberg"
     assert job["DefaultArguments"]["--conf"] == glue_conf_argument("synthea-jobs")
-    assert deployed["plan"].glue_actions == {"synthea-pipeline-staging": "created", "synthea-pipeline-marts": "created"}
+    assert deployed["plan"].glue_actions == {
+        "synthea-pipeline-staging": "created",
+        "synthea-pipeline-marts": "created",
+        "synthea-pipeline-omop": "created",
+    }
 
     class RecordsUpdates:
         """moto has no Glue UpdateJob: record the calls, pass everything else to moto."""
@@ -142,6 +149,7 @@ def test_deploy_uploads_a_package_without_dagster_and_creates_then_updates_jobs(
     assert update["NumberOfWorkers"] == 2 and update["ExecutionProperty"] == {"MaxConcurrentRuns": 1}
     assert update["Role"] == GLUE_ROLE and "Name" not in update
     assert update["Command"]["ScriptLocation"] == "s3://synthea-jobs/code/marts_job.py"
+    assert recorder.updates["synthea-pipeline-omop"]["ExecutionProperty"] == {"MaxConcurrentRuns": 1}
     assert update["DefaultArguments"]["--conf"] == glue_conf_argument("synthea-jobs")
 
 
@@ -229,7 +237,11 @@ def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_refer
             str(SAMPLE_DIR), own_lake(monkeypatch, "glue"), "u1", instance=instance, spark=LocalAwsSpark(engine="glue")
         )
         assert_reports_match(report, local_reference)
-        assert sorted(glue.jobs.values()) == ["synthea-pipeline-marts", "synthea-pipeline-staging"]
+        assert sorted(glue.jobs.values()) == [
+            "synthea-pipeline-marts",
+            "synthea-pipeline-omop",
+            "synthea-pipeline-staging",
+        ]
         for run in (runner.runs[run_id] for run_id in glue.jobs):
             assert "--dagster-pipes-context" in run.argv and "--dagster-pipes-messages" in run.argv
         raw = materializations(instance, report.run_id, "raw")
@@ -246,6 +258,10 @@ def test_glue_runs_each_spark_layer_as_one_job_run(deployed, runner, local_refer
         assert staging["staging/patients"]["glue_dpu_seconds_estimated"].value == seconds * workers
         assert staging["staging/patients"]["dagster/column_schema"].value.columns[0].name == "id"
         assert "staging layer starting" in messages(instance, report.run_id)
+        omop = materializations(instance, report.run_id, "omop")
+        assert omop["omop/person"]["AWS Glue Job Name"].value == "synthea-pipeline-omop"
+        results = boto3.client("s3").get_object(Bucket="synthea-jobs", Key="glue-lake/reports/omop_dqd_results.json")
+        assert json.loads(results["Body"].read())["Overview"]["countTotal"] > 0  # written by the job, after its commit
 
 
 @pytest.mark.slow
@@ -267,11 +283,11 @@ def test_emr_serverless_runs_the_same_layers_from_driver_environment(deployed, r
         )
         assert_reports_match(report, local_reference)
         new_runs = [runner.runs[r] for r in set(runner.runs) - before]
-        assert len(new_runs) == 2 and all("DAGSTER_PIPES_CONTEXT" in r.env for r in new_runs)
+        assert len(new_runs) == 3 and all("DAGSTER_PIPES_CONTEXT" in r.env for r in new_runs)
         marts = materializations(instance, report.run_id, "marts")
         assert marts["marts/patient_fact"]["AWS EMR Serverless Job Run ID"].value in runner.runs
         assert not emr.cancelled
-        assert len(emr.submitted) == 2 and all(
+        assert len(emr.submitted) == 3 and all(
             c["spark.sql.catalog.glue.catalog-impl"] == "org.apache.iceberg.aws.glue.GlueCatalog" for c in emr.submitted
         )
 

@@ -1,6 +1,7 @@
 """What a user sees when an upload is bad: through Dagster and through the command line."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,10 +137,13 @@ def cli(*args, cwd, env=None):
 
 
 @pytest.mark.slow
+@pytest.mark.omop  # what the README's first command runs: every layer, the OMOP tables and the dashboard
 def test_cli_runs_the_shipped_sample_into_the_default_lake(tmp_path):
     result = cli("run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "upload v3.3_au_11p (Synthea 3.3-3.4)" in result.stdout
+    assert re.search(r"^omop \(all uploads\): .*, person 11, ", result.stdout, re.MULTILINE), result.stdout
+    assert result.stdout.splitlines()[-1] == f"dashboard: {tmp_path / 'lake' / 'reports' / 'dashboard.html'}"
     assert any(line.split() == ["observations", "4272", "0", "14", "4258"] for line in result.stdout.splitlines())
     assert (tmp_path / "lake" / "staging" / "patients" / "metadata" / "version-hint.text").is_file()
     assert (tmp_path / "dagster" / "history" / "runs.db").exists()

@@ -19,7 +19,7 @@ from synthea_pipeline.transforms.marts import MARTS, PARTS
 from synthea_pipeline.transforms.omop import CLINICAL_TABLES
 from synthea_pipeline_tests.conftest import fresh_instance
 
-pytestmark = pytest.mark.slow  # S3 lakes on moto, JVM Spark
+pytestmark = [pytest.mark.slow, pytest.mark.omop]  # S3 lakes on moto, JVM Spark (the OMOP tables too)
 
 _ENGINES: dict[tuple, object] = {}
 

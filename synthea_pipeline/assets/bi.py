@@ -3,6 +3,7 @@ and the dashboard page, rebuilt after the marts."""
 
 import datetime
 import decimal
+import json
 from collections.abc import Iterator
 
 from dagster import (
@@ -24,8 +25,9 @@ from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.transforms.bi import BI_VIEW_READS, BI_VIEWS, TOP_CONDITIONS, view_sql
 from synthea_pipeline.transforms.catalog import uploads_query
-from synthea_pipeline.transforms.dashboard import headline_figures, render_dashboard
-from synthea_pipeline.transforms.lake import write_text
+from synthea_pipeline.transforms.dashboard import DQD_CATEGORIES, headline_figures, render_dashboard
+from synthea_pipeline.transforms.dqd import DQD_RESULTS_FILE
+from synthea_pipeline.transforms.lake import read_text, write_text
 
 PREVIEW_ROWS = 10
 DASHBOARD = AssetKey(["reports", "dashboard"])
@@ -90,10 +92,12 @@ CHART_TITLES = {
 }
 
 
-def dashboard_preview(views: dict[str, list[dict]], uploads: list[str], location: str) -> MetadataValue:
+def dashboard_preview(
+    views: dict[str, list[dict]], uploads: list[str], location: str, dqd: dict | None
+) -> MetadataValue:
     """The dashboard's figures and charts as markdown, which the UI opens from the asset in one click (a
     `file://` link to the page would not open from an http page)."""
-    figures = headline_figures(views, uploads)
+    figures = headline_figures(views, uploads, dqd)
     table = [
         "| " + " | ".join(label for label, _ in figures) + " |",
         "|" + "---:|" * len(figures),
@@ -103,6 +107,11 @@ def dashboard_preview(views: dict[str, list[dict]], uploads: list[str], location
     for view, rows in views.items():
         label, measure = CHARTS[view]
         parts += [f"**{CHART_TITLES[view]}** (`{view}`)", bar_chart(rows, label, measure).value]
+    if dqd:
+        overview = dqd["Overview"]
+        checks = ["| DQD category | passed | failed |", "|---|---:|---:|"]
+        checks += [f"| {c} | {overview[f'countPassed{c}']} | {overview[f'countFailed{c}']} |" for c in DQD_CATEGORIES]
+        parts += [f"**Data quality of the OMOP tables** (OHDSI DQD, build of {dqd['endTimestamp']})", "\n".join(checks)]
     return MetadataValue.md("\n\n".join(parts))
 
 
@@ -158,12 +167,14 @@ def build_bi_assets():
                     "athena_sql": MetadataValue.md(f"```sql\n{view_sql(view, marts)}\n```"),
                 },
             )
+        dqd_location = layout.uri("reports", DQD_RESULTS_FILE)
+        dqd = json.loads(text) if (text := read_text(dqd_location)) else None
         location = layout.uri("reports", "dashboard.html")
-        write_text(location, render_dashboard(views, layout.root, uploads))
+        write_text(location, render_dashboard(views, layout.root, uploads, (dqd, dqd_location) if dqd else None))
         yield MaterializeResult(
             asset_key=DASHBOARD,
             metadata={
-                "preview": dashboard_preview(views, uploads, location),
+                "preview": dashboard_preview(views, uploads, location, dqd),
                 "path": MetadataValue.path(location),
                 "uploads": len(uploads),
                 "latest_uploads": uploads[-RECENT_UPLOADS:],

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, multi_asset
 from pydantic import Field
 
-from synthea_pipeline.assets.specs import MARTS_FRESHNESS, check_specs, layer_spec_fields
+from synthea_pipeline.assets.specs import MARTS_FRESHNESS, check_specs, layer_spec_fields, step_order_tags
 from synthea_pipeline.automation import after_staging
 from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.resources.catalog import CatalogResource
@@ -37,6 +37,7 @@ def build_mart_assets():
     @multi_asset(
         name="marts",
         pool=MARTS_POOL,
+        op_tags=step_order_tags("marts"),
         specs=[
             AssetSpec(
                 key=AssetKey(["marts", name]),

@@ -13,9 +13,8 @@ from dagster import (
 )
 
 from synthea_pipeline.assets.marts import MARTS_POOL
-from synthea_pipeline.assets.specs import MARTS_FRESHNESS, check_specs, layer_spec_fields
+from synthea_pipeline.assets.specs import MARTS_FRESHNESS, check_specs, layer_spec_fields, step_order_tags
 from synthea_pipeline.automation import after_staging
-from synthea_pipeline.engines.engine import RemoteEngine
 from synthea_pipeline.metadata import column_schema
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
@@ -43,6 +42,7 @@ def build_omop_assets():
     @multi_asset(
         name="omop",
         pool=MARTS_POOL,
+        op_tags=step_order_tags("omop"),
         specs=[
             AssetSpec(
                 key=AssetKey(["omop", table]),
@@ -68,17 +68,10 @@ def build_omop_assets():
         vocabulary the `SYNTHEA_OMOP_VOCABULARY` setting names (loaded into the lake when it is new), runs the DQD
         checks and writes their results (`reports/omop_dqd_results.json`), and commits the build only when its
         keys hold. A build writes every table; a run that selected some reports those. With the setting `none` it
-        materializes nothing and says how to get a vocabulary; on Glue or EMR Serverless, which have no OMOP job
-        yet, it materializes nothing and says so."""
+        materializes nothing and says how to get a vocabulary."""
         if lake.omop_vocabulary.strip().lower() == NO_VOCABULARY:
             context.log.warning(
                 f"OMOP tables skipped: SYNTHEA_OMOP_VOCABULARY is `none`. To build them, {HOW_TO_GET_ONE}"
-            )
-            return
-        if isinstance(spark.resolved_engine(), RemoteEngine):
-            context.log.warning(
-                f"OMOP tables skipped: the OMOP layer has no {spark.engine} job yet; build them with the sail or "
-                "local-jvm engine (SYNTHEA_SPARK_ENGINE) on the same lake"
             )
             return
         layout = lake.layout()

@@ -44,6 +44,17 @@ LAYER_CODE = {
     "bi": (bi, catalog),
     "reports": (dashboard, bi),
 }
+STEP_ORDER = {"marts": 2, "omop": 1}
+"""When a run has several steps ready, the marts go first (readers wait for them), then the OMOP build, then the
+BI step, whose dashboard summarises the OMOP build's DQD results: Dagster's executors start ready steps in the order
+of their `dagster/priority` tag (default 0). An order, not a dependency: a run without a vocabulary skips the OMOP
+assets, and a dependency on them would skip the dashboard too."""
+
+
+def step_order_tags(step: str) -> dict[str, str]:
+    return {"dagster/priority": str(STEP_ORDER[step])}
+
+
 MARTS_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(days=7), warn_window=timedelta(days=1))
 """Uploads are followed by a rebuild of the marts and BI views: a day without one warns, a week fails."""
 

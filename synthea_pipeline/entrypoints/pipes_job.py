@@ -84,11 +84,16 @@ def run_standalone(layer: str, argv: list[str]) -> int:
         parser.add_argument("--load-id", default=f"standalone-{uuid.uuid4().hex[:12]}")
     else:
         parser.add_argument("--build-id", default=f"standalone-{uuid.uuid4().hex[:12]}")
+    if layer == "marts":
         parser.add_argument("--include-identifiers", action="store_true")
         parser.add_argument("--full-rebuild", action="store_true", help="rewrite every upload's rows")
+    if layer == "omop":
+        parser.add_argument("--vocabulary", required=True, help="the vocabulary folder or s3:// prefix (Athena's)")
     args = parser.parse_args(argv)
     if layer == "staging":
         params = {"lake_root": args.lake, "upload_id": args.upload_id, "load_id": args.load_id}
+    elif layer == "omop":
+        params = {"lake_root": args.lake, "build_id": args.build_id, "vocabulary": args.vocabulary}
     else:
         params = {
             "lake_root": args.lake,

@@ -1,5 +1,6 @@
 """The dashboard: one self-contained HTML page (inline SVG and CSS, no scripts or fonts from the network) drawn
-from the four BI views: a population pyramid, encounters per month by class, top diagnoses, medication costs."""
+from the four BI views: a population pyramid, encounters per month by class, top diagnoses, medication costs; and,
+when the lake has an OMOP build, the summary of its OHDSI DQD results."""
 
 from __future__ import annotations
 
@@ -156,6 +157,80 @@ def medication_costs(insights: list[dict], top: int = 12) -> str:
     )
 
 
+DQD_CATEGORIES = ("Plausibility", "Conformance", "Completeness")
+PASSED_COLOR, FAILED_COLOR = "#66a182", "#d1495b"
+
+
+def dqd_chart(overview: dict) -> str:
+    """Passed and failed DQD checks per category (DQD's Kahn categories), as one stacked bar each."""
+    row_height, label_width, top = 28, 130, 10
+    peak = max((overview[f"countTotal{c}"] for c in DQD_CATEGORIES), default=1) or 1
+    scale = (WIDTH - label_width - 200) / peak
+    body = []
+    for index, category in enumerate(DQD_CATEGORIES):
+        y = top + index * row_height
+        passed, failed = overview[f"countPassed{category}"], overview[f"countFailed{category}"]
+        body.append(_text(label_width - 8, y + row_height / 2 + 1, category, "end"))
+        body.append(
+            _bar(
+                label_width,
+                y + 4,
+                passed * scale,
+                row_height - 10,
+                PASSED_COLOR,
+                f"{category}: {passed} passed",
+                passed,
+            )
+        )
+        body.append(
+            _bar(
+                label_width + passed * scale,
+                y + 4,
+                failed * scale,
+                row_height - 10,
+                FAILED_COLOR,
+                f"{category}: {failed} failed",
+                failed,
+            )
+        )
+        note = f"{passed} passed, {failed} failed"
+        body.append(_text(label_width + (passed + failed) * scale + 6, y + row_height / 2 + 1, note, "start", 10))
+    return _svg("OHDSI DQD checks by category", top + len(DQD_CATEGORIES) * row_height + 10, body)
+
+
+def failed_checks_table(results: dict, top: int = 10) -> str:
+    """The failed checks with the most violated rows first: what to look at in DQD's viewer."""
+    failed = sorted(
+        (r for r in results["CheckResults"] if r.get("failed") == 1),
+        key=lambda r: (-float(r.get("pctViolatedRows") or 0), r["checkId"]),
+    )
+    if not failed:
+        return "<p>Every check passed.</p>"
+    rows = "".join(
+        f"<tr><td>{_esc(r['checkName'])}</td><td>{_esc(r['cdmTableName'].lower())}"
+        f"{_esc('.' + r['cdmFieldName'].lower() if r.get('cdmFieldName') else '')}</td>"
+        f"<td class=num>{100 * float(r.get('pctViolatedRows') or 0):.1f}%</td>"
+        f"<td class=num>{_esc(r.get('thresholdValue'))}%</td></tr>"
+        for r in failed[:top]
+    )
+    more = f"<p>{len(failed) - top} more in the results file.</p>" if len(failed) > top else ""
+    return (
+        '<table class="checks"><tr><th>failed check</th><th>table.field</th><th class=num>rows violating</th>'
+        f"<th class=num>threshold</th></tr>{rows}</table>{more}"
+    )
+
+
+def dqd_card(results: dict, location: str) -> tuple[str, str, str]:
+    """The data-quality card: the overview by category and the worst failed checks of the lake's OMOP build."""
+    overview = results["Overview"]
+    description = (
+        f"OHDSI Data Quality Dashboard checks of the OMOP build of {results['endTimestamp']}: "
+        f"{overview['countPassed']} of {overview['countTotal']} passed ({overview['percentPassed']}%). "
+        f"The full results, {location}, open in DQD's viewer."
+    )
+    return "Data quality of the OMOP tables", description, dqd_chart(overview) + failed_checks_table(results)
+
+
 PAGE_SCRIPT = """
 // Records on the body element how many charts drew visible marks, and any script error: what a browser test reads.
 window.__dashboardErrors = [];
@@ -187,12 +262,17 @@ main { display: grid; grid-template-columns: repeat(auto-fit, minmax(640px, 1fr)
 section.chart-card { background: #fff; border-radius: 8px; padding: 14px 18px; box-shadow: 0 1px 3px rgba(0,0,0,.1); }
 section.chart-card h2 { font-size: 15px; margin: 0 0 2px; }
 section.chart-card p { font-size: 12px; color: #666; margin: 0 0 8px; }
+table.checks { border-collapse: collapse; font-size: 12px; margin-top: 8px; width: 100%; }
+table.checks th, table.checks td { text-align: left; padding: 3px 8px; border-bottom: 1px solid #e3e5e8; }
+table.checks .num { text-align: right; }
 text { fill: #333; } footer { padding: 0 28px 24px; font-size: 12px; color: #777; }
 """
 
 
-def headline_figures(views: dict[str, list[dict]], uploads: list[str]) -> list[tuple[str, str]]:
-    """The figures the dashboard leads with, as (label, formatted value)."""
+def headline_figures(
+    views: dict[str, list[dict]], uploads: list[str], dqd: dict | None = None
+) -> list[tuple[str, str]]:
+    """The figures the dashboard leads with, as (label, formatted value); the DQD pass rate when there are results."""
     patients = sum(int(r["patients"]) for r in views["bi_demographics"])
     encounters = sum(int(r["encounters"]) for r in views["bi_encounter_trends"])
     claims = sum(float(r["total_claim_cost"] or 0) for r in views["bi_encounter_trends"])
@@ -203,11 +283,15 @@ def headline_figures(views: dict[str, list[dict]], uploads: list[str]) -> list[t
         ("claim costs", _money(claims)),
         ("medication costs", _money(medication)),
         ("uploads", str(len(uploads))),
+        *([("OMOP DQD checks passed", f"{dqd['Overview']['percentPassed']}%")] if dqd else []),
     ]
 
 
-def render_dashboard(views: dict[str, list[dict]], lake_root: str, uploads: list[str]) -> str:
-    """The whole page from the rows of the four BI views."""
+def render_dashboard(
+    views: dict[str, list[dict]], lake_root: str, uploads: list[str], dqd: tuple[dict, str] | None = None
+) -> str:
+    """The whole page from the rows of the four BI views, and the OMOP build's DQD results (the parsed results
+    file and where it is) when the lake has them."""
     demographics = views["bi_demographics"]
     cards = [
         ("Population pyramid", "Patients by age band and gender (bi_demographics).", population_pyramid(demographics)),
@@ -229,8 +313,9 @@ def render_dashboard(views: dict[str, list[dict]], lake_root: str, uploads: list
             ("Total cost per medication; the darker part is what payers covered (bi_medication_insights)."),
             medication_costs(views["bi_medication_insights"]),
         ),
+        *([dqd_card(*dqd)] if dqd else []),
     ]
-    kpis = headline_figures(views, uploads)
+    kpis = headline_figures(views, uploads, dqd[0] if dqd else None)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [

@@ -25,6 +25,8 @@ CONCEPT_LEVEL_FILE = "DQD_OMOP_CDMv5.4_Concept_Level.csv"
 GENDERS = {"Male": 8507, "Female": 8532}
 DQD_VERSION = "2.8.4"
 """The DQD release whose specification (`cdm.DQD_FIELD_LEVEL_FILE`) and check descriptions are shipped."""
+DQD_RESULTS_FILE = "omop_dqd_results.json"
+"""The results file of the committed OMOP build, under the lake's reports/ (DQD's viewer opens it)."""
 
 
 @cache

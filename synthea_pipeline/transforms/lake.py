@@ -134,6 +134,15 @@ def write_text(uri: str, text: str) -> None:
     os.replace(temp, path)
 
 
+def read_text(uri: str) -> str | None:
+    """One small file's text, or None when it does not exist."""
+    fs, path = filesystem_for(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
+
+
 def delete_folder(uri: str) -> None:
     """Remove a folder and everything under it; nothing when it does not exist."""
     fs, path = filesystem_for(uri)

@@ -27,7 +27,7 @@ from synthea_pipeline.transforms.checks import (
     STAGING_QUARANTINE,
     UPLOAD_CHECK_TABLE,
 )
-from synthea_pipeline.transforms.dqd import DqdResult, results_json, table_rows
+from synthea_pipeline.transforms.dqd import DQD_RESULTS_FILE, DqdResult, results_json, table_rows
 from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT, TRUNCATED_LINE, HistoryChange, compare
 from synthea_pipeline.transforms.iceberg import (
     ABANDONED_AFTER,
@@ -652,7 +652,7 @@ def run_omop(
     finally:
         delete_folder(scratch_folder(lake, build_id))
     commits.record_build(build_id, "committed", False, OMOP_LAYER)
-    write_text(layout.uri("reports", "omop_dqd_results.json"), results_json(results, source, started, now()))
+    write_text(layout.uri("reports", DQD_RESULTS_FILE), results_json(results, source, started, now()))
     discard_stale_omop_builds(spark, lake, commits, now() - ABANDONED_AFTER)
     rows = table_rows(results)
     log.info(f"committed OMOP build {build_id} over {len(uploads.order())} uploads")
