@@ -5,6 +5,10 @@ DuckDB script (`reference_duckdb.py`, the fastest thing a user could write inste
 Each runs as a child process of this one, so each gets its own wall time and the peak RSS of its whole process
 tree (wait4 reports the largest descendant; the pipeline runs in one process). Prints a table and both ratios;
 the targets are pipeline/DuckDB <= 1.5 at 10k patients and <= 3 at 1k, peak RSS under 8 GB at 100k.
+
+The pipeline runs as a user runs it, with the OMOP build (the shipped vocabulary, which covers the scaled
+sample's codes); `--without-omop` also runs it with SYNTHEA_OMOP_VOCABULARY=none, which the DuckDB script's work
+(CSV to marts) compares with like for like, and prints what the OMOP build added.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024 / 1024
 
 
+def run_pipeline(source: Path, work: str, patients: int, env: dict[str, str]) -> tuple[float, float]:
+    """`synthea-pipeline run` of the scaled export into a new lake and Dagster home under `work`."""
+    command = [sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", f"{work}/lake"]
+    return measure([*command, "--upload-id", f"bench-{patients}"], {**env, "DAGSTER_HOME": f"{work}/dagster"})
+
+
 def target(patients: int, floor_s: float, duck_s: float, duck_rss: float) -> tuple[float, float | None]:
     """The pipeline's target for this size: seconds, and peak RSS (GB) where one is set."""
     if patients <= 1000:
@@ -51,6 +61,11 @@ def main() -> None:
         action="store_true",
         help="leave out the Sail reference (at 100k it needs "
         "more memory than the pipeline, for a ratio nobody targets)",
+    )
+    parser.add_argument(
+        "--without-omop",
+        action="store_true",
+        help="also run the pipeline without the OMOP build, and print both",
     )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
@@ -74,28 +89,20 @@ def main() -> None:
                 if args.skip_sail
                 else measure([sys.executable, str(HERE / "reference.py"), str(source), f"{work}/ref"], env)
             )
-            pipeline = measure(
-                [
-                    sys.executable,
-                    "-m",
-                    "synthea_pipeline.cli",
-                    "run",
-                    str(source),
-                    "--lake",
-                    f"{work}/lake",
-                    "--upload-id",
-                    f"bench-{patients}",
-                ],
-                {**env, "DAGSTER_HOME": f"{work}/dagster"},
+            pipeline = run_pipeline(source, f"{work}/omop", patients, env)
+            without_omop = (
+                run_pipeline(source, f"{work}/none", patients, {**env, "SYNTHEA_OMOP_VOCABULARY": "none"})
+                if args.without_omop
+                else None
             )
             shutil.rmtree(work, ignore_errors=True)
-        rows.append((patients, size, duckdb_reference, reference, pipeline))
+        rows.append((patients, size, duckdb_reference, reference, pipeline, without_omop))
     print(f"Dagster floor (the same steps without data work, imports included): {floor_s:.1f} s")
     print(
         f"{'patients':>9}{'CSV GB':>8}{'DuckDB s':>10}{'Sail s':>8}{'pipeline s':>12}{'/DuckDB':>9}{'/Sail':>7}"
         f"{'RSS GB DuckDB / Sail / pipeline':>33}  {'target':<24}"
     )
-    for patients, size, (duck_s, duck_rss), sail, (pipe_s, pipe_rss) in rows:
+    for patients, size, (duck_s, duck_rss), sail, (pipe_s, pipe_rss), without_omop in rows:
         sail_s, sail_rss = sail or (float("nan"), float("nan"))
         goal_s, goal_rss = target(patients, floor_s, duck_s, duck_rss)
         met = pipe_s <= goal_s and (goal_rss is None or pipe_rss <= goal_rss)
@@ -104,6 +111,12 @@ def main() -> None:
             f"{patients:>9}{size:>8.2f}{duck_s:>10.1f}{sail_s:>8.1f}{pipe_s:>12.1f}{pipe_s / duck_s:>9.2f}"
             f"{pipe_s / sail_s:>7.2f}{f'{duck_rss:.2f} / {sail_rss:.2f} / {pipe_rss:.2f}':>33}  {goal}"
         )
+        if without_omop:
+            bare_s, bare_rss = without_omop
+            print(
+                f"{'':>9}without the OMOP build: {bare_s:.1f} s ({bare_s / duck_s:.2f}x DuckDB), {bare_rss:.2f} GB; "
+                f"the OMOP build added {pipe_s - bare_s:.1f} s ({(pipe_s - bare_s) / duck_s:.2f}x DuckDB)"
+            )
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def dagster_dev(tmp_path):
     home.mkdir()
     config = (REPOSITORY / "dagster.yaml").read_text().replace("base_dir: .dagster", f"base_dir: {home / 'storage'}")
     (home / "dagster.yaml").write_text(config)
+    DagsterInstance.from_config(str(home)).dispose()  # the storage exists, see conftest.STORAGE_RACE
     lake = Lake(str(tmp_path / "lake"))
     with fresh_instance() as old_instance:
         assert run_upload(str(SAMPLES["2.7"]), lake.root, REMOVED, instance=old_instance).success

@@ -144,12 +144,15 @@ import os
 import sys
 import threading
 
+from dagster import DagsterInstance
+
 from synthea_pipeline_tests.conftest import free_port, fresh_instance, server_process
 
 
 def test_holding_dagster_dev(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     (tmp_path / "dagster.yaml").write_text("telemetry:\\n  enabled: false\\n")
+    DagsterInstance.from_config(str(tmp_path)).dispose()  # the storage exists, see conftest.STORAGE_RACE
     command = [sys.executable, "-m", "dagster", "dev", "-m", "synthea_pipeline.definitions", "-p", str(free_port())]
     with server_process(command, tmp_path / "dagster-dev.log", env, tmp_path):
         threading.Event().wait()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from dagster import materialize
+from duckcdm.achilles import run_achilles
 from pyspark.sql import functions as F
 
 from synthea_pipeline.assets.omop import build_omop_assets
@@ -163,6 +164,49 @@ def test_counts_are_those_the_source_and_the_mapping_rules_give(lake):
         assert count(lake, table) == expected[table], table
     assert count(lake, "payer_plan_period") == expected["payer_plan_period"]
     assert count(lake, "cdm_source") == 1
+
+
+PARTIAL_EXPORT = ("patients", "encounters", "conditions", "medications", "allergies", "observations")
+
+
+def test_a_partial_crlf_export_builds_the_tables_it_has_sources_for(instance, spark, tmp_path):
+    """What users often have: some of the files, written with Windows line endings. The tables whose sources
+    are missing are empty, the others hold what the files and the mapping rules give."""
+    export = tmp_path / "partial"
+    export.mkdir()
+    for table in PARTIAL_EXPORT:
+        (export / f"{table}.csv").write_bytes((SAMPLES["3.0"] / f"{table}.csv").read_bytes().replace(b"\n", b"\r\n"))
+    lake = Lake(str(tmp_path / "lake"))
+    report = run_upload(str(export), lake.root, "partial", instance=instance, spark=spark)
+    assert report.success, report.errors
+    expected = expected_counts(export)
+    for table in [*DOMAINS.values(), "person", "death", "visit_occurrence", "observation_period", "cost"]:
+        assert count(lake, table) == expected[table], table
+    assert expected["condition_occurrence"] and expected["drug_exposure"] and expected["measurement"]
+    assert count(lake, "payer_plan_period") == 0
+
+
+def test_ohdsi_achilles_runs_over_the_omop_views_as_they_are(lake):
+    """OHDSI's Achilles (duckcdm's port, running Achilles' own SQL on DuckDB) over the catalog's `synthea_omop`
+    views, nothing adapted: every analysis the ATLAS data-source reports read runs, and its counts are the
+    source's."""
+    patients = rows_of(SAMPLES["3.0"] / "patients.csv")
+    expected = expected_counts(SAMPLES["3.0"])
+    with CatalogResource().open(lake) as engine:
+        ran, failed = run_achilles(
+            engine, "synthea_omop", "achilles", cdm_version="5.4", small_cell_count=0, log=lambda message: None
+        )
+        results = engine.sql("SELECT analysis_id, stratum_1, count_value FROM achilles.achilles_results").fetchall()
+    assert failed == [] and len(ran) >= 100
+    by_analysis = defaultdict(dict)
+    for analysis, stratum, value in results:
+        by_analysis[analysis][stratum] = value
+    assert by_analysis[1] == {None: len(patients)}  # persons
+    genders = Counter({"8507": 0, "8532": 0}) + Counter({"M": "8507", "F": "8532"}[p["GENDER"]] for p in patients)
+    assert by_analysis[2] == dict(genders)  # persons by gender concept
+    assert sum(by_analysis[201].values()) == expected["visit_occurrence"]  # visits by visit concept
+    assert sum(by_analysis[401].values()) == expected["condition_occurrence"]  # condition records by concept
+    assert sum(by_analysis[701].values()) == expected["drug_exposure"]
 
 
 def test_a_code_without_a_mapping_keeps_its_row_at_concept_0(lake):

@@ -10,7 +10,7 @@ import pytest
 import sqlglot
 
 from synthea_pipeline.resources.catalog import CatalogResource
-from synthea_pipeline.runs import SAMPLE_DIR, catalog_from_environment, maintain, remove, run_upload
+from synthea_pipeline.runs import SAMPLE_DIR, catalog_from_environment, run_upload
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS
 from synthea_pipeline.transforms.catalog import iceberg_sources, omop_views
@@ -154,35 +154,3 @@ def test_jvm_spark_stands_in_for_glue_5_with_identical_tables(lakes, monkeypatch
         assert jvm_rows[mart] == committed(on_s3, f"SELECT * FROM synthea_marts.{mart}"), mart
     for table in compared:
         assert jvm_rows[f"omop.{table}"] == committed(on_s3, f"SELECT * FROM synthea_omop.{table}"), table
-
-
-def test_maintain_and_remove_commit_through_glue(bucket, monkeypatch):
-    """On an S3 lake and Glue databases of its own, as it changes them. moto stores the `VersionId` it is given but
-    does not refuse a stale one, so the compare-and-swap of a concurrent commit is not exercised here."""
-    monkeypatch.setenv("SYNTHEA_STAGING_DATABASE", "upkeep_staging")
-    monkeypatch.setenv("SYNTHEA_MARTS_DATABASE", "upkeep_marts")
-    monkeypatch.setenv("SYNTHEA_OMOP_DATABASE", "upkeep_omop")
-    lake = Lake(f"s3://{bucket}/lake")
-    glue = boto3.client("glue")
-    with fresh_instance() as instance:
-        for _ in range(2):
-            report = run_upload(str(SAMPLE_DIR), lake.root, "u1", instance=instance)
-            assert report.success and not report.errors, report.errors
-        before = glue.get_table(DatabaseName="upkeep_staging_iceberg", Name="patients")["Table"]["Parameters"]
-        patients = committed(lake, "SELECT * EXCLUDE (load_id) FROM upkeep_staging.patients")
-        summary = maintain(lake.root, older_than_days=0, instance=instance)
-        assert summary["snapshots_expired"] > 0 and summary["files_deleted"] > 0
-        after = glue.get_table(DatabaseName="upkeep_staging_iceberg", Name="patients")["Table"]["Parameters"]
-        assert after["previous_metadata_location"] == before["metadata_location"] != after["metadata_location"]
-        metadata = json.loads(
-            boto3.client("s3")
-            .get_object(Bucket=bucket, Key=after["metadata_location"][len(f"s3://{bucket}/") :])["Body"]
-            .read()
-        )
-        assert len(metadata["snapshots"]) == 1
-        assert committed(lake, "SELECT * EXCLUDE (load_id) FROM upkeep_staging.patients") == patients
-
-        report = remove("u1", lake.root, instance=instance)
-    assert report.success, report.errors
-    assert committed(lake, "SELECT count(*) FROM upkeep_staging_iceberg.patients") == [(0,)]
-    assert committed(lake, "SELECT count(*) FROM upkeep_marts.patient_fact WHERE upload_id IS NOT NULL") == [(0,)]

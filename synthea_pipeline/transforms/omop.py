@@ -634,9 +634,16 @@ def build_omop(
             "cause_source_concept_id": F.coalesce("cause_source_concept_id", F.lit(UNKNOWN_CONCEPT)),
         },
     )
-    spans = visits.groupBy("person_id").agg(
-        F.min(F.to_date("start")).alias("first"), F.max(F.to_date(F.coalesce("stop", "start"))).alias("last")
-    )
+    spans = (
+        visits.select(
+            "person_id", F.to_date("start").alias("first"), F.to_date(F.coalesce("stop", "start")).alias("last")
+        )
+        .unionByName(
+            placed_events.select("person_id", F.col("start_date").alias("first"), F.col("start_date").alias("last"))
+        )
+        .groupBy("person_id")
+        .agg(F.min("first").alias("first"), F.max("last").alias("last"))
+    )  # every record starts within it: Synthea's event dates are local, its visit times UTC (a day apart)
     tables["observation_period"] = cdm_select(
         "observation_period",
         _ids(spans, "observation_period_id", "person_id"),
