@@ -38,9 +38,13 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def run_pipeline(source: Path, work: str, patients: int, env: dict[str, str]) -> tuple[float, float]:
-    """`synthea-pipeline run` of the scaled export into a new lake and Dagster home under `work`."""
+    """`synthea-pipeline run` of the scaled export into a new lake and Dagster home under `work`, deleted after
+    (at 100k a lake holds about 20 GB: a copy of the upload, raw and staging)."""
     command = [sys.executable, "-m", "synthea_pipeline.cli", "run", str(source), "--lake", f"{work}/lake"]
-    return measure([*command, "--upload-id", f"bench-{patients}"], {**env, "DAGSTER_HOME": f"{work}/dagster"})
+    try:
+        return measure([*command, "--upload-id", f"bench-{patients}"], {**env, "DAGSTER_HOME": f"{work}/dagster"})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def target(patients: int, floor_s: float, duck_s: float, duck_rss: float) -> tuple[float, float | None]:
