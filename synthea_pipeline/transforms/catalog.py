@@ -28,7 +28,7 @@ from sqlglot import exp
 
 from synthea_pipeline.tables import TABLES
 from synthea_pipeline.transforms.bi import BI_VIEWS, SOURCE_DIALECT, local_sql, view_sql
-from synthea_pipeline.transforms.cdm import cdm_table
+from synthea_pipeline.transforms.cdm import cdm_table, cdm_tables
 from synthea_pipeline.transforms.iceberg import (
     BUILDS,
     ICEBERG_DATABASE_SUFFIX,
@@ -215,9 +215,21 @@ WHERE m.build_id = (SELECT build_id FROM {marts}.current_build)"""
     return {key: sql.strip() for key, sql in views.items()}
 
 
+TOOL_WRITTEN_TABLES = ("cohort", "cohort_definition")
+"""CDM tables OHDSI's tools write themselves, in their results schema."""
+ATHENA_TYPES = {"int": "integer", "bigint": "bigint", "double": "double", "date": "date", "timestamp": "timestamp"}
+
+
+def unbuilt_cdm_tables() -> list[str]:
+    """The CDM 5.4 tables no build writes (`visit_detail`, `note`, `specimen`, ...), which OHDSI's tools that
+    read every table (Achilles' full run, cohort definitions) expect to find, empty when there is nothing."""
+    built = {*CLINICAL_TABLES, *VOCABULARY_TABLES, *TOOL_WRITTEN_TABLES}
+    return [table for table in cdm_tables() if table not in built]
+
+
 def omop_views(databases: Databases) -> dict[tuple[str, str], str]:
-    """The committed OMOP build's tables with exactly the CDM's columns, and the vocabulary tables of the load
-    that build maps with."""
+    """The committed OMOP build's tables with exactly the CDM's columns, the vocabulary tables of the load that
+    build maps with, and the CDM's other tables, empty."""
     omop, iceberg = databases.omop, databases.omop_iceberg
     views = {
         (omop, "current_build"): f"""
@@ -243,6 +255,12 @@ WHERE t.build_id = (SELECT build_id FROM {omop}.current_build)"""
 SELECT {columns}
 FROM {iceberg}.{table} AS t
 WHERE t.{LOAD_COLUMN} = (SELECT {LOAD_COLUMN} FROM {omop}.current_vocabulary)"""
+    for table in unbuilt_cdm_tables():
+        columns = ", ".join(
+            f"CAST(NULL AS {ATHENA_TYPES.get(f.spark_type, 'varchar')}) AS {identifier(f.name)}"
+            for f in cdm_table(table).fields
+        )
+        views[(omop, table)] = f"\nSELECT {columns}\nWHERE false"
     return views
 
 
