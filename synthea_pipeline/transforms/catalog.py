@@ -217,7 +217,6 @@ WHERE m.build_id = (SELECT build_id FROM {marts}.current_build)"""
 
 TOOL_WRITTEN_TABLES = ("cohort", "cohort_definition")
 """CDM tables OHDSI's tools write themselves, in their results schema."""
-ATHENA_TYPES = {"int": "integer", "bigint": "bigint", "double": "double", "date": "date", "timestamp": "timestamp"}
 
 
 def unbuilt_cdm_tables() -> list[str]:
@@ -257,8 +256,7 @@ FROM {iceberg}.{table} AS t
 WHERE t.{LOAD_COLUMN} = (SELECT {LOAD_COLUMN} FROM {omop}.current_vocabulary)"""
     for table in unbuilt_cdm_tables():
         columns = ", ".join(
-            f"CAST(NULL AS {ATHENA_TYPES.get(f.spark_type, 'varchar')}) AS {identifier(f.name)}"
-            for f in cdm_table(table).fields
+            f"CAST(NULL AS {PRESTO_TYPES[f.spark_type]}) AS {identifier(f.name)}" for f in cdm_table(table).fields
         )
         views[(omop, table)] = f"\nSELECT {columns}\nWHERE false"
     return views

@@ -171,28 +171,10 @@ def dqd_chart(overview: dict) -> str:
         y = top + index * row_height
         passed, failed = overview[f"countPassed{category}"], overview[f"countFailed{category}"]
         body.append(_text(label_width - 8, y + row_height / 2 + 1, category, "end"))
-        body.append(
-            _bar(
-                label_width,
-                y + 4,
-                passed * scale,
-                row_height - 10,
-                PASSED_COLOR,
-                f"{category}: {passed} passed",
-                passed,
-            )
-        )
-        body.append(
-            _bar(
-                label_width + passed * scale,
-                y + 4,
-                failed * scale,
-                row_height - 10,
-                FAILED_COLOR,
-                f"{category}: {failed} failed",
-                failed,
-            )
-        )
+        x = label_width
+        for count, color, outcome in ((passed, PASSED_COLOR, "passed"), (failed, FAILED_COLOR, "failed")):
+            body.append(_bar(x, y + 4, count * scale, row_height - 10, color, f"{category}: {count} {outcome}", count))
+            x += count * scale
         note = f"{passed} passed, {failed} failed"
         body.append(_text(label_width + (passed + failed) * scale + 6, y + row_height / 2 + 1, note, "start", 10))
     return _svg("OHDSI DQD checks by category", top + len(DQD_CATEGORIES) * row_height + 10, body)
