@@ -1,6 +1,25 @@
 # The one image of a deployment: the code-location server, the webserver, the daemon and every run task
 # (infra/dagster-ecs.yaml gives each its command). The project and its dependencies at the versions in
 # deploy/constraints.txt; no credentials (the tasks get theirs from their IAM roles and Secrets Manager).
+#
+# The synthea-generator target (docker build --target synthea-generator) is the Synthea generation image of
+# infra/dagster-ecs.yaml's GeneratorTaskDefinition: a JRE, the project, and the Synthea releases resolved from Maven
+# Central at build time (SYNTHEA_RELEASES) into SYNTHEA_CACHE, so a task needs no Maven and no network but S3.
+FROM python:3.11-slim-bookworm AS synthea-generator
+ARG SYNTHEA_RELEASES="2.7.0 3.0.0 3.1.0 3.2.0 3.3.0"
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SYNTHEA_CACHE=/opt/synthea
+RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/synthea-pipeline
+COPY deploy/constraints.txt deploy/constraints.txt
+COPY pyproject.toml README.md ./
+COPY synthea_pipeline synthea_pipeline
+RUN pip install --constraint deploy/constraints.txt . \
+    && python -m synthea_pipeline.entrypoints.generate_job --resolve ${SYNTHEA_RELEASES} \
+    && apt-get purge -y maven && apt-get autoremove -y
+CMD ["python", "-m", "synthea_pipeline.entrypoints.generate_job"]
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -117,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
         "younger than that)",
     )
     maintain.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    generate = commands.add_parser(
+        "generate",
+        help="generate a population with real Synthea into the lake's source/ as uploads (the sensor runs them)",
+    )
+    _population_options(generate)
+    generate.add_argument("--lake", help=LAKE_HELP)
+    generate.add_argument("--run", action="store_true", help="then run the uploads through every layer here")
+    generate.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     deploy = commands.add_parser("deploy", help="upload the Spark job code and create or update the Glue jobs")
     deploy.add_argument("--bucket", required=True, help="bucket for the job code")
     deploy.add_argument("--prefix", default="code", help="key prefix for the job code (default: code)")
@@ -158,6 +166,28 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the image, commands and parameters (no credentials needed)"
     )
     return parser
+
+
+def _population_options(parser: argparse.ArgumentParser) -> None:
+    """An option per `Population` field (the asset's config): list fields repeat, e.g. --module A --module B."""
+    import dataclasses
+    import typing
+
+    from synthea_pipeline.transforms.generation import Population
+
+    hints = typing.get_type_hints(Population)
+    for option in dataclasses.fields(Population):
+        kind = hints[option.name]
+        listed = "list" in str(kind)
+        flag = "--" + (option.name[:-1] if listed else option.name).replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=option.name,
+            type=int if int in typing.get_args(kind) or kind is int else str,
+            action="append" if listed else "store",
+            default=None,
+            help=option.metadata["help"] + (" (repeat for several)" if listed else ""),
+        )
 
 
 def _timestamp(text: str) -> dt.datetime:
@@ -404,6 +434,39 @@ def upload_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate_command(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from synthea_pipeline.transforms.generation import Population
+
+    population = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(Population) if getattr(args, f.name) is not None
+    }
+    Population(**population).resolved()
+    lake_root = _lake_root(args)
+    runs = _runs(args)
+    report = runs.generate(population, lake_root)
+    for shard in report.shards:
+        done = "already there, reused" if shard["reused"] else f"generated in {shard['generation_seconds']:.1f} s"
+        extra = f", {shard['fhir_files']} FHIR files in its fhir/" if shard["fhir_files"] else ""
+        print(
+            f"upload {shard['upload_id']}: {shard['patients']} patients, {shard['files']} CSV files "
+            f"({shard['bytes'] / 1e6:.1f} MB){extra}, {done}"
+        )
+    if not report.success:
+        for error in report.errors or ["the generation failed; see the Dagster run log"]:
+            print(f"error: {error}", file=sys.stderr)
+        return INTERRUPTED_EXIT if report.interrupted else 1
+    upload_ids = [shard["upload_id"] for shard in report.shards]
+    print(f"in {lake_root}/source/ (Dagster run {report.run_id})")
+    if not args.run:
+        print("the upload sensor of `dagster dev` runs them; or: synthea-pipeline backfill " + " ".join(upload_ids))
+        return 0
+    reports = runs.backfill(upload_ids, lake_root, engine=args.engine)
+    printed = [_print_report(run, lake_root, args.verbose) for run in reports]
+    return 0 if all(printed) else _exit(reports[-1], False)
+
+
 def backfill_command(args: argparse.Namespace) -> int:
     if args.all and args.upload_ids:
         print("error: pass either upload ids or --all, not both", file=sys.stderr)
@@ -471,6 +534,7 @@ def maintain_command(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": run_command,
     "upload": upload_command,
+    "generate": generate_command,
     "uploads": uploads_command,
     "backfill": backfill_command,
     "query": query_command,
@@ -486,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     the command, 1 otherwise, 130 when interrupted); a traceback only with --verbose."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from synthea_pipeline.transforms.generation import GenerationError
     from synthea_pipeline.transforms.storage import UploadVerificationError
     from synthea_pipeline.transforms.uploads import UploadError
 
@@ -502,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         InvalidUploadId,
         UploadError,
         UploadVerificationError,
+        GenerationError,
         ValueError,
         BotoCoreError,
         ClientError,

@@ -23,9 +23,11 @@ from synthea_pipeline.assets.bi import build_bi_assets
 from synthea_pipeline.assets.ingest import build_source_assets, build_staging_assets
 from synthea_pipeline.assets.marts import build_mart_assets
 from synthea_pipeline.assets.omop import build_omop_assets
+from synthea_pipeline.assets.synthea import build_synthea_assets
 from synthea_pipeline.automation import marts_automation
 from synthea_pipeline.dead_runs import dead_runs
 from synthea_pipeline.jobs import (
+    generate_population_job,
     ingest_upload_job,
     maintain_lake_job,
     rebuild_marts_job,
@@ -35,6 +37,7 @@ from synthea_pipeline.jobs import (
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
 from synthea_pipeline.resources.spark import SparkResource
+from synthea_pipeline.resources.synthea import SyntheaResource
 from synthea_pipeline.schedules import maintain_lake_schedule
 from synthea_pipeline.sensors import rebuild_marts_after_removal, upload_sensor
 
@@ -67,6 +70,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", PreviewWarning)  # partitioned asset checks
     assets = with_code_references(
         [
+            build_synthea_assets(),
             build_source_assets(),
             build_staging_assets(),
             build_mart_assets(),
@@ -77,7 +81,14 @@ with warnings.catch_warnings():
 
 defs = Definitions(
     assets=assets,
-    jobs=[stage_upload_job, ingest_upload_job, rebuild_marts_job, remove_upload_job, maintain_lake_job],
+    jobs=[
+        generate_population_job,
+        stage_upload_job,
+        ingest_upload_job,
+        rebuild_marts_job,
+        remove_upload_job,
+        maintain_lake_job,
+    ],
     schedules=[maintain_lake_schedule],
     sensors=[upload_sensor, marts_automation, rebuild_marts_after_removal, dead_runs],
     # Runs of a selection rather than a job (the UI's Materialize, `marts_automation`) take one process too, as the
@@ -87,5 +98,6 @@ defs = Definitions(
         "lake": LakeResource(**settings.as_env_vars(settings.LAKE_FIELDS)),
         "spark": SparkResource(**settings.as_env_vars(settings.SPARK_FIELDS)),
         "catalog": CatalogResource(**settings.as_env_vars(settings.CATALOG_FIELDS)),
+        "synthea": SyntheaResource(**settings.as_env_vars(settings.SYNTHEA_FIELDS)),
     },
 )

@@ -6,9 +6,21 @@ from synthea_pipeline.automation import DOWNSTREAM_OF_STAGING
 from synthea_pipeline.ops import clean_lake, remove_upload_from_lake
 from synthea_pipeline.partitions import uploads_partitions
 
+GENERATION = AssetSelection.groups("synthea")
+"""The generated populations: not partitioned by upload; their uploads reach the graph through `source/`."""
+UPLOAD_ASSETS = AssetSelection.all() - GENERATION
+
+generate_population_job = define_asset_job(
+    "generate_population",
+    selection=GENERATION,
+    executor_def=in_process_executor,
+    description="Generates a Synthea population (its config: size, place, release, seeds, shards) into the lake's "
+    "source/ as uploads, which the upload sensor then runs: what `synthea-pipeline generate` executes.",
+)
+
 stage_upload_job = define_asset_job(
     "stage_upload",
-    selection=AssetSelection.all() - DOWNSTREAM_OF_STAGING,
+    selection=UPLOAD_ASSETS - DOWNSTREAM_OF_STAGING,
     partitions_def=uploads_partitions,
     executor_def=in_process_executor,
     description="Carries one upload through source, raw and staging: the upload sensor's runs. The marts, BI views "
@@ -18,7 +30,7 @@ stage_upload_job = define_asset_job(
 
 ingest_upload_job = define_asset_job(
     "ingest_upload",
-    selection=AssetSelection.all(),
+    selection=UPLOAD_ASSETS,
     partitions_def=uploads_partitions,
     executor_def=in_process_executor,
     description="Carries one upload through every layer, then rebuilds the marts over all uploads, registers the "

@@ -12,9 +12,16 @@ from pathlib import Path
 
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
+from synthea_pipeline.assets.synthea import POPULATION_KEY
 from synthea_pipeline.dead_runs import mark_dead_runs
 from synthea_pipeline.definitions import defs
-from synthea_pipeline.jobs import ingest_upload_job, maintain_lake_job, rebuild_marts_job, remove_upload_job
+from synthea_pipeline.jobs import (
+    generate_population_job,
+    ingest_upload_job,
+    maintain_lake_job,
+    rebuild_marts_job,
+    remove_upload_job,
+)
 from synthea_pipeline.partitions import uploads_partitions
 from synthea_pipeline.resources.catalog import CatalogResource
 from synthea_pipeline.resources.lake import LakeResource
@@ -122,6 +129,36 @@ def run_upload(
     instance = instance or dagster_instance()
     instance.add_dynamic_partitions(uploads_partitions.name, [upload_id])
     return _execute(upload_id, lake_resource, spark, instance, include_identifiers, origin=CLI_RUN)
+
+
+@dataclass
+class GenerationReport:
+    run_id: str
+    success: bool
+    shards: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def generate(population: dict, lake_root: str, instance: DagsterInstance | None = None) -> GenerationReport:
+    """Materialize the `synthea/population` asset with these `Population` fields, in this process."""
+    result = _run_job(
+        generate_population_job,
+        lake_from_environment(lake_root),
+        spark_from_environment(),
+        instance or dagster_instance(),
+        CLI_RUN,
+        ops={POPULATION_KEY.to_python_identifier(): {"config": population}},
+    )
+    report = _report(result, "")
+    shards = [
+        event.materialization.metadata["shard_reports"].value
+        for event in result.get_asset_materialization_events()
+        if event.materialization.asset_key == POPULATION_KEY
+    ]
+    return GenerationReport(
+        result.run_id, result.success, shards[0] if shards else [], report.errors, report.interrupted
+    )
 
 
 def check_engine(spark: SparkResource, lake_root: str) -> None:
@@ -341,6 +378,8 @@ def _report(result: ExecuteInProcessResult, upload_id: str) -> RunReport:
         materialization = event.materialization
         layer, table = materialization.asset_key.path
         metadata = {k: v.value for k, v in materialization.metadata.items()}
+        if layer == "synthea":
+            continue
         if layer == "staging":
             accounts[table] = TableAccount(
                 table=table,

@@ -13,6 +13,7 @@ from dagster import EnvVar
 
 from synthea_pipeline.engines import ENGINES
 from synthea_pipeline.setting import Setting
+from synthea_pipeline.transforms import generation
 from synthea_pipeline.transforms.history import SHRINK_LIMIT_PERCENT
 from synthea_pipeline.transforms.iceberg import MARTS_DATABASE, OMOP_DATABASE, STAGING_DATABASE
 from synthea_pipeline.transforms.vocabulary import SAMPLE_VOCABULARY
@@ -80,6 +81,34 @@ ATHENA_WORKGROUP = Setting("SYNTHEA_ATHENA_WORKGROUP", "synthea-pipeline", "Athe
 ATHENA_OUTPUT = Setting(
     "SYNTHEA_ATHENA_OUTPUT", "", "s3:// location of Athena query results when the workgroup sets none."
 )
+SYNTHEA_GENERATOR = Setting(
+    "SYNTHEA_GENERATOR",
+    "local",
+    "Where Synthea generates populations: local (processes on this machine, shards in parallel up to its "
+    "cores) or ecs (an ECS task per shard through Dagster Pipes, writing to the lake's source/ on S3).",
+)
+SYNTHEA_JAR = Setting(
+    generation.JAR_VARIABLE,
+    "",
+    "A Synthea jar with its dependencies (e.g. a GitHub release's synthea-with-dependencies.jar) to run instead "
+    "of the chosen release from Maven Central.",
+)
+SYNTHEA_CACHE = Setting(
+    generation.CACHE_VARIABLE,
+    generation.DEFAULT_CACHE,
+    "Folder Synthea releases are resolved into from Maven (about 200 MB each), once.",
+)
+SYNTHEA_MAVEN_REPOSITORY = Setting(
+    generation.REPOSITORY_VARIABLE, generation.MAVEN_CENTRAL, "Maven repository (or mirror) Synthea is resolved from."
+)
+SYNTHEA_ECS_CLUSTER = Setting("SYNTHEA_ECS_CLUSTER", "", "ECS cluster the generation tasks run on (ecs generator).")
+SYNTHEA_ECS_TASK_DEFINITION = Setting(
+    "SYNTHEA_ECS_TASK_DEFINITION", "", "Task definition of the generation image (infra/dagster-ecs.yaml's output)."
+)
+SYNTHEA_ECS_SUBNETS = Setting("SYNTHEA_ECS_SUBNETS", "", "Comma-separated subnets of the generation tasks.")
+SYNTHEA_ECS_SECURITY_GROUPS = Setting(
+    "SYNTHEA_ECS_SECURITY_GROUPS", "", "Comma-separated security groups of the generation tasks."
+)
 
 SETTINGS = (
     LAKE_ROOT,
@@ -95,6 +124,14 @@ SETTINGS = (
     OMOP_VOCABULARY,
     ATHENA_WORKGROUP,
     ATHENA_OUTPUT,
+    SYNTHEA_GENERATOR,
+    SYNTHEA_JAR,
+    SYNTHEA_CACHE,
+    SYNTHEA_MAVEN_REPOSITORY,
+    SYNTHEA_ECS_CLUSTER,
+    SYNTHEA_ECS_TASK_DEFINITION,
+    SYNTHEA_ECS_SUBNETS,
+    SYNTHEA_ECS_SECURITY_GROUPS,
 )
 
 
@@ -113,6 +150,16 @@ CATALOG_FIELDS = {
     "omop_database": OMOP_DATABASE_NAME,
     "athena_workgroup": ATHENA_WORKGROUP,
     "athena_output": ATHENA_OUTPUT,
+}
+SYNTHEA_FIELDS = {
+    "generator": SYNTHEA_GENERATOR,
+    "jar": SYNTHEA_JAR,
+    "cache": SYNTHEA_CACHE,
+    "maven_repository": SYNTHEA_MAVEN_REPOSITORY,
+    "ecs_cluster": SYNTHEA_ECS_CLUSTER,
+    "ecs_task_definition": SYNTHEA_ECS_TASK_DEFINITION,
+    "ecs_subnets": SYNTHEA_ECS_SUBNETS,
+    "ecs_security_groups": SYNTHEA_ECS_SECURITY_GROUPS,
 }
 """Which resource field each setting fills: as `EnvVar`s in the definitions, as current values on the command
 line."""

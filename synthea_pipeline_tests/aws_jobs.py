@@ -197,3 +197,72 @@ class LocalEMRServerless:
         self.runner.stop(jobRunId)
         self.cancelled.append(jobRunId)
         return {"applicationId": applicationId, "jobRunId": jobRunId}
+
+
+class LocalECS:
+    """The boto3 ECS client, except that tasks run locally: `run_task` starts the task definition's container
+    command (its `python` this interpreter) with the definition's and the overrides' environment, as Fargate
+    would; the `tasks_stopped` waiter waits for the processes. Task definitions and clusters are moto's."""
+
+    def __init__(self, environment: dict[str, str]):
+        self.moto = boto3.client("ecs")
+        self.meta = self.moto.meta
+        self.environment = environment
+        self.tasks: dict[str, tuple[subprocess.Popen, str, str]] = {}
+        self.started: list[dict] = []
+        self.stopped: list[str] = []
+        self.workdir = tempfile.mkdtemp(prefix="local-ecs-")
+
+    def __getattr__(self, name):
+        return getattr(self.moto, name)
+
+    def run_task(self, cluster: str, taskDefinition: str, overrides: dict, **params):
+        definition = self.moto.describe_task_definition(taskDefinition=taskDefinition)["taskDefinition"]
+        (container,) = definition["containerDefinitions"]
+        environment = {item["name"]: item["value"] for item in container.get("environment", [])}
+        for override in overrides.get("containerOverrides", []):
+            if override["name"] == container["name"]:
+                environment.update({item["name"]: item["value"] for item in override.get("environment", [])})
+        self.started.append({"cluster": cluster, "environment": environment, **params})
+        command = [sys.executable if part == "python" else part for part in container["command"]]
+        arn = f"arn:aws:ecs:us-east-1:123456789012:task/{cluster}/{uuid.uuid4().hex}"
+        with open(os.path.join(self.workdir, arn.rsplit("/", 1)[1] + ".log"), "wb") as log:
+            process = subprocess.Popen(
+                command, env={**os.environ, **self.environment, **environment}, stdout=log, stderr=log
+            )
+        self.tasks[arn] = (process, container["name"], cluster)
+        return {"tasks": [{"taskArn": arn, "containers": [{"name": container["name"]}]}], "failures": []}
+
+    def get_waiter(self, name: str):
+        assert name == "tasks_stopped", name
+        client = self
+
+        class TasksStopped:
+            def wait(self, tasks: list[str], **_):
+                for arn in tasks:
+                    client.tasks[arn][0].wait()
+
+        return TasksStopped()
+
+    def describe_tasks(self, tasks: list[str], cluster: str | None = None, **_):
+        described = []
+        for arn in tasks:
+            process, container, cluster_name = self.tasks[arn]
+            code = process.poll()
+            described.append(
+                {
+                    "taskArn": arn,
+                    "clusterArn": f"arn:aws:ecs:us-east-1:123456789012:cluster/{cluster_name}",
+                    "lastStatus": "RUNNING" if code is None else "STOPPED",
+                    "stopCode": "EssentialContainerExited",
+                    "containers": [{"name": container, "exitCode": code, "runtimeId": arn}],
+                }
+            )
+        return {"tasks": described, "failures": []}
+
+    def stop_task(self, task: str, **_):
+        process = self.tasks[task][0]
+        process.kill()
+        process.wait()
+        self.stopped.append(task)
+        return {"task": {"taskArn": task}}

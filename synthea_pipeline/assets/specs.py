@@ -14,6 +14,7 @@ from synthea_pipeline.transforms import (
     cdm,
     dashboard,
     dqd,
+    generation,
     iceberg,
     layers,
     marts,
@@ -27,6 +28,7 @@ from synthea_pipeline.transforms.checks import Check
 
 OWNERS = ["team:data-engineering"]
 LAYER_KINDS = {
+    "synthea": {"java", "csv"},
     "source": {"csv"},
     "raw": {"parquet", "pyarrow"},
     "staging": {"spark", "iceberg"},
@@ -36,6 +38,7 @@ LAYER_KINDS = {
     "reports": {"html"},
 }
 LAYER_CODE = {
+    "synthea": (generation, uploads),
     "source": (raw, uploads),
     "raw": (raw,),
     "staging": (staging, layers, iceberg),

@@ -142,6 +142,8 @@ def upload_export(
     replace: bool = True,
     part_size: int = PART_SIZE,
     replace_history: bool = False,
+    generated_by: dict | None = None,
+    attachments: dict[str, str] | None = None,
 ) -> dict:
     """Store an export's CSV files under `<upload_id>/` of `storage` (the lake's `source/`), verify each one,
     remove files a previous upload under that id had and this one has not, then write the manifest. Returns
@@ -149,13 +151,30 @@ def upload_export(
     copies intact, and the sensor sees the same checksum and starts no run. With `replace=False` an upload id
     that holds a different export is refused; `replace_history` confirms in the manifest that the upload may
     remove history it supersedes. A failed upload leaves its `.uploading` marker, so the sensor and
-    the run keep off it until an upload succeeds."""
+    the run keep off it until an upload succeeds. `generated_by` records how the export was generated;
+    `attachments` (a subfolder name to a local folder) stores other files, such as FHIR bundles, in that subfolder
+    of the upload, listed in the manifest apart from the CSV files, where no table reader looks."""
     validate_upload_id(upload_id)
     folder = os.path.abspath(folder)
     names = export_files(folder)
     with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
         digests = list(pool.map(lambda n: digest_file(f"{folder}/{n}", part_size, storage.verifies_etag), names))
+    attached = [
+        (f"{subfolder}/{name}", os.path.join(local, name))
+        for subfolder, local in (attachments or {}).items()
+        for name in sorted(os.listdir(local))
+        if os.path.isfile(os.path.join(local, name))
+    ]
+    with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
+        attached_digests = list(pool.map(lambda a: digest_file(a[1], part_size, storage.verifies_etag), attached))
     manifest = build_manifest(upload_id, digests, export_release(folder, names), replace_history)
+    if generated_by is not None:
+        manifest["generated_by"] = generated_by
+    if attached:
+        manifest["attachments"] = [
+            {"name": key, "size": d.size, "sha256": d.sha256}
+            for (key, _), d in zip(attached, attached_digests, strict=True)
+        ]
     existing_objects = list(storage.list_objects(upload_id))
     previous = read_manifest(storage, upload_id)
     same_content = previous is not None and previous.get("checksum") == manifest["checksum"]
@@ -172,7 +191,14 @@ def upload_export(
                 lambda d: storage.upload_file(f"{folder}/{d.name}", f"{upload_id}/{d.name}", d, part_size), digests
             )
         )
-    for stale in {o.key for o in existing_objects} - {f"{upload_id}/{n}" for n in names}:
+        list(
+            pool.map(
+                lambda a: storage.upload_file(a[0][1], f"{upload_id}/{a[0][0]}", a[1], part_size),
+                zip(attached, attached_digests, strict=True),
+            )
+        )
+    kept = {f"{upload_id}/{n}" for n in names} | {f"{upload_id}/{key}" for key, _ in attached}
+    for stale in {o.key for o in existing_objects} - kept:
         storage.delete(stale)
     storage.write_bytes(manifest_key(upload_id), json.dumps(manifest, indent=1).encode())
     storage.delete(marker)
