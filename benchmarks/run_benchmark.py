@@ -7,7 +7,9 @@ tree (wait4 reports the largest descendant; the pipeline runs in one process). P
 the targets are pipeline/DuckDB <= 1.5 at 10k patients and <= 3 at 1k, peak RSS under 8 GB at 100k.
 
 The pipeline runs as a user runs it, with the OMOP build (the shipped vocabulary, which covers the scaled
-sample's codes); `--without-omop` also runs it with SYNTHEA_OMOP_VOCABULARY=none, which the DuckDB script's work
+sample's codes). `--generated N...` adds real Synthea populations of N living patients beside the replicated
+sample (generated once and cached, `generated_population.py`), their generation time reported apart from the
+pipeline's. `--without-omop` also runs it with SYNTHEA_OMOP_VOCABULARY=none, which the DuckDB script's work
 (CSV to marts) compares with like for like, and prints what the OMOP build added.
 """
 
@@ -58,7 +60,14 @@ def target(patients: int, floor_s: float, duck_s: float, duck_rss: float) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--patients", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--patients", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument(
+        "--generated",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also real Synthea populations of these many living patients (generated once, cached in --data)",
+    )
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument(
         "--skip-sail",
@@ -73,16 +82,25 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
+    from generated_population import describe, generated_export
     from scale_sample import scale
 
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     args.data.mkdir(parents=True, exist_ok=True)
     floor_s, _ = measure([sys.executable, str(HERE / "dagster_floor.py"), "--home", str(args.data)], env)
-    rows = []
+    sources = []
     for patients in args.patients:
         source = args.data / f"p{patients}"
         if not (source / "patients.csv").exists():
             scale(SAMPLE, patients, source)
+        sources.append((str(patients), patients, source))
+    generations = []
+    for living in args.generated:
+        source, figures = generated_export(living, args.data)
+        sources.append((f"{figures['patients']}g", figures["patients"], source))
+        generations.append(figures)
+    rows = []
+    for label, patients, source in sources:
         size = sum(p.stat().st_size for p in source.glob("*.csv")) / 1e9
         with tempfile.TemporaryDirectory(dir=args.data) as work:
             duckdb_reference = measure(
@@ -100,19 +118,21 @@ def main() -> None:
                 else None
             )
             shutil.rmtree(work, ignore_errors=True)
-        rows.append((patients, size, duckdb_reference, reference, pipeline, without_omop))
+        rows.append((label, patients, size, duckdb_reference, reference, pipeline, without_omop))
+    for figures in generations:
+        print(f"generated (not in the times below): {describe(figures)}")
     print(f"Dagster floor (the same steps without data work, imports included): {floor_s:.1f} s")
     print(
         f"{'patients':>9}{'CSV GB':>8}{'DuckDB s':>10}{'Sail s':>8}{'pipeline s':>12}{'/DuckDB':>9}{'/Sail':>7}"
         f"{'RSS GB DuckDB / Sail / pipeline':>33}  {'target':<24}"
     )
-    for patients, size, (duck_s, duck_rss), sail, (pipe_s, pipe_rss), without_omop in rows:
+    for label, patients, size, (duck_s, duck_rss), sail, (pipe_s, pipe_rss), without_omop in rows:
         sail_s, sail_rss = sail or (float("nan"), float("nan"))
         goal_s, goal_rss = target(patients, floor_s, duck_s, duck_rss)
         met = pipe_s <= goal_s and (goal_rss is None or pipe_rss <= goal_rss)
         goal = f"{goal_s:.1f} s" + (f", {goal_rss:.1f} GB" if goal_rss else "") + (" met" if met else " missed")
         print(
-            f"{patients:>9}{size:>8.2f}{duck_s:>10.1f}{sail_s:>8.1f}{pipe_s:>12.1f}{pipe_s / duck_s:>9.2f}"
+            f"{label:>9}{size:>8.2f}{duck_s:>10.1f}{sail_s:>8.1f}{pipe_s:>12.1f}{pipe_s / duck_s:>9.2f}"
             f"{pipe_s / sail_s:>7.2f}{f'{duck_rss:.2f} / {sail_rss:.2f} / {pipe_rss:.2f}':>33}  {goal}"
         )
         if without_omop:

@@ -139,7 +139,7 @@ def test_the_ui_shows_every_setting_as_the_environment_variable_it_comes_from(ui
     context, _, _ = ui
     selector = {"repositoryLocationName": context.code_location_names[0], "repositoryName": "__repository__"}
     shown = {}
-    for resource in ("lake", "spark", "catalog"):
+    for resource in ("lake", "spark", "catalog", "synthea"):
         details = execute_dagster_graphql(
             context, RESOURCE, variables={"selector": {**selector, "resourceName": resource}}
         )

@@ -47,6 +47,9 @@ DELIBERATELY_UNSET = {
     "SYNTHEA_ATHENA_OUTPUT": "the orchestrator's workgroup enforces its own result location",
     "SYNTHEA_UPLOAD_SENSOR_BUDGET_SECONDS": "the default is sized for a sensor evaluated on ECS",
     "SYNTHEA_UPLOAD_BATCH_SIZE": "a batch only groups runs; every upload in it still loads and commits on its own",
+    "SYNTHEA_JAR": "populations run the release they name, resolved into the generation image",
+    "SYNTHEA_CACHE": "the generation image sets its own, where its build resolved the releases",
+    "SYNTHEA_MAVEN_REPOSITORY": "the generation image resolves the releases when it is built, not in the tasks",
 }
 """Pipeline settings a deployment on AWS leaves at their defaults, and why."""
 
@@ -384,7 +387,7 @@ TASK_ROLES = {
     "WebserverTaskDefinition": {"OrchestratorPolicyArn", "RunLauncherPolicy"},
     "DaemonTaskDefinition": {"OrchestratorPolicyArn", "RunLauncherPolicy"},
     "CodeServerTaskDefinition": {"OrchestratorPolicyArn"},
-    "RunTaskDefinition": {"OrchestratorPolicyArn"},
+    "RunTaskDefinition": {"OrchestratorPolicyArn", "GeneratorLaunchPolicy"},
 }
 
 
@@ -394,7 +397,8 @@ def test_task_roles_reach_the_lake_through_the_orchestrator_policy_only(resource
     launcher's; nothing in this stack grants S3, and no statement grants everything."""
     name = resources[task]["Properties"]["TaskRoleArn"]["GetAtt"].removesuffix(".Arn")
     role = resources[name]
-    assert {arn["Ref"] for arn in role["Properties"]["ManagedPolicyArns"]} == policies
+    attached = {arn["Ref"] if "Ref" in arn else arn["If"][1]["Ref"] for arn in role["Properties"]["ManagedPolicyArns"]}
+    assert attached == policies
     assert "Policies" not in role["Properties"]
     granted = [s for policy in policies if policy in resources for s in statements(resources[policy])]
     for statement in granted:
@@ -442,9 +446,54 @@ def test_run_launcher_permissions_are_scoped(resources):
         "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
     }
     assert by_action["logs:GetLogEvents"]["Resource"] == {"Sub": "${RunLogGroup.Arn}:log-stream:*"}
+
     assert container(resources, "RunTaskDefinition")["LogConfiguration"]["Options"]["awslogs-group"] == {
         "Ref": "RunLogGroup"
     }
+
+
+def test_generation_tasks_write_uploads_only_and_runs_may_start_only_them(resources):
+    """The Synthea generation task (a shard per task, started by a run through Pipes) may list, read, write and
+    delete under source/ and read and write Pipes objects under _pipes/, nothing else; the run tasks may start
+    only its family in this cluster, watch and stop this cluster's tasks, and pass only its two roles to ECS. All
+    of it exists only when the stack is given a generation image."""
+    generated = ("GeneratorLogGroup", "GeneratorTaskRole", "GeneratorTaskDefinition", "GeneratorLaunchPolicy")
+    assert all(resources[name]["Condition"] == "HasGenerator" for name in generated)
+    role = resources["GeneratorTaskRole"]
+    granted = {}
+    for statement in statements(role):
+        for action in actions(statement):
+            granted.setdefault(action, []).extend(as_list(statement["Resource"]))
+    bucket = "arn:${AWS::Partition}:s3:::${LakeBucket}"
+    assert {action: sorted(r["Sub"] for r in targets) for action, targets in granted.items()} == {
+        "s3:ListBucket": [bucket],
+        "s3:GetObject": sorted([f"{bucket}/source/*", f"{bucket}/_pipes/*"]),
+        "s3:PutObject": sorted([f"{bucket}/source/*", f"{bucket}/_pipes/*"]),
+        "s3:DeleteObject": [f"{bucket}/source/*"],
+    }
+    listing = next(s for s in statements(role) if "s3:ListBucket" in actions(s))
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["source/*", "_pipes/*"]}}
+    definition = resources["GeneratorTaskDefinition"]["Properties"]
+    (generator,) = definition["ContainerDefinitions"]
+    assert generator["Command"] == ["python", "-m", "synthea_pipeline.entrypoints.generate_job"]
+    assert generator["Name"] == "synthea" and definition["RequiresCompatibilities"] == ["FARGATE"]
+    policy = resources["GeneratorLaunchPolicy"]
+    by_action = {action: statement for statement in statements(policy) for action in actions(statement)}
+    assert set(by_action) == {
+        "ecs:DescribeTaskDefinition",
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+        "ecs:TagResource",
+        "iam:PassRole",
+    }
+    family = definition["Family"]["Sub"]
+    assert by_action["ecs:RunTask"]["Resource"]["Sub"].endswith(f":task-definition/{family}:*")
+    assert by_action["ecs:RunTask"]["Condition"] == {"ArnEquals": {"ecs:cluster": {"GetAtt": "Cluster.Arn"}}}
+    assert by_action["iam:PassRole"]["Resource"] == [definition["TaskRoleArn"], definition["ExecutionRoleArn"]]
+    run_settings = environment(resources, "RunTaskDefinition")
+    assert run_settings["SYNTHEA_ECS_TASK_DEFINITION"] == {"Sub": family}
+    assert run_settings["SYNTHEA_GENERATOR"] == {"If": ["HasGenerator", "ecs", "local"]}
 
 
 def test_the_code_server_and_the_runs_get_the_pipeline_settings(resources):

@@ -226,6 +226,6 @@ def test_definitions_load_without_credentials_or_network(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, check=False, capture_output=True, text=True, timeout=120
     )
-    assert result.stdout.split("\n")[0] == "100 ['bi', 'marts', 'omop', 'raw', 'reports', 'source', 'staging']", (
-        result.stderr
-    )
+    assert (
+        result.stdout.split("\n")[0] == "101 ['bi', 'marts', 'omop', 'raw', 'reports', 'source', 'staging', 'synthea']"
+    ), result.stderr

@@ -58,6 +58,7 @@ def build_synthea_assets():
                 "fhir_files": sum(shard.fhir_files for shard in shards),
                 "generation_seconds": max((shard.generation_seconds for shard in generated), default=0.0),
                 "cpu_seconds": round(sum(shard.cpu_seconds for shard in generated), 2),
+                "peak_memory_mb": max((shard.peak_memory_mb for shard in generated), default=0.0),
                 "release": population.release,
                 "parameters": MetadataValue.json(population.parameters()),
                 "shard_reports": MetadataValue.json([shard.as_dict() for shard in shards]),

@@ -361,6 +361,7 @@ class GeneratedShard:
     checksum: str
     generation_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
     fhir_files: int = 0
     reused: bool = False
 
@@ -368,8 +369,9 @@ class GeneratedShard:
         return dataclasses.asdict(self)
 
 
-def run_synthea(command: list[str], workdir: str) -> tuple[float, float]:
-    """Run one Synthea process; its wall and CPU seconds. Its output goes to `synthea.log` in `workdir`."""
+def run_synthea(command: list[str], workdir: str) -> tuple[float, float, float]:
+    """Run one Synthea process; its wall and CPU seconds and its peak memory (MB). Its output goes to
+    `synthea.log` in `workdir`."""
     started = time.monotonic()
     with open(os.path.join(workdir, "synthea.log"), "wb") as log:
         process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
@@ -384,7 +386,7 @@ def run_synthea(command: list[str], workdir: str) -> tuple[float, float]:
         with open(os.path.join(workdir, "synthea.log"), encoding="utf-8", errors="replace") as log:
             tail = _last_line(log.read())
         raise GenerationError(f"Synthea exited with status {process.returncode}: {tail}")
-    return time.monotonic() - started, usage.ru_utime + usage.ru_stime
+    return time.monotonic() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def existing_upload(storage: Storage, shard: Shard, population: Population) -> GeneratedShard | None:
@@ -423,7 +425,7 @@ def generate_shard(
         output = os.path.join(workdir, "output")
         command = synthea.command(population, shard, output + os.sep)
         log(f"{shard.upload_id}: Synthea {synthea.release}, {shard.population} patients, seed {shard.seed}")
-        seconds, cpu_seconds = run_synthea(command, workdir)
+        seconds, cpu_seconds, peak_mb = run_synthea(command, workdir)
         csv_folder = Path(output) / "csv"
         if not (csv_folder / "patients.csv").is_file():
             raise GenerationError(f"Synthea wrote no patients.csv under {output}: see its log")
@@ -445,6 +447,7 @@ def generate_shard(
         manifest["checksum"],
         round(seconds, 2),
         round(cpu_seconds, 2),
+        round(peak_mb),
         len(manifest.get("attachments", [])),
     )
 
