@@ -1,6 +1,8 @@
 """Generate a population with every Synthea release on Maven Central (2.7.0 to 3.3.0) into one lake, run every
 upload through the pipeline, and check that staging accounts for every line Synthea wrote: rows in equal the
-data lines of each CSV file, and rows in = rows out + quarantined + duplicates dropped. Generation time (the
+data lines of each CSV file, and rows in = rows out + quarantined + duplicates dropped. Each release gets its own
+seed (`--seed` plus its position): Synthea derives patient ids from the seed, and 3.0.0 and 3.1.0 give the same
+ids for the same seed, so the second would supersede the first's patients. Generation time (the
 `synthea/population` asset, Synthea itself) is reported apart from pipeline time (staging of every upload, then
 the marts and the OMOP build once).
 
@@ -41,12 +43,12 @@ def main() -> int:
 
         lake_root = f"{work}/lake"
         generated = {}
-        for release in args.releases:
+        for index, release in enumerate(args.releases):
             started = time.perf_counter()
             report = runs.generate(
                 {
                     "population": args.patients,
-                    "seed": args.seed,
+                    "seed": args.seed + index,
                     "release": release,
                     "reference_date": args.reference_date,
                 },

@@ -24,6 +24,7 @@ from synthea_pipeline.transforms.generation import (
     CACHE_VARIABLE,
     DEFAULT_CACHE,
     DEFAULT_RELEASE,
+    HEAP_PERCENT,
     JAR_VARIABLE,
     Population,
     find_synthea,
@@ -77,7 +78,9 @@ def generated_export(patients: int, data: Path, release: str = DEFAULT_RELEASE, 
     storage = storage_for(str(folder / "shards"))
     started = time.perf_counter()
     shards = generate_shards(
-        population.shards(), lambda shard: generate_shard(synthea, population, shard, storage, log=print), cores
+        population.shards(),
+        lambda shard: generate_shard(synthea, population, shard, storage, print, HEAP_PERCENT // cores),
+        cores,
     )
     seconds = time.perf_counter() - started
     merge([folder / "shards" / shard.upload_id for shard in shards], folder / "export")

@@ -109,6 +109,13 @@ SYNTHEA_ECS_SUBNETS = Setting("SYNTHEA_ECS_SUBNETS", "", "Comma-separated subnet
 SYNTHEA_ECS_SECURITY_GROUPS = Setting(
     "SYNTHEA_ECS_SECURITY_GROUPS", "", "Comma-separated security groups of the generation tasks."
 )
+SYNTHEA_ECS_CONCURRENCY = Setting(
+    "SYNTHEA_ECS_CONCURRENCY",
+    "100",
+    "Most generation tasks running at once (keep it within the account's Fargate vCPU quota); the other shards "
+    "wait for a free slot.",
+    integer=True,
+)
 
 SETTINGS = (
     LAKE_ROOT,
@@ -132,6 +139,7 @@ SETTINGS = (
     SYNTHEA_ECS_TASK_DEFINITION,
     SYNTHEA_ECS_SUBNETS,
     SYNTHEA_ECS_SECURITY_GROUPS,
+    SYNTHEA_ECS_CONCURRENCY,
 )
 
 
@@ -160,6 +168,7 @@ SYNTHEA_FIELDS = {
     "ecs_task_definition": SYNTHEA_ECS_TASK_DEFINITION,
     "ecs_subnets": SYNTHEA_ECS_SUBNETS,
     "ecs_security_groups": SYNTHEA_ECS_SECURITY_GROUPS,
+    "ecs_concurrency": SYNTHEA_ECS_CONCURRENCY,
 }
 """Which resource field each setting fills: as `EnvVar`s in the definitions, as current values on the command
 line."""

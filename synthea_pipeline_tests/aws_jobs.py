@@ -223,7 +223,8 @@ class LocalECS:
         for override in overrides.get("containerOverrides", []):
             if override["name"] == container["name"]:
                 environment.update({item["name"]: item["value"] for item in override.get("environment", [])})
-        self.started.append({"cluster": cluster, "environment": environment, **params})
+        running = sum(process.poll() is None for process, _, _ in self.tasks.values())
+        self.started.append({"cluster": cluster, "environment": environment, "running_before": running, **params})
         command = [sys.executable if part == "python" else part for part in container["command"]]
         arn = f"arn:aws:ecs:us-east-1:123456789012:task/{cluster}/{uuid.uuid4().hex}"
         with open(os.path.join(self.workdir, arn.rsplit("/", 1)[1] + ".log"), "wb") as log:

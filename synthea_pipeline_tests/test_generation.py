@@ -3,16 +3,20 @@ real Java, a handful of patients per population, a real Dagster instance, stagin
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+from dagster import build_sensor_context
 
 from synthea_pipeline import runs
 from synthea_pipeline.cli import main
+from synthea_pipeline.resources.catalog import CatalogResource
+from synthea_pipeline.resources.lake import LakeResource
+from synthea_pipeline.sensors import upload_sensor
 from synthea_pipeline.transforms.generation import (
     DEFAULT_CACHE,
-    GENERATION_FIELD,
     GenerationError,
     Population,
     Synthea,
@@ -22,7 +26,7 @@ from synthea_pipeline.transforms.generation import (
 from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import UNKNOWN_KEY
 from synthea_pipeline.transforms.raw import find_source_files
-from synthea_pipeline.transforms.uploads import manifest_key
+from synthea_pipeline.transforms.uploads import GENERATION_FIELD, manifest_key
 from synthea_pipeline_tests.conftest import catalog_rows, fresh_instance
 
 REFERENCE_DATE = "2025-06-01"
@@ -78,8 +82,8 @@ def test_every_release_takes_the_same_config():
         reference_date="2025-01-02",
     ).resolved()
     shard = people.shards()[0]
-    old = Synthea("java", ("a.jar",), "2.7.0", has_end_date=False, opens_modules=True).command(people, shard, "out/")
-    new = Synthea("java", ("a.jar",), "3.3.0", has_end_date=True, opens_modules=True).command(people, shard, "out/")
+    old = Synthea("java", ("a.jar",), "2.7.0", has_end_date=False, java_major=17).command(people, shard, "out/")
+    new = Synthea("java", ("a.jar",), "3.3.0", has_end_date=True, java_major=17).command(people, shard, "out/")
     assert "-e" not in old and new[new.index("-e") + 1] == "20250102"
     end = new.index("-e")
     assert new[:end] + new[end + 2 :] == old
@@ -192,6 +196,8 @@ def test_shards_are_uploads_and_shared_tables_count_once(tmp_path, instance):
 
 @pytest.mark.slow
 def test_fhir_lands_beside_the_csv_files_and_is_not_read_as_a_table(tmp_path, instance):
+    """Bulk FHIR in the upload's fhir/ folder, listed in the manifest apart from the CSV files; the upload sensor
+    starts the run of the generated upload as of any other."""
     lake_root = str(tmp_path / "lake")
     report = runs.generate(population(population=1, exporters=["fhir_bulk"]), lake_root, instance)
     assert report.success, report.errors
@@ -203,6 +209,11 @@ def test_fhir_lands_beside_the_csv_files_and_is_not_read_as_a_table(tmp_path, in
     assert sorted(a["name"] for a in listed["attachments"]) == [f"fhir/{name}" for name in bulk]
     files, other = find_source_files(str(source))
     assert "patients" in files and other == []
+    context = build_sensor_context(
+        instance=instance, resources={"lake": LakeResource(root=lake_root), "catalog": CatalogResource()}
+    )
+    (request,) = upload_sensor(context).run_requests
+    assert request.partition_key == upload_id
 
 
 @pytest.mark.slow
@@ -251,7 +262,8 @@ def test_a_jar_the_user_names_runs_instead_of_maven(tmp_path, monkeypatch):
     with zipfile.ZipFile(jar, "w") as archive:
         archive.write(manifest_file, "META-INF/MANIFEST.MF")
     synthea = find_synthea("3.3.0", str(jar), str(tmp_path / "unused-cache"))
-    assert synthea.classpath == (str(jar),) and synthea.has_end_date and synthea.release == "jar"
+    assert synthea.classpath == (str(jar),) and synthea.has_end_date
+    assert re.fullmatch(r"synthea-with-dependencies\.jar sha256:[0-9a-f]{16}", synthea.release)
     assert not (tmp_path / "unused-cache").exists()
 
 
@@ -260,7 +272,7 @@ def test_shards_on_ecs_through_pipes_match_local_generation(tmp_path, instance, 
     """The generation task definition of infra/dagster-ecs.yaml, registered in moto; its command really runs (the
     local ECS stand-in), opens Dagster Pipes from the environment the Pipes ECS client set, writes each shard to
     the S3 lake's source/ and reports it back. Generated again locally into another lake, the same parameters give
-    the same upload ids and the same bytes (checksum over every file)."""
+    the same upload ids and the same bytes (checksum over every file). One task at a time, as configured."""
     import boto3
 
     from synthea_pipeline.resources import synthea as synthea_resource
@@ -290,12 +302,14 @@ def test_shards_on_ecs_through_pipes_match_local_generation(tmp_path, instance, 
         "SYNTHEA_ECS_TASK_DEFINITION": family,
         "SYNTHEA_ECS_SUBNETS": "subnet-1,subnet-2",
         "SYNTHEA_ECS_SECURITY_GROUPS": "sg-1",
+        "SYNTHEA_ECS_CONCURRENCY": "1",
     }.items():
         monkeypatch.setenv(name, value)
     fields = population(population=2, shard_size=1, seed=31)
     on_ecs = runs.generate(fields, f"s3://{bucket}/lake", instance)
     assert on_ecs.success, on_ecs.errors
     assert len(local_ecs.started) == 2
+    assert [started["running_before"] for started in local_ecs.started] == [0, 0]
     for started in local_ecs.started:
         assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(started["environment"])
         assert started["launchType"] == "FARGATE"

@@ -11,6 +11,7 @@ from pydantic import Field, create_model
 
 from synthea_pipeline.settings import SYNTHEA_FIELDS
 from synthea_pipeline.transforms.generation import (
+    HEAP_PERCENT,
     GeneratedShard,
     GenerationError,
     Population,
@@ -40,17 +41,21 @@ class SyntheaGeneratorResource(ConfigurableResource):
     ) -> list[GeneratedShard]:
         synthea = find_synthea(population.release, self.jar or None, self.cache, self.maven_repository)
         storage = storage_for(lake.uri("source"))
+        shards = population.shards()
+        workers = min(len(shards), os.cpu_count() or 1)
         return generate_shards(
-            population.shards(),
-            lambda shard: generate_shard(synthea, population, shard, storage, context.log.info),
-            os.cpu_count() or 1,
+            shards,
+            lambda shard: generate_shard(
+                synthea, population, shard, storage, context.log.info, HEAP_PERCENT // workers
+            ),
+            workers,
             context.log.info,
         )
 
     def _generate_on_ecs(
         self, context: AssetExecutionContext, population: Population, lake: Lake
     ) -> list[GeneratedShard]:
-        """A task per shard, all at once (ECS runs them in parallel); each reports its upload as a Pipes message."""
+        """A task per shard, up to `ecs_concurrency` at once; each reports its upload as a Pipes message."""
         from dagster_aws.pipes import PipesECSClient
 
         from synthea_pipeline.engines.pipes import s3_exchange
@@ -95,8 +100,7 @@ class SyntheaGeneratorResource(ConfigurableResource):
                 raise GenerationError(f"the ECS task of {shard.upload_id} ended without reporting its upload")
             return GeneratedShard(**reported[-1])
 
-        shards = population.shards()
-        return generate_shards(shards, run_task, len(shards), context.log.info)
+        return generate_shards(population.shards(), run_task, self.ecs_concurrency, context.log.info)
 
 
 SyntheaResource = create_model(
@@ -105,7 +109,12 @@ SyntheaResource = create_model(
     __module__=__name__,
     __doc__="Where and with which Synthea populations are generated (`settings.SYNTHEA_FIELDS`).",
     **{
-        name: (str, Field(default=setting.default, description=setting.description))
+        name: (
+            int if setting.integer else str,
+            Field(
+                default=int(setting.default) if setting.integer else setting.default, description=setting.description
+            ),
+        )
         for name, setting in SYNTHEA_FIELDS.items()
     },
 )

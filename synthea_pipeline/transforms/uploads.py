@@ -30,6 +30,8 @@ from synthea_pipeline.transforms.storage import PART_SIZE, FileDigest, Storage, 
 
 MANIFEST_SUFFIX = ".manifest.json"
 REPLACE_FIELD = "replace"
+GENERATION_FIELD = "generated_by"
+"""The manifest field of a generated upload: the Synthea and the parameters it was generated with."""
 """A manifest field: `upload --replace` confirms that this upload may remove history it supersedes (`history`)."""
 UPLOADING_SUFFIX = ".uploading"
 PARALLEL_FILES = 4
@@ -169,7 +171,7 @@ def upload_export(
         attached_digests = list(pool.map(lambda a: digest_file(a[1], part_size, storage.verifies_etag), attached))
     manifest = build_manifest(upload_id, digests, export_release(folder, names), replace_history)
     if generated_by is not None:
-        manifest["generated_by"] = generated_by
+        manifest[GENERATION_FIELD] = generated_by
     if attached:
         manifest["attachments"] = [
             {"name": key, "size": d.size, "sha256": d.sha256}
