@@ -218,7 +218,8 @@ def test_fhir_lands_beside_the_csv_files_and_is_not_read_as_a_table(tmp_path, in
 
 @pytest.mark.slow
 def test_missing_java_maven_network_or_jar_each_say_what_to_do(tmp_path, monkeypatch, capsys):
-    """Each failure is one line on stderr naming what to install or set, and no traceback."""
+    """Each failure is one line on stderr naming what to install or set, and no traceback; a population Synthea
+    refuses gets Synthea's own reason, not its stack trace."""
     lake = str(tmp_path / "lake")
     no_java, java_only = tmp_path / "bin", tmp_path / "java-only"
     no_java.mkdir()
@@ -245,6 +246,9 @@ def test_missing_java_maven_network_or_jar_each_say_what_to_do(tmp_path, monkeyp
         assert status == 1, message
         assert message in err and "Traceback" not in err, err
     assert not (Path(lake) / "source").exists() or not any((Path(lake) / "source").iterdir())
+    status = main(["generate", "--population", "1", "--state", "Utah", "--city", "Gotham", "--lake", lake])
+    err = capsys.readouterr().err
+    assert status == 1 and "Synthea 3.3.0: The city Gotham was not found in the demographics file for state Utah" in err
 
 
 @pytest.mark.slow

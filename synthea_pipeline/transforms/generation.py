@@ -48,7 +48,15 @@ SHARD_RETRIES = 1
 
 
 class GenerationError(Exception):
-    """Synthea could not be found, resolved or run: the message says what to install or set."""
+    """Synthea could not be found, resolved or run: the message says what to install or set. `retry` when trying
+    again may succeed (a process killed, storage failing); Synthea's own errors come back with the same seeds."""
+
+    def __init__(self, message: str, retry: bool = False):
+        super().__init__(message)
+        self.retry = retry
+
+
+SYNTHEA_EXCEPTION = re.compile(r"(?:^|\s)(?:[\w$]+\.)+[\w$]*(?:Exception|Error): (?P<message>.+)")
 
 
 def _option(default, help_text: str):
@@ -398,8 +406,11 @@ def run_synthea(command: list[str], workdir: str) -> tuple[float, float, float]:
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         with open(os.path.join(workdir, "synthea.log"), encoding="utf-8", errors="replace") as log:
-            tail = _last_line(log.read())
-        raise GenerationError(f"Synthea exited with status {process.returncode}: {tail}")
+            output = log.read()
+        if process.returncode < 0 or process.returncode > 128:
+            raise GenerationError(f"Synthea was killed (exit status {process.returncode})", retry=True)
+        reported = SYNTHEA_EXCEPTION.search(output)
+        raise GenerationError(reported["message"].strip() if reported else f"Synthea failed: {_last_line(output)}")
     return time.monotonic() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
@@ -441,7 +452,10 @@ def generate_shard(
         output = os.path.join(workdir, "output")
         command = synthea.command(population, shard, output + os.sep, heap_percent)
         log(f"{shard.upload_id}: Synthea {synthea.release}, {shard.population} patients, seed {shard.seed}")
-        seconds, cpu_seconds, peak_mb = run_synthea(command, workdir)
+        try:
+            seconds, cpu_seconds, peak_mb = run_synthea(command, workdir)
+        except GenerationError as error:
+            raise GenerationError(f"Synthea {synthea.release}: {error}", error.retry) from None
         csv_folder = Path(output) / "csv"
         if not (csv_folder / "patients.csv").is_file():
             raise GenerationError(f"Synthea wrote no patients.csv under {output}: see its log")
@@ -475,25 +489,32 @@ def generate_shards(
     log: Callable[[str], None] = print,
     retries: int = SHARD_RETRIES,
 ) -> list[GeneratedShard]:
-    """Every shard, `workers` at a time; a failed shard is tried again alone, up to `retries` more times. Shards
-    that still fail are named in one error once the others are stored, so generating the population again
-    generates only them (the stored ones are found by their parameters)."""
+    """Every shard, `workers` at a time; a shard that failed for a reason that may pass (killed, storage) is tried
+    again alone, up to `retries` more times. Shards that still fail are named in one error once the others are
+    stored, so generating the population again generates only them (the stored ones are found by their
+    parameters)."""
 
     def attempt(shard: Shard) -> GeneratedShard | GenerationError:
         for attempt_number in range(retries + 1):
             try:
                 return generate_one(shard)
             except GenerationError as error:
-                log(f"{shard.upload_id}: attempt {attempt_number + 1} of {retries + 1} failed: {error}")
                 failure = error
+            except Exception as error:  # storage and network: worth another try
+                failure = GenerationError(f"{type(error).__name__}: {error}", retry=True)
+            log(f"{shard.upload_id}: attempt {attempt_number + 1} failed: {failure}")
+            if not failure.retry:
+                break
         return failure
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(shards)))) as pool:
         outcomes = list(pool.map(attempt, shards))
     failed = [(shard, o) for shard, o in zip(shards, outcomes, strict=True) if isinstance(o, GenerationError)]
+    if len(shards) == 1 and failed:
+        raise GenerationError(f"{shards[0].upload_id}: {failed[0][1]}")
     if failed:
         raise GenerationError(
             f"{len(failed)} of {len(shards)} shards failed ({', '.join(s.upload_id for s, _ in failed)}): "
-            f"{failed[0][1]}; the other shards are stored: generate again to retry only the failed ones"
+            f"{failed[0][1]}; the others are stored: generate again to retry only the failed ones"
         )
     return outcomes
