@@ -5,6 +5,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ from synthea_pipeline.transforms.lake import Lake
 from synthea_pipeline.transforms.marts import UNKNOWN_KEY
 from synthea_pipeline.transforms.raw import find_source_files
 from synthea_pipeline.transforms.uploads import GENERATION_FIELD, manifest_key
-from synthea_pipeline_tests.conftest import catalog_rows, fresh_instance
+from synthea_pipeline_tests.conftest import catalog_rows, fresh_instance, live_processes, wait_for
 
 REFERENCE_DATE = "2025-06-01"
 
@@ -330,3 +333,44 @@ def test_shards_on_ecs_through_pipes_match_local_generation(tmp_path, instance, 
     assert [(s["upload_id"], s["checksum"]) for s in local.shards] == [
         (s["upload_id"], s["checksum"]) for s in on_ecs.shards
     ]
+
+
+def _synthea_processes_of(parent: int) -> list[int]:
+    """Live Synthea JVMs whose parent is `parent`."""
+    found = []
+    for pid, fields in live_processes().items():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == parent and b"App" in command:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_generation_leaves_no_jvm_and_the_next_one_finishes_it(tmp_path):
+    """kill -9 of `generate` while Synthea runs 300 patients (about a minute of work): its JVM ends with it at
+    once, nothing keeps generating into a folder no one reads; the next `generate` deletes the dead process's
+    work folder and stores its population."""
+    lake = str(tmp_path / "lake")
+    command = [sys.executable, "-m", "synthea_pipeline.cli", "generate", "--seed", "3"]
+    command += ["--reference-date", REFERENCE_DATE, "--lake", lake]
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
+    os.makedirs(environment["DAGSTER_HOME"])
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen(
+            [*command, "--population", "300"], env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
+    jvms = wait_for(lambda: _synthea_processes_of(killed.pid), "Synthea to start", [killed], timeout=120)
+    workdirs = list(Path(tempfile.gettempdir()).glob(f"synthea-generate-{killed.pid}-*"))
+    assert workdirs
+    killed.kill()
+    killed.wait()
+    wait_for(lambda: not set(jvms) & set(live_processes()), "the JVMs to end with it", [], timeout=15)
+    finished = subprocess.run(
+        [*command, "--population", "1"], env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "generated in" in finished.stdout
+    assert not any(path.exists() for path in workdirs)

@@ -8,6 +8,7 @@ Pure Python and the `java`/`mvn` programs; no Dagster, so a generation container
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import fcntl
@@ -16,7 +17,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +47,8 @@ CACHE_VARIABLE = "SYNTHEA_CACHE"
 REPOSITORY_VARIABLE = "SYNTHEA_MAVEN_REPOSITORY"
 DEFAULT_CACHE = "~/.cache/synthea-pipeline/synthea"
 SHARD_RETRIES = 1
+PR_SET_PDEATHSIG = 1
+WORKDIR_PREFIX = "synthea-generate-"
 """How many more times a failed shard is generated before the population fails (the other shards are kept)."""
 
 
@@ -391,12 +396,28 @@ class GeneratedShard:
         return dataclasses.asdict(self)
 
 
+def _die_with_parent():
+    """What the Synthea process runs before it starts, on Linux: end it when the thread that started it (which
+    waits for it) dies, even by SIGKILL, so a killed run leaves no JVM generating into a folder nobody reads.
+    `prctl` is looked up here, before the fork: the child only calls it."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_synthea(command: list[str], workdir: str) -> tuple[float, float, float]:
     """Run one Synthea process; its wall and CPU seconds and its peak memory (MB). Its output goes to
     `synthea.log` in `workdir`."""
     started = time.monotonic()
     with open(os.path.join(workdir, "synthea.log"), "wb") as log:
-        process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(),
+        )
         try:
             _, status, usage = os.wait4(process.pid, 0)
         except BaseException:
@@ -412,6 +433,15 @@ def run_synthea(command: list[str], workdir: str) -> tuple[float, float, float]:
         reported = SYNTHEA_EXCEPTION.search(output)
         raise GenerationError(reported["message"].strip() if reported else f"Synthea failed: {_last_line(output)}")
     return time.monotonic() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def remove_abandoned_workdirs() -> None:
+    """Delete the work folders of generating processes that died without cleaning up (killed): each folder's name
+    carries its process id."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(WORKDIR_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and sys.platform == "linux":
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def existing_upload(storage: Storage, shard: Shard, population: Population, synthea: Synthea) -> GeneratedShard | None:
@@ -448,7 +478,8 @@ def generate_shard(
     if existing := existing_upload(storage, shard, population, synthea):
         log(f"{shard.upload_id}: already generated with these parameters, checksum {existing.checksum[:16]}")
         return existing
-    with tempfile.TemporaryDirectory(prefix="synthea-generate-") as workdir:
+    remove_abandoned_workdirs()
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as workdir:
         output = os.path.join(workdir, "output")
         command = synthea.command(population, shard, output + os.sep, heap_percent)
         log(f"{shard.upload_id}: Synthea {synthea.release}, {shard.population} patients, seed {shard.seed}")
