@@ -1,7 +1,7 @@
 """A real Synthea population for the benchmarks: generated once (shards in parallel up to the cores, each shard one
 Synthea process) into `<data>/generated-<release>-p<N>/`, its shards merged into one export folder (the tables every
-shard shares, organizations, providers and payers, once per id), and its generation figures kept beside it, so a
-cached population still reports what generating it cost.
+shard shares, organizations, providers and payers, once per id; the shards then deleted), and its generation
+figures kept beside it, so a cached population still reports what generating it cost.
 
     .venv/bin/python benchmarks/generated_population.py 1000 [--data benchmarks/data]
 """
@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,7 @@ def generated_export(patients: int, data: Path, release: str = DEFAULT_RELEASE, 
     )
     seconds = time.perf_counter() - started
     merge([folder / "shards" / shard.upload_id for shard in shards], folder / "export")
+    shutil.rmtree(folder / "shards")
     figures = {
         "release": release,
         "patients": sum(shard.patients for shard in shards),
